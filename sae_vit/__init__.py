@@ -1,0 +1,2 @@
+"""sae-vit: sparse autoencoders on CLIP vision transformers."""
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+"""Defaults shared by every command. Imports nothing heavy, so ``saevit --help`` stays instant.
+
+The working folder is where ``saevit cache`` writes and every later command reads when given no paths,
+so that ``saevit cache`` then ``saevit train --layer 8 --tokens cls`` work verbatim.
+"""
+
+import os
+from pathlib import Path
+
+#: The built-in toy CLIP (weights in ``sae_vit/assets``); ``SAEVIT_MODEL`` switches every default.
+DEFAULT_MODEL = os.environ.get("SAEVIT_MODEL", "toy")
+
+#: The paper's base model in timm (weights from the Hugging Face Hub).
+REAL_CLIP = "vit_base_patch32_clip_224.datacompxl"
+
+
+def workdir() -> Path:
+    """The default working folder: ``$SAEVIT_HOME`` or ``./saevit_runs``."""
+    return Path(os.environ.get("SAEVIT_HOME", "saevit_runs"))
+
+
+def default_cache_dir() -> Path:
+    """Where ``saevit cache`` writes by default and ``train`` / ``sparsity`` read by default."""
+    return workdir() / "cache"
+
+
+def default_sae_dir() -> Path:
+    """Where ``saevit train`` writes checkpoints by default: ``layer_{L}/{tokens}/sae.safetensors``."""
+    return workdir() / "saes"
+
+
+def default_sae_path(layer: int, tokens: str, site: str = "resid_post") -> Path:
+    """The default checkpoint path of one SAE, in the Hub layout of DESIGN.md."""
+    sub = f"layer_{layer}/{tokens}" if site == "resid_post" else f"layer_{layer}/{site}/{tokens}"
+    return default_sae_dir() / sub / "sae.safetensors"
