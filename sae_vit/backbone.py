@@ -301,11 +301,11 @@ def load_backbone(
     import timm.data
 
     if name == "toy":
-        from .toyclip import build_toy_vit, default_asset_path, load_toy_clip
+        from .toyclip import build_toy_vit, default_path, load_toy_clip
 
         if weights is None:
             model = load_toy_clip().image
-            weights_id = file_sha256(default_asset_path())[:16]
+            weights_id = file_sha256(default_path())[:16]
         else:
             model = build_toy_vit()
             _load_weights(model, read_state_dict(weights), Path(weights))

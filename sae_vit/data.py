@@ -112,10 +112,10 @@ def world_source(task: str = "shapes", split: str = "test", n: int = 2048, seed:
     """Images of the built-in synthetic world (rendered on demand, deterministic from the seed)."""
     from . import world
 
-    scenes = world.task_scenes(task, split, n, seed)
+    scenes, rows = world.task_scenes(task, split, n, seed)
     items = [
-        ImageItem(id=f"world:{task}/{split}/{seed}/{i}", load=_world_loader(scene))
-        for i, scene in enumerate(scenes)
+        ImageItem(id=f"world:{row['id']}", load=_world_loader(scene))
+        for row, scene in zip(rows, scenes, strict=True)
     ]
     return ImageSource("world", f"{task}/{split}/n={n}/seed={seed}", items)
 

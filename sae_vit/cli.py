@@ -1,0 +1,266 @@
+"""The ``saevit`` command line: parse arguments, call one library function, render the result with rich.
+
+Nothing heavy is imported at start-up (``saevit --help`` must not import torch): every command imports
+what it needs inside its body. A :class:`SaeVitError` becomes one red line and exit code 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .defaults import DEFAULT_MODEL, REAL_CLIP, default_cache_dir, workdir
+from .errors import SaeVitError
+
+app = typer.Typer(
+    name="saevit",
+    help="Sparse autoencoders on CLIP's vision transformer: cache activations, train SAEs, analyse sparsity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out_console = Console()
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out_console.print(f"sae-vit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def command(*args, **kwargs):
+    """``app.command`` that turns a :class:`SaeVitError` into one red line and exit code 2."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*a, **kw):
+            try:
+                return fn(*a, **kw)
+            except SaeVitError as exc:
+                if _state["debug"]:
+                    raise
+                console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                console.print("[yellow]interrupted[/]; re-run the same command to resume where it stopped.")
+                raise typer.Exit(130) from None
+
+        return app.command(*args, **kwargs)(run)
+
+    return wrap
+
+
+class _LazyProgress:
+    """A rich progress bar that appears on the first update, so errors raised before any work starts
+    print as one clean line."""
+
+    def __init__(self, label: str, *fields: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn("{task.fields[%s]}" % f) for f in fields]
+        self.bar = Progress(*columns, TimeRemainingColumn(), console=console)
+        self.task = self.bar.add_task(label, total=None, **{f: "" for f in fields})
+        self.started = False
+
+    def update(self, **kwargs) -> None:
+        if not self.started:
+            self.bar.start()
+            self.started = True
+        self.bar.update(self.task, **kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.bar.stop()
+
+
+def _note_default(what: str, value) -> None:
+    console.print(f"[dim]using default {what}: {value}[/]", highlight=False)
+
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help=f"'toy' (built-in toy CLIP) or a timm ViT name, e.g. {REAL_CLIP}; env SAEVIT_MODEL.")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights", help="Local weights file for --model (safetensors or a PyTorch state dict).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+@command("cache")
+def cache_cmd(
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Folder of images (recursive) or a CSV index with a 'path' column. "
+                         "Default: the built-in synthetic world.")] = None,
+    world: Annotated[str | None, typer.Option(
+        "--world", help="Synthetic-world task to render when no --images: shapes, typographic, waterbirds, "
+                        "celeba.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Cache directory. Default: <workdir>/cache.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Comma-separated 0-based blocks, or 'all'. Default: 0,2,4,6,8,10,11.")] = None,
+    site: Annotated[str, typer.Option("--site", help="resid_post, mlp_out or mlp_hidden.")] = "resid_post",
+    tokens: Annotated[str, typer.Option("--tokens", help="cls, patches or all.")] = "all",
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16, float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1)] = 1024,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader workers.")] = 0,
+    max_images: Annotated[int | None, typer.Option(
+        "--max-images", min=1, help="Cache at most this many images (world default: 4096).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run a ViT over images and store activations (layers x token types) on disk; resumable."""
+    from . import api
+
+    if images is None:
+        _note_default("images", f"synthetic world '{world or 'shapes'}' (pass --images DIR for real images)")
+    if out is None:
+        _note_default("output", default_cache_dir())
+    if model == DEFAULT_MODEL and model == "toy":
+        _note_default("model", f"toy CLIP (pass --model {REAL_CLIP} for real CLIP)")
+    start = time.perf_counter()
+    with _LazyProgress("caching", "rate", "skipped") as bar:
+
+        def progress(p):
+            rate = p.done / max(time.perf_counter() - start, 1e-9)
+            bar.update(completed=p.done, total=p.total, rate=f"{rate:,.0f} images/s",
+                       skipped=f"{p.skipped} unreadable" if p.skipped else "")
+
+        manifest = api.cache(images, world, out, model, weights, layers, site, tokens, dtype, batch_size,
+                             images_per_shard, num_workers, max_images, seed, device, overwrite, progress)
+    if manifest["skipped"]:
+        console.print(f"[yellow]warning:[/] skipped {len(manifest['skipped'])} unreadable images, e.g. "
+                      f"{manifest['skipped'][0]}")
+    out_console.print(
+        f"cached {manifest['n_images_cached']} images, {manifest['n_tokens']:,} tokens per layer, layers "
+        f"{manifest['layers']} ({manifest['site']}, tokens={manifest['tokens']}) -> {manifest['path']}"
+    )
+
+
+@command("train")
+def train_cmd(
+    layer: Annotated[int, typer.Option("--layer", help="0-based block to train on.")],
+    tokens: Annotated[str, typer.Option("--tokens", help="cls, patches or all.")] = "all",
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache directory. Default: <workdir>/cache.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Checkpoint path. Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
+    architecture: Annotated[str, typer.Option("--architecture", help="topk or relu (ReLU + L1).")] = "topk",
+    k: Annotated[int, typer.Option("--k", min=1, help="Active latents per token (topk).")] = 32,
+    expansion: Annotated[int, typer.Option("--expansion", min=1, help="d_sae = expansion x d_in.")] = 16,
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="L1 weight (relu).")] = 8e-5,
+    normalization: Annotated[str, typer.Option(
+        "--normalization", help="none, layer_norm (per token, as the paper's SAEs) or constant.")] = "none",
+    lr: Annotated[float, typer.Option("--lr")] = 4e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
+    n_tokens: Annotated[int | None, typer.Option(
+        "--n-tokens", help="Training tokens. Default: 10 epochs, at least 1M tokens.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = 200,
+    grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
+    b_dec_init: Annotated[str, typer.Option("--b-dec-init", help="mean, geometric_median or zeros.")] = "mean",
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 autocast.")] = "fp32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train an SAE on one layer and token type of a cache (e.g. --layer 8 --tokens cls)."""
+    from . import api
+    from .train import TrainConfig
+
+    if cache is None:
+        _note_default("cache", default_cache_dir())
+    cfg = TrainConfig(architecture=architecture, k=k, expansion=expansion, l1_coefficient=l1_coefficient,
+                      normalization=normalization, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
+                      grad_clip=grad_clip, b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
+    with _LazyProgress("training", "stats") as bar:
+
+        def progress(s):
+            bar.update(completed=s.step, total=s.n_steps,
+                       stats=f"loss {s.loss:.4g}  L0 {s.l0:.1f}  FVU {s.fvu:.3f}  dead {100 * s.dead_fraction:.1f}%")
+
+        sae, path = api.train(layer, tokens, cache, out, cfg, n_tokens, epochs, overwrite, progress)
+    t = sae.cfg.training
+    out_console.print(
+        f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {layer} ({tokens}): held-out "
+        f"L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
+        f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}"
+    )
+
+
+@command("sparsity")
+def sparsity_cmd(
+    saes: Annotated[list[Path] | None, typer.Argument(
+        help="SAE checkpoints (files or folders searched for *.safetensors). Default: <workdir>/saes.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        "--cache", help="Evaluate on this cache's held-out images (default: <workdir>/cache when present).")] = None,
+    grid: Annotated[bool, typer.Option(
+        "--grid", help="Train one SAE per layer x token type of the cache first (missing ones only).")] = False,
+    layers: Annotated[str | None, typer.Option("--layers", help="With --grid: layers (default: all cached).")] = None,
+    tokens: Annotated[str, typer.Option("--tokens", help="With --grid: token types.")] = "cls,patches,all",
+    n_tokens: Annotated[int | None, typer.Option("--n-tokens", help="With --grid: training tokens per SAE.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
+    plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Table of L0, FVU, MSE, dead % and dense % per layer and token type (the paper's sparsity analysis)."""
+    from rich.table import Table
+
+    from . import sparsity
+
+    result = sparsity.run(saes, cache, grid, layers, tokens, n_tokens, out, plot, overwrite,
+                          progress=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
+    table = Table(title="SAE sparsity (held-out tokens)")
+    for col in ("layer", "tokens", "site", "arch", "d_sae", "L0", "FVU", "MSE", "dead %", "dense %", "eval"):
+        table.add_column(col, justify="right" if col not in ("tokens", "site", "arch", "eval") else "left")
+    for r in result.rows.itertuples():
+        table.add_row(str(r.layer), r.tokens, r.site, r.architecture, str(r.d_sae), f"{r.l0:.1f}", f"{r.fvu:.4f}",
+                      f"{r.mse:.4g}", f"{100 * r.dead_fraction:.1f}", f"{100 * r.dense_fraction:.1f}", r.evaluated_on)
+    out_console.print(table)
+    out_console.print(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
+
+
+def _mount_subapps() -> None:
+    try:
+        from .cli_world import world_app
+    except ImportError:
+        return
+    app.add_typer(world_app, name="world", help="The built-in synthetic world and toy CLIP.")
+
+
+_mount_subapps()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["app", "main", "workdir"]

@@ -1,0 +1,120 @@
+"""The command line: exit codes, one-line errors without tracebacks, and the cache -> train -> sparsity path."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sae_vit.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output  # stdout and stderr together
+
+
+def assert_user_error(args, fragment):
+    code, text = run(*args)
+    assert code == 2, text
+    assert "Traceback" not in text
+    lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("using default")]
+    assert len(lines) == 1 and lines[0].startswith("error:"), text
+    assert fragment in text, text
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from typer.testing import CliRunner; from sae_vit.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_help_lists_commands():
+    code, text = run("--help")
+    assert code == 0
+    for name in ("cache", "train", "sparsity"):
+        assert name in text
+
+
+@pytest.fixture
+def cli_cache(tiny_vit, image_dir, tmp_path):
+    from tests.conftest import write_images
+
+    write_images(image_dir / "more", 15, seed=5)  # 25 images: one is held out for evaluation
+    out = tmp_path / "cache"
+    code, text = run("cache", "--images", image_dir, "--model", tiny_vit[0], "--weights", tiny_vit[1],
+                     "--layers", "1,3", "--out", out, "--images-per-shard", "4")
+    assert code == 0, text
+    assert "cached 25 images" in text
+    return out
+
+
+def test_cache_errors(tiny_vit, image_dir, tmp_path, cli_cache):
+    w = ["--model", tiny_vit[0], "--weights", tiny_vit[1]]
+    assert_user_error(["cache", "--images", tmp_path / "missing", *w, "--out", tmp_path / "o1"], "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_user_error(["cache", "--images", tmp_path / "empty", *w, "--out", tmp_path / "o2"], "No images found")
+    assert_user_error(["cache", "--images", image_dir, *w, "--layers", "9", "--out", tmp_path / "o3"],
+                      "out of range")
+    assert_user_error(["cache", "--images", image_dir, "--model", "vit_nonexistent_x", "--out", tmp_path / "o4"],
+                      "Unknown model")
+    assert_user_error(["cache", "--images", image_dir, *w, "--layers", "1,3", "--out", cli_cache,
+                       "--images-per-shard", "4"], "--overwrite")
+    assert_user_error(["cache", "--images", image_dir, *w, "--layers", "x", "--out", tmp_path / "o5"], "--layers")
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "sparsity", str(tmp_path / "nope.safetensors")])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_train_and_sparsity_errors(cli_cache, tiny_vit, image_dir, tmp_path):
+    assert_user_error(["train", "--cache", cli_cache, "--layer", "2", "--tokens", "cls"], "has no layer 2")
+    assert_user_error(["train", "--cache", tmp_path / "nocache", "--layer", "1"], "not an activation cache")
+    small = tmp_path / "small"
+    from sae_vit.backbone import load_backbone
+    from sae_vit.cache import write_cache
+    from sae_vit.data import folder_source
+
+    write_cache(load_backbone("test_vit", tiny_vit[1]), folder_source(image_dir / "a"), small, [1])
+    assert_user_error(["train", "--cache", small, "--layer", "1"], "at least 20 images")
+    assert_user_error(["train", "--cache", cli_cache, "--layer", "1", "--tokens", "some"], "token selection")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    assert_user_error(["sparsity", bad, "--out", tmp_path / "s.csv"], "not a readable .safetensors")
+    from safetensors.torch import save_file
+    import torch
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(foreign))
+    assert_user_error(["sparsity", foreign, "--out", tmp_path / "s.csv"], "not an sae-vit checkpoint")
+
+
+def test_cache_train_sparsity_end_to_end(cli_cache, tmp_path):
+    sae_path = tmp_path / "saes" / "l3_patches.safetensors"
+    code, text = run("train", "--cache", cli_cache, "--layer", "3", "--tokens", "patches", "--out", sae_path,
+                     "--n-tokens", "20000", "--batch-size", "256", "--expansion", "4", "--k", "8")
+    assert code == 0, text
+    assert sae_path.is_file() and "FVU" in text
+    assert_user_error(["train", "--cache", cli_cache, "--layer", "3", "--tokens", "patches", "--out", sae_path,
+                       "--n-tokens", "2000"], "--overwrite")
+    code, text = run("train", "--cache", cli_cache, "--layer", "1", "--tokens", "cls", "--out",
+                     tmp_path / "saes" / "l1_cls.safetensors", "--n-tokens", "2000", "--expansion", "2", "--k", "4")
+    assert code == 0, text
+    csv = tmp_path / "sparsity.csv"
+    code, text = run("sparsity", tmp_path / "saes", "--cache", cli_cache, "--out", csv)
+    assert code == 0, text
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    assert list(df["layer"]) == [1, 3] and list(df["tokens"]) == ["cls", "patches"]
+    assert (df["evaluated_on"] == "cache").all()
+    assert df.loc[1, "l0"] <= 8 + 1e-6 and 0 <= df.loc[1, "fvu"] < 1.0
+    assert csv.with_suffix(".png").is_file()
+    assert_user_error(["sparsity", tmp_path / "saes", "--cache", cli_cache, "--out", csv], "--overwrite")
