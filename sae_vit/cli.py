@@ -78,7 +78,7 @@ class _LazyProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn("{task.fields[%s]}" % f) for f in fields]
+        columns += [TextColumn("{task.fields[" + f + "]}") for f in fields]
         self.bar = Progress(*columns, TimeRemainingColumn(), console=console)
         self.task = self.bar.add_task(label, total=None, **{f: "" for f in fields})
         self.started = False
@@ -182,9 +182,9 @@ def train_cmd(
     warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = 200,
     grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
     b_dec_init: Annotated[str, typer.Option("--b-dec-init", help="mean, geometric_median or zeros.")] = "mean",
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 autocast.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", help="bf16 autocast or fp32.")] = "bf16",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto (CUDA when available).")] = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train an SAE on one layer and token type of a cache (e.g. --layer 8 --tokens cls)."""
@@ -222,17 +222,27 @@ def sparsity_cmd(
     layers: Annotated[str | None, typer.Option("--layers", help="With --grid: layers (default: all cached).")] = None,
     tokens: Annotated[str, typer.Option("--tokens", help="With --grid: token types.")] = "cls,patches,all",
     n_tokens: Annotated[int | None, typer.Option("--n-tokens", help="With --grid: training tokens per SAE.")] = None,
+    architecture: Annotated[str, typer.Option("--architecture", help="With --grid: topk or relu.")] = "topk",
+    k: Annotated[int, typer.Option("--k", min=1, help="With --grid: active latents (topk).")] = 32,
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="With --grid: L1 weight (relu).")] = 8e-5,
+    expansion: Annotated[int, typer.Option("--expansion", min=1, help="With --grid: d_sae / d_in.")] = 16,
     out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Table of L0, FVU, MSE, dead % and dense % per layer and token type (the paper's sparsity analysis)."""
+    from . import sparsity
+    from .train import TrainConfig
+
+    config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion)
+    result = sparsity.run(saes, cache, grid, layers, tokens, n_tokens, out, plot, overwrite,
+                          progress=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False), config=config)
+    _print_sparsity(result)
+
+
+def _print_sparsity(result) -> None:
     from rich.table import Table
 
-    from . import sparsity
-
-    result = sparsity.run(saes, cache, grid, layers, tokens, n_tokens, out, plot, overwrite,
-                          progress=lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
     table = Table(title="SAE sparsity (held-out tokens)")
     for col in ("layer", "tokens", "site", "arch", "d_sae", "L0", "FVU", "MSE", "dead %", "dense %", "eval"):
         table.add_column(col, justify="right" if col not in ("tokens", "site", "arch", "eval") else "left")
@@ -241,6 +251,26 @@ def sparsity_cmd(
                       f"{r.mse:.4g}", f"{100 * r.dead_fraction:.1f}", f"{100 * r.dense_fraction:.1f}", r.evaluated_on)
     out_console.print(table)
     out_console.print(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
+
+
+@command("demo")
+def demo_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/demo.")] = None,
+    n_images: Annotated[int, typer.Option("--n-images", min=40, help="World images to cache.")] = 2048,
+    layers: Annotated[str, typer.Option("--layers", help="Toy CLIP blocks to analyse.")] = "2,5,8,11",
+    n_tokens: Annotated[int, typer.Option("--n-tokens", min=1, help="Training tokens per SAE.")] = 400_000,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """The paper in miniature on the toy CLIP and the synthetic world: cache, train SAEs, sparsity table."""
+    from .api import parse_layers
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(n_images=n_images, layers=tuple(parse_layers(layers, 12)), n_tokens=n_tokens)
+    start = time.perf_counter()
+    result = run_demo(out, cfg, overwrite, progress=lambda msg: console.print(f"[cyan]{msg}[/]", highlight=False))
+    _print_sparsity(result.sparsity)
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
+    out_console.print(f"demo finished in {time.perf_counter() - start:.0f} s ({steps}); everything is in {result.out}")
 
 
 def _mount_subapps() -> None:

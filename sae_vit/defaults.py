@@ -29,7 +29,8 @@ def default_sae_dir() -> Path:
     return workdir() / "saes"
 
 
-def default_sae_path(layer: int, tokens: str, site: str = "resid_post") -> Path:
-    """The default checkpoint path of one SAE, in the Hub layout of DESIGN.md."""
+def default_sae_path(layer: int, tokens: str, site: str = "resid_post", root: Path | None = None) -> Path:
+    """The checkpoint path of one SAE in the Hub layout of DESIGN.md, under ``root`` (default: the
+    working folder's ``saes``)."""
     sub = f"layer_{layer}/{tokens}" if site == "resid_post" else f"layer_{layer}/{site}/{tokens}"
-    return default_sae_dir() / sub / "sae.safetensors"
+    return (root if root is not None else default_sae_dir()) / sub / "sae.safetensors"

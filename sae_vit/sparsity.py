@@ -63,7 +63,7 @@ def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000) -> d
     else:
         t = c.training
         row.update({k: t.get(k, float("nan")) for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")})
-        row.update({"n_eval_tokens": t.get("n_eval_tokens", 0), "evaluated_on": "checkpoint"})
+        row.update({"n_eval_tokens": t.get("eval_tokens", 0), "evaluated_on": "checkpoint"})
     return row
 
 
@@ -74,8 +74,10 @@ def _matches(sae, reader) -> bool:
 
 
 def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tokens: int | None,
-               progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Train the SAEs of a layer x token-type grid that do not exist yet (default paths); return all paths."""
+               progress: Callable[[str], None] | None = None, config=None, sae_dir: Path | None = None,
+               train_progress: Callable | None = None) -> list[Path]:
+    """Train the SAEs of a layer x token-type grid that do not exist yet under ``sae_dir`` (default: the
+    working folder's ``saes``), with the :class:`~sae_vit.train.TrainConfig` ``config``; return all paths."""
     from . import api
     from .cache import CacheReader
 
@@ -83,11 +85,11 @@ def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tok
     paths = []
     for layer in layers:
         for tokens in token_types:
-            path = default_sae_path(layer, tokens, site)
+            path = default_sae_path(layer, tokens, site, sae_dir)
             if not path.exists():
                 if progress:
                     progress(f"training layer {layer} / {tokens} -> {path}")
-                api.train(layer, tokens, cache_dir, path, n_tokens=n_tokens)
+                api.train(layer, tokens, cache_dir, path, config=config, n_tokens=n_tokens, progress=train_progress)
             paths.append(path)
     return paths
 
@@ -103,8 +105,11 @@ def run(
     plot: bool = True,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    config=None,
+    sae_dir: str | os.PathLike | None = None,
 ) -> SparsityResult:
-    """Build the sparsity table (training the grid first with ``grid``), write the CSV and the plot."""
+    """Build the sparsity table (training the grid first with ``grid``, with the TrainConfig ``config``,
+    into ``sae_dir``), write the CSV and the plot."""
     from .backbone import TOKENS
     from .cache import CacheReader
 
@@ -123,7 +128,8 @@ def run(
         from .api import parse_layers
 
         layer_list = parse_layers(layers, 10**6) if layers else reader.layers
-        paths = train_grid(cache_dir, layer_list, token_types, n_tokens, progress)
+        paths = train_grid(cache_dir, layer_list, token_types, n_tokens, progress, config,
+                           Path(sae_dir) if sae_dir is not None else None)
         if saes:
             paths += find_checkpoints(saes)
     else:

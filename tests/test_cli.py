@@ -88,8 +88,8 @@ def test_train_and_sparsity_errors(cli_cache, tiny_vit, image_dir, tmp_path):
     bad = tmp_path / "corrupt.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
     assert_user_error(["sparsity", bad, "--out", tmp_path / "s.csv"], "not a readable .safetensors")
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"weight": torch.zeros(2, 2)}, str(foreign))
