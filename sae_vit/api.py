@@ -55,6 +55,7 @@ def cache(
     device: str = "cpu",
     overwrite: bool = False,
     progress: Callable | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Cache activations of ``model`` over images (a folder or CSV), or over the synthetic world when
     ``images`` is None. Returns the manifest (with ``path`` added)."""
@@ -63,6 +64,8 @@ def cache(
     from .data import open_source
 
     out = Path(out) if out is not None else default_cache_dir()
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     backbone = load_backbone(model, weights, device)
     layer_list = layers if isinstance(layers, list) else parse_layers(layers, backbone.n_layers)
     n_world = max_images or DEFAULT_WORLD_IMAGES
@@ -70,7 +73,7 @@ def cache(
     manifest = write_cache(
         backbone, source, out, layer_list, site=site, tokens=tokens, dtype=dtype, batch_size=batch_size,
         images_per_shard=images_per_shard, num_workers=num_workers, max_images=max_images,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, precision=precision,
     )
     return {**manifest, "path": str(out)}
 

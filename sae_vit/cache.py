@@ -24,6 +24,7 @@ from .errors import SaeVitError
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 #: Held-out images: every image whose index is ``EVAL_EVERY - 1`` modulo ``EVAL_EVERY`` (5 %), split by
 #: image so no token of an evaluation image is trained on.
 EVAL_EVERY = 20
@@ -82,13 +83,20 @@ def write_cache(
     overwrite: bool = False,
     progress: Callable[[CacheProgress], None] | None = None,
     stop_after_shards: int | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Run ``backbone`` over ``source`` and store activations of ``layers`` at ``site`` for ``tokens``.
 
     Returns the final manifest. If ``out`` holds an unfinished cache with the same settings, it resumes;
     a finished one or different settings need ``overwrite``. ``stop_after_shards`` stops early (for tests
-    of resumption).
+    of resumption). ``precision`` ``bf16`` runs the forward pass under bf16 autocast.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r caches the shards whose index is r modulo the world size
+    and records them in ``manifest.rank{r}.json``; rank 0 merges those into the manifest at the end (and
+    at the start of a resumed run), so the result equals a single-process run.
     """
+    if precision not in PRECISIONS:
+        raise SaeVitError(f"Unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     check_choice(tokens, TOKENS, "token selection")
     if dtype not in DTYPES:
         raise SaeVitError(f"Unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
@@ -115,30 +123,82 @@ def write_cache(
         "n_images": len(items),
         "source": {**source.describe(), "n_images": len(items)},
     }
-    manifest = _start_or_resume(root, settings, overwrite)
+    rank, world = _distributed()
+    if rank == 0:
+        manifest = _start_or_resume(root, settings, overwrite)
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+    _barrier(world)
+    if rank != 0:
+        manifest = read_manifest(root)
     token_ids = backbone.token_ids(tokens)
     n_shards = -(-len(items) // images_per_shard)
     done_shards = {s["index"] for s in manifest["shards"]}
-    written = 0
+    mine: list[dict] = []
     for index in range(n_shards):
-        if index in done_shards:
+        if index in done_shards or index % world != rank:
             continue
-        if stop_after_shards is not None and written >= stop_after_shards:
+        if stop_after_shards is not None and len(mine) >= stop_after_shards:
             break
         lo, hi = index * images_per_shard, min(len(items), (index + 1) * images_per_shard)
-        shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
-                             batch_size, num_workers, manifest, progress, len(items))
+        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
+                                 batch_size, num_workers, manifest, progress if rank == 0 else None, len(items))
         for layer in layers:
             _save_shard(shard_path(root, layer, index), shard["tensors"][layer])
-        manifest["shards"].append(shard["entry"])
-        manifest["shards"].sort(key=lambda s: s["index"])
+        # Only after every layer's file is on disk is the shard recorded.
+        mine.append(shard["entry"])
+        if world > 1:
+            write_json_atomic(root / f"manifest.rank{rank}.json", {"shards": mine})
+        else:
+            manifest["shards"].append(shard["entry"])
+            manifest["shards"].sort(key=lambda s: s["index"])
+            _refresh_totals(manifest)
+            write_json_atomic(root / MANIFEST, manifest)
+    _barrier(world)
+    if rank == 0:
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+        manifest["complete"] = len(manifest["shards"]) == n_shards
         _refresh_totals(manifest)
         write_json_atomic(root / MANIFEST, manifest)
-        written += 1
-    manifest["complete"] = len(manifest["shards"]) == n_shards
+    _barrier(world)
+    return read_manifest(root) if rank != 0 else manifest
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group from torchrun's environment when needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _merge_rank_manifests(root: Path, manifest: dict) -> None:
+    """Fold the shards recorded by each rank into the manifest, write it, then remove the rank files."""
+    partials = sorted(root.glob("manifest.rank*.json"))
+    known = {s["index"] for s in manifest["shards"]}
+    for path in partials:
+        for entry in json.loads(path.read_text())["shards"]:
+            if entry["index"] not in known:
+                manifest["shards"].append(entry)
+                known.add(entry["index"])
+    manifest["shards"].sort(key=lambda s: s["index"])
     _refresh_totals(manifest)
     write_json_atomic(root / MANIFEST, manifest)
-    return manifest
+    for path in partials:
+        path.unlink()
 
 
 def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
@@ -171,6 +231,8 @@ def _remove_cache(root: Path) -> None:
             f.unlink()
         if not any(sub.iterdir()):
             sub.rmdir()
+    for f in root.glob("manifest.rank*.json"):
+        f.unlink()
     (root / MANIFEST).unlink(missing_ok=True)
 
 

@@ -8,6 +8,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,10 +131,15 @@ def cache_cmd(
     max_images: Annotated[int | None, typer.Option(
         "--max-images", min=1, help="Cache at most this many images (world default: 4096).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
-    device: Annotated[str, typer.Option("--device")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK).")] = "cpu",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="Forward pass in fp32, or under bf16 autocast (faster on AMX CPUs and GPUs).")] = "fp32",
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run a ViT over images and store activations (layers x token types) on disk; resumable."""
+    """Run a ViT over images and store activations (layers x token types) on disk; resumable.
+
+    Scale out with PyTorch's launcher: torchrun --nproc-per-node N -m sae_vit.cli cache ...
+    """
     from . import api
 
     if images is None:
@@ -151,7 +157,10 @@ def cache_cmd(
                        skipped=f"{p.skipped} unreadable" if p.skipped else "")
 
         manifest = api.cache(images, world, out, model, weights, layers, site, tokens, dtype, batch_size,
-                             images_per_shard, num_workers, max_images, seed, device, overwrite, progress)
+                             images_per_shard, num_workers, max_images, seed, device, overwrite, progress,
+                             precision)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     if manifest["skipped"]:
         console.print(f"[yellow]warning:[/] skipped {len(manifest['skipped'])} unreadable images, e.g. "
                       f"{manifest['skipped'][0]}")

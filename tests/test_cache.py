@@ -148,3 +148,15 @@ def test_csv_source_relative_paths(tiny_backbone, image_dir, tmp_path):
     assert [i.id for i in src.items] == files
     m = write_cache(tiny_backbone, src, tmp_path / "c", [0], tokens="cls")
     assert m["n_tokens"] == len(files)
+
+
+def test_bf16_forward_stays_close_to_fp32(tiny_backbone, image_dir, tmp_path):
+    src = folder_source(image_dir)
+    write_cache(tiny_backbone, src, tmp_path / "fp32", [3], dtype="float32")
+    write_cache(tiny_backbone, src, tmp_path / "bf16", [3], dtype="float32", precision="bf16")
+    a = CacheReader(tmp_path / "fp32").load(3, "all", "all")
+    b = CacheReader(tmp_path / "bf16").load(3, "all", "all")
+    rel = (a - b).norm() / a.norm()
+    assert 0 < rel.item() < 0.05  # bf16 really ran, and stays within 5 % relative error
+    with pytest.raises(SaeVitError, match="precision"):
+        write_cache(tiny_backbone, src, tmp_path / "x", [3], precision="fp8")
