@@ -124,3 +124,134 @@ def train(
     sae.cfg.training.update({"cache": str(cache_dir), "cache_weights": reader.manifest["weights"]})
     path = sae.save(out, overwrite=overwrite)
     return sae, path
+
+
+def load_probe_images(backbone, images: str | os.PathLike | None = None, world: str | None = None,
+                      n_images: int = 64, seed: int = 1):
+    """Preprocessed probe images [N, 3, H, W] from a folder / CSV, or the synthetic world (test split)."""
+    import torch
+
+    from .data import open_source
+
+    source = open_source(images, world, n=n_images, seed=seed)
+    tensors = []
+    for item in source.items[:n_images]:
+        try:
+            tensors.append(backbone.transform(item.open()))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not tensors:
+        raise SaeVitError(f"No readable probe images in {source.location}; pass --images with images.")
+    return torch.stack(tensors).to(backbone.device)
+
+
+def text_head_and_vocabulary(backbone, vocab: str | os.PathLike | None = None,
+                             text_embeddings: str | os.PathLike | None = None):
+    """``(words, unit embeddings [V, d])``: from an embeddings file, a word list embedded by the model's text
+    tower (toy, or open_clip for real CLIP), or the toy world's concept words."""
+    from .steer import check_vocabulary, default_vocabulary
+    from .text import TextHead
+
+    if text_embeddings is not None:
+        head = TextHead.from_file(text_embeddings)
+        words = list(head._table) if vocab is None else _read_words(vocab)
+        return words, head.embed(words)
+    words = _read_words(vocab) if vocab is not None else default_vocabulary(backbone)
+    check_vocabulary(backbone, words)
+    head = TextHead.from_toy() if backbone.name == "toy" else TextHead.from_open_clip()
+    return words, head.embed(words, templates=("{}",))
+
+
+def _read_words(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise SaeVitError(f"Vocabulary file {p} does not exist; pass a text file with one word per line.")
+    words = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not words:
+        raise SaeVitError(f"Vocabulary file {p} is empty; put one word per line.")
+    return list(dict.fromkeys(words))
+
+
+def find_saes(saes: list[str | os.PathLike] | None) -> list:
+    """SAE arguments (files, folders, hf:// URIs) -> local checkpoint paths; default: the working folder."""
+    from .defaults import default_sae_dir
+    from .sae import resolve_sae_path
+
+    if not saes:
+        root = default_sae_dir()
+        found = sorted(root.rglob("*.safetensors")) if root.is_dir() else []
+        if not found:
+            raise SaeVitError(f"No SAEs in {root}; train one with `saevit train --layer 8 --tokens cls` or pass --sae.")
+        return found
+    paths = []
+    for s in saes:
+        p = Path(str(s))
+        if not str(s).startswith("hf://") and p.is_dir() and not (p / "sae.safetensors").is_file():
+            paths.extend(sorted(p.rglob("*.safetensors")))
+        else:
+            paths.append(resolve_sae_path(s))
+    return paths
+
+
+def steer_score(
+    saes: list[str | os.PathLike] | None = None,
+    model: str | None = None,
+    weights: str | os.PathLike | None = None,
+    vocab: str | os.PathLike | None = None,
+    text_embeddings: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    world: str | None = None,
+    n_images: int = 64,
+    config=None,
+    features: list[int] | None = None,
+    max_features: int | None = 256,
+    neurons: bool = True,
+    mlp_neurons: bool = False,
+    random_control: int = 0,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: Callable | None = None,
+) -> list:
+    """Score every SAE in ``saes`` (default: the working folder's); write ``steer_<layer>_<tokens>.csv`` per
+    SAE, ``steer_summary.csv`` and a PNG of S against strength under ``out``. Returns the reports."""
+    import json
+
+    import pandas as pd
+
+    from .backbone import load_backbone
+    from .cache import write_json_atomic
+    from .defaults import workdir
+    from .sae import SAE
+    from .steer import plot_curves
+    from .steer import steer_score as score
+
+    out = Path(out) if out is not None else workdir() / "steer"
+    if (out / "steer_summary.csv").exists() and not overwrite:
+        raise SaeVitError(f"{out} already holds steer-score results; pass --overwrite or choose another --out.")
+    paths = find_saes(saes)
+    loaded = [(p, SAE.load(p, device)) for p in paths]
+    model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
+    backbone = load_backbone(model, weights, device)
+    words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings)
+    probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)
+    out.mkdir(parents=True, exist_ok=True)
+    reports, summary_rows = [], []
+    for path, sae in loaded:
+        report = score(sae, backbone, probe, words, text.to(device), config, features, max_features, neurons,
+                       mlp_neurons, random_control, seed, str(path), progress)
+        stem = f"steer_layer{sae.cfg.layer}_{sae.cfg.site}_{sae.cfg.tokens}"
+        tmp = out / f".{stem}.csv.tmp"
+        report.units.to_csv(tmp, index=False)
+        os.replace(tmp, out / f"{stem}.csv")
+        write_json_atomic(out / f"{stem}.json", report.summary)
+        plot_curves(report.units, out / f"{stem}.png")
+        for kind, k in report.summary["kinds"].items():
+            summary_rows.append({"layer": sae.cfg.layer, "site": sae.cfg.site, "tokens": sae.cfg.tokens, "kind": kind,
+                                 **k, "strengths": json.dumps(report.summary["strengths"][kind]), "sae": str(path)})
+        reports.append(report)
+    tmp = out / ".steer_summary.csv.tmp"
+    pd.DataFrame(summary_rows).to_csv(tmp, index=False)
+    os.replace(tmp, out / "steer_summary.csv")
+    return reports

@@ -262,6 +262,80 @@ def _print_sparsity(result) -> None:
     out_console.print(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
 
 
+@command("steer-score")
+def steer_score_cmd(
+    sae: Annotated[list[str] | None, typer.Option(
+        "--sae", help="SAE checkpoint, folder or hf:// URI (repeatable). Default: every SAE in <workdir>/saes.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Backbone; default: the model the SAE was trained on (toy by default).")] = None,
+    weights: WeightsOpt = None,
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Concept words, one per line.")] = None,
+    text_embeddings: Annotated[Path | None, typer.Option(
+        "--text-embeddings", help="safetensors with 'embeddings' [n, d] and 'names' in its metadata.")] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Probe images (folder or CSV).")] = None,
+    world: Annotated[str | None, typer.Option("--world", help="Synthetic-world task for probe images.")] = None,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Probe images (paper: 192).")] = 64,
+    alphas: Annotated[str, typer.Option("--alphas", help="Strengths (paper's sweep).")] = "-20,-5,0,5,10,20,50,150",
+    strength_unit: Annotated[str, typer.Option(
+        "--strength-unit", help="auto (absolute for CLIP ViT-B/32, relative to the activation norm otherwise), "
+                                "absolute or relative.")] = "auto",
+    threshold: Annotated[float, typer.Option("--threshold", help="Steerable if S exceeds it.")] = 0.10,
+    temperature: Annotated[float, typer.Option("--temperature")] = 100.0,
+    tokens: Annotated[str, typer.Option("--tokens", help="Where to clamp: sae (its own tokens), all, patches, cls.")] = "sae",
+    features: Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 3,17; default: all.")] = None,
+    max_features: Annotated[int, typer.Option("--max-features", help="Sample this many features (quick estimate).")] = 256,
+    full: Annotated[bool, typer.Option("--full", help="Score every feature (ignores --max-features).")] = False,
+    neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Residual-basis neuron baseline.")] = True,
+    mlp_neurons: Annotated[bool, typer.Option("--mlp-neurons", help="Also the MLP hidden units.")] = False,
+    random_control: Annotated[int, typer.Option("--random-control", help="Random unit directions as a control.")] = 256,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 for the steered passes.")] = "fp32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/steer.")] = None,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
+    from rich.table import Table
+
+    from . import api
+    from .steer import SteerConfig
+
+    try:
+        alpha_list = tuple(float(a) for a in alphas.split(","))
+        feature_list = [int(f) for f in features.split(",")] if features else None
+    except ValueError as exc:
+        raise SaeVitError("--alphas and --features take comma-separated numbers, e.g. --alphas 0,50,150.") from exc
+    if tokens not in ("sae", "all", "patches", "cls"):
+        raise SaeVitError(f"Unknown --tokens {tokens!r}; use sae, all, patches or cls.")
+    if not sae:
+        _note_default("SAEs", "every checkpoint in <workdir>/saes")
+    cfg = SteerConfig(alphas=alpha_list, threshold=threshold, temperature=temperature, tokens=tokens,
+                      strength_unit=strength_unit, precision=precision)
+    with _LazyProgress("steering", "what") as bar:
+        reports = api.steer_score(
+            sae, model, weights, vocab, text_embeddings, images, world, n_images, cfg, feature_list,
+            None if full else max_features, neurons, mlp_neurons, random_control, seed, out, overwrite, device,
+            progress=lambda kind, done, total: bar.update(completed=done, total=total, what=kind),
+        )
+    table = Table(title="Steerability (S > threshold at the largest strength)")
+    for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets", "top features"):
+        table.add_column(col)
+    for r in reports:
+        s = r.summary
+        feats = r.units[(r.units.kind == "feature")].head(3)
+        top = ", ".join(f"{int(i)}:{t} ({v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"],
+                                                                      strict=True))
+        for kind, k in s["kinds"].items():
+            table.add_row(str(s["layer"]), s["steer_tokens"], kind, str(k["scored"]), str(k["steerable"]),
+                          f"{100 * k['fraction']:.1f}", str(k["distinct_targets"]), top if kind == "feature" else "")
+    out_console.print(table)
+    if reports:
+        st = reports[0].summary
+        out_console.print(f"strength unit {st['strength_unit']}; feature strengths {st['strengths'].get('feature')}; "
+                          f"{st['n_images']} probe images, {st['vocabulary']} words; results in "
+                          f"{out or workdir() / 'steer'}", highlight=False)
+
+
 @command("demo")
 def demo_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/demo.")] = None,
@@ -283,6 +357,9 @@ def demo_cmd(
 
 
 def _mount_subapps() -> None:
+    from .cli_hub import register as register_hub
+
+    register_hub(app, command)
     try:
         from .cli_world import world_app
     except ImportError:
