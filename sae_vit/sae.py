@@ -121,8 +121,9 @@ class SAE(nn.Module):
         """Inverse of :meth:`normalize` with the context it returned."""
         norm = self.cfg.normalization
         if norm == "layer_norm":
+            # The paper's SAEs (ViT-Prisma, SAELens) de-normalise with sigma itself, not sigma + eps.
             mu, sigma = ctx
-            return x * (sigma + LN_EPS) + mu
+            return x * sigma + mu
         if norm == "constant":
             return x / self.scale
         return x
@@ -167,7 +168,7 @@ class SAE(nn.Module):
         f_new = fn(f)
         delta = (f_new - f) @ self.W_dec
         if self.cfg.normalization == "layer_norm":
-            delta = delta * (ctx[1] + LN_EPS)
+            delta = delta * ctx[1]
         elif self.cfg.normalization == "constant":
             delta = delta / self.scale
         return x + delta.to(x.dtype)

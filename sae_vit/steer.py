@@ -165,7 +165,7 @@ def sae_family(sae: SAE, ctx: SteerContext) -> tuple[UnitFamily, Tensor]:
         xn, norm_ctx = sae.normalize(x)
         f = sae.activate(sae.pre_activations(xn))
     if sae.cfg.normalization == "layer_norm":
-        scale = norm_ctx[1] + 1e-5
+        scale = norm_ctx[1]  # de-normalise with sigma alone, as the SAE does
     elif sae.cfg.normalization == "constant":
         scale = torch.full_like(x[..., :1], 1.0 / float(sae.scale))
     else:
