@@ -255,3 +255,101 @@ def steer_score(
     pd.DataFrame(summary_rows).to_csv(tmp, index=False)
     os.replace(tmp, out / "steer_summary.csv")
     return reports
+
+
+def inspect(
+    sae: str | os.PathLike | None = None,
+    model: str | None = None,
+    weights: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    world: str | None = None,
+    n_images: int = 1024,
+    features: list[int] | None = None,
+    top_steerable: int | None = None,
+    random: int | None = None,
+    k: int = 16,
+    vocab: str | os.PathLike | None = None,
+    text_embeddings: str | os.PathLike | None = None,
+    steer_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    device: str = "cpu",
+    progress: Callable | None = None,
+) -> dict:
+    """Top-activating images, patch heatmaps, density and text labels for features of one SAE; writes one PNG
+    per feature, ``features.csv`` and a static ``index.html`` under ``out``. Returns paths and the table."""
+    import pandas as pd
+    import torch
+
+    from .backbone import load_backbone
+    from .data import ImageDataset, collate_skip_unreadable, open_source
+    from .defaults import workdir
+    from .inspection import collect, render_feature, text_labels, write_index
+    from .sae import SAE
+
+    path = find_saes([sae] if sae else None)[0]
+    model_sae = SAE.load(path, device)
+    c = model_sae.cfg
+    backbone = load_backbone(model or c.model or DEFAULT_MODEL, weights, device)
+    from .steer import check_sae_matches
+
+    check_sae_matches(model_sae, backbone, path)
+    out = Path(out) if out is not None else workdir() / "inspect" / f"layer_{c.layer}_{c.site}_{c.tokens}"
+    if (out / "index.html").exists() and not overwrite:
+        raise SaeVitError(f"{out} already holds an inspection; pass --overwrite or choose another --out.")
+    steer_dir = Path(steer_dir) if steer_dir is not None else workdir() / "steer"
+    steer_csv = steer_dir / f"steer_layer{c.layer}_{c.site}_{c.tokens}.csv"
+    targets: dict[int, str] = {}
+    if steer_csv.is_file():
+        scores = pd.read_csv(steer_csv)
+        scores = scores[scores["kind"] == "feature"]
+        targets = dict(zip(scores["index"].astype(int), scores["target"], strict=True))
+    if features is None:
+        if top_steerable:
+            if not targets:
+                raise SaeVitError(f"No steer-score results for this SAE in {steer_dir}; run `saevit steer-score` "
+                                  "first or pass --features / --random.")
+            best = scores[scores["steerable"]].sort_values("S", ascending=False)
+            features = best["index"].astype(int).head(top_steerable).tolist()
+            if not features:
+                raise SaeVitError(f"No steerable features in {steer_csv}; pass --features or --random instead.")
+        else:
+            g = torch.Generator().manual_seed(seed)
+            features = torch.randperm(c.d_sae, generator=g)[: random or 16].tolist()
+    source = open_source(images, world, n=n_images, seed=seed + 2)
+    items = source.items[:n_images]
+
+    def batches():
+        loader = torch.utils.data.DataLoader(ImageDataset(items, backbone.transform), batch_size=batch_size,
+                                             collate_fn=collate_skip_unreadable)
+        for index, batch, _bad in loader:
+            if batch is not None:
+                yield torch.tensor(index), batch
+
+    found = collect(backbone, model_sae, batches, features, k=k, batch_size=batch_size, progress=progress)
+    labels: list[list[tuple[str, float]]] | None = None
+    try:
+        words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings)
+    except SaeVitError:
+        words = None  # no text head for this model: labels are left out, not an error
+    if words is not None:
+        probe = load_probe_images(backbone, images, world, n_images=32, seed=seed + 1)
+        labels = text_labels(backbone, model_sae, features, probe, words, text.to(device))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for fi, feat in enumerate(features):
+        lab = labels[fi] if labels else []
+        if feat in targets:
+            lab = [(f"steer: {targets[feat]}", float("nan"))] + lab
+        png = render_feature(out / f"feature_{feat}.png", feat, found, fi, lambda i: items[i].open(), lab)
+        rows.append({"feature": feat, "density": float(found.density[fi]), "png": png.name,
+                     "labels": ", ".join(w for w, _ in lab)})
+    table = found.to_frame()
+    table["image_id"] = [items[i].id for i in table["image"]]
+    tmp = out / ".features.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out / "features.csv")
+    index = write_index(out, rows, f"{path} — layer {c.layer} {c.site} {c.tokens}, {found.n_images} images")
+    return {"out": out, "index": index, "features": rows, "table": table, "inspection": found}

@@ -336,6 +336,43 @@ def steer_score_cmd(
                           f"{out or workdir() / 'steer'}", highlight=False)
 
 
+@command("inspect")
+def inspect_cmd(
+    sae: Annotated[str | None, typer.Option("--sae", help="SAE checkpoint or hf:// URI. Default: first in <workdir>/saes.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Backbone; default: the SAE's model.")] = None,
+    weights: WeightsOpt = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Images (folder or CSV).")] = None,
+    world: Annotated[str | None, typer.Option("--world", help="Synthetic-world task (default: shapes).")] = None,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Images to scan.")] = 1024,
+    features: Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 12,40.")] = None,
+    top_steerable: Annotated[int | None, typer.Option(
+        "--top-steerable", help="The N most steerable features (needs `saevit steer-score` results).")] = None,
+    random: Annotated[int | None, typer.Option("--random", help="N random features (default 16).")] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="Top images per feature.")] = 16,
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Words for text labels, one per line.")] = None,
+    text_embeddings: Annotated[Path | None, typer.Option("--text-embeddings", help="Text embeddings file.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/inspect/...")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Top-activating images with patch heatmaps, density and text labels per feature; PNGs + index.html."""
+    from . import api
+
+    try:
+        feature_list = [int(f) for f in features.split(",")] if features else None
+    except ValueError as exc:
+        raise SaeVitError("--features takes comma-separated integers, e.g. --features 12,40.") from exc
+    with _LazyProgress("scanning", "what") as bar:
+        result = api.inspect(sae, model, weights, images, world, n_images, feature_list, top_steerable, random, k,
+                             vocab, text_embeddings, None, out, seed, 64, overwrite, device,
+                             progress=lambda n: bar.update(completed=n, total=n_images, what="images"))
+    for row in result["features"]:
+        out_console.print(f"feature {row['feature']:>6}  density {100 * row['density']:.2f}%  {row['labels']}",
+                          highlight=False)
+    out_console.print(f"open {result['index']} in a browser")
+
+
 @command("demo")
 def demo_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/demo.")] = None,

@@ -1,0 +1,91 @@
+"""inspect: the single-pass running top-k, the rendered files and the static index page."""
+
+from html.parser import HTMLParser
+
+import torch
+
+from sae_vit.inspection import TopK, collect
+from sae_vit.sae import SAE, SAEConfig
+
+
+def _sae(backbone, layer=2):
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=backbone.d_model, d_sae=40, k=8, model=backbone.name, layer=layer))
+    with torch.no_grad():
+        sae.b_enc.fill_(0.5)
+    return sae
+
+
+def test_running_topk_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(50, 6, generator=g)
+    grids = torch.randn(50, 6, 9, generator=g)
+    top = TopK.empty(6, 5, 9)
+    for start in range(0, 50, 7):
+        top.update(scores[start:start + 7], torch.arange(start, min(start + 7, 50)), grids[start:start + 7])
+    best = scores.T.topk(5, dim=1)
+    torch.testing.assert_close(top.values, best.values)
+    assert torch.equal(top.images, best.indices)
+    torch.testing.assert_close(top.grids, grids.transpose(0, 1).gather(1, best.indices[..., None].expand(-1, -1, 9)))
+
+
+def test_collect_matches_per_feature_scan(tiny_backbone):
+    sae = _sae(tiny_backbone)
+    images = torch.randn(10, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    feats = [3, 7, 21]
+
+    def batches():
+        for s in range(0, 10, 4):
+            yield torch.arange(s, min(s + 4, 10)), images[s:s + 4]
+
+    found = collect(tiny_backbone, sae, batches, feats, k=3)
+    with torch.no_grad():
+        f = sae.encode(tiny_backbone.capture(images, [2])[2])[..., feats]          # [10, 101, 3]
+    best = f[:, 1:].max(dim=1).values.T.topk(3, dim=1)
+    assert (best.values > 0).all()  # no ties at zero for the patch ranking
+    assert torch.equal(found.by_patch.images, best.indices)
+    cls = f[:, 0].T.topk(3, dim=1)
+    fires = cls.values > 0
+    assert fires.any() and not fires.all()
+    assert torch.equal(found.by_cls.images[fires], cls.indices[fires])
+    assert (found.by_cls.images[~fires] == -1).all()  # images where the feature is silent are not listed
+    torch.testing.assert_close(found.density, (f > 0).float().mean(dim=(0, 1)))
+    frame = found.to_frame()
+    assert set(frame["ranking"]) == {"patch", "cls"} and len(frame) == 3 * 3 + int(fires.sum())
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if (tag, name) in (("a", "href"), ("img", "src")):
+                self.links.append(value)
+
+
+def test_inspect_command_writes_pngs_and_index(tiny_vit, image_dir, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sae_vit.backbone import load_backbone
+    from sae_vit.cli import app
+
+    sae = _sae(load_backbone(*tiny_vit))
+    path = sae.save(tmp_path / "sae.safetensors")
+    out = tmp_path / "inspect"
+    r = CliRunner().invoke(app, ["inspect", "--sae", str(path), "--model", tiny_vit[0], "--weights", str(tiny_vit[1]),
+                                 "--images", str(image_dir), "--features", "1,5", "--k", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    parser = _Links()
+    parser.feed((out / "index.html").read_text())
+    assert parser.links and all((out / link).is_file() for link in parser.links)
+    assert {"feature_1.png", "feature_5.png"} <= {p.name for p in out.iterdir()}
+    assert Image.open(out / "feature_1.png").size[0] > 4 * 100
+    r = CliRunner().invoke(app, ["inspect", "--sae", str(path), "--model", tiny_vit[0], "--weights", str(tiny_vit[1]),
+                                 "--images", str(image_dir), "--features", "1", "--out", str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = CliRunner().invoke(app, ["inspect", "--sae", str(path), "--model", tiny_vit[0], "--weights", str(tiny_vit[1]),
+                                 "--images", str(image_dir), "--features", "999", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "0..39" in r.output
