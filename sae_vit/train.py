@@ -1,0 +1,352 @@
+"""The SAE training loop: initialisation, loss, AdamW with warm-up and decay, dead latents (AuxK), evaluation.
+
+The trainer depends only on an iterator of activation batches [n, d_in] and an optional held-out tensor (the
+seam SAELens uses), so one loop serves the activation cache, a live stream and the tests alike. It never
+prints: progress goes to a callback as :class:`TrainState`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import SaeVitError
+from .metrics import evaluate
+from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
+
+SCHEDULES = ("cosine", "constant", "linear")
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train one SAE. Defaults train a TopK SAE; docs/train.md gives the paper's ReLU recipe."""
+
+    architecture: str = "topk"
+    """``topk`` (L0 set by ``k``, AuxK for dead latents) or ``relu`` (ReLU with an L1 penalty)."""
+    expansion: int = 16
+    """Dictionary size as a multiple of ``d_in`` (the paper's SAEs: 64); ignored when ``d_sae`` is given."""
+    d_sae: int | None = None
+    """Number of latents; ``None`` means ``expansion * d_in``."""
+    k: int = 32
+    """Active latents per token for ``topk``."""
+    l1_coefficient: float = 8e-5
+    """L1 penalty weight for ``relu`` (the paper's SAEs: 1e-5 .. 1e-4), on the paper's normalised MSE."""
+    l1_warmup_steps: int | None = None
+    """Steps over which the L1 weight ramps up linearly from 0 (``relu``); ``None`` means 5 % of the run."""
+    normalization: str = "none"
+    """Input normalisation: ``none``, ``layer_norm`` (per token, as the paper's SAEs) or ``constant``
+    (one scale so that the mean squared norm of the inputs is ``d_in``)."""
+    lr: float | str = 4e-4
+    """Peak learning rate, or ``auto``: 2e-4 / sqrt(d_sae / 2**14) for TopK (OpenAI's scaling law), 4e-4 for ReLU."""
+    batch_size: int = 4096
+    """Tokens per optimisation step; incoming batches are re-chunked to this size."""
+    n_tokens: int = 10_000_000
+    """Training tokens in total; the run stops earlier if the batches run out."""
+    warmup_steps: int = 200
+    """Linear learning-rate warm-up steps (capped at a fifth of the run so short runs reach the peak)."""
+    schedule: str = "cosine"
+    """Decay after warm-up: ``cosine`` or ``linear`` down to 0, or ``constant``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    b_dec_init: str = "mean"
+    """Initial decoder bias from the init activations: ``mean``, ``geometric_median`` (Weiszfeld) or ``zeros``."""
+    aux_k: int | None = None
+    """Latents in the AuxK reconstruction of the residual by dead latents (``topk``); ``None`` means ``d_in // 2``."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    dead_tokens: int | None = None
+    """A latent that has not fired for this many tokens is dead; ``None`` means min(10M, n_tokens / 10)."""
+    dtype: str = "bf16"
+    """Compute precision: ``bf16`` autocast (weights and optimiser state stay fp32) or ``fp32``."""
+    seed: int = 0
+    """Seed for the initial weights."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:1`` ... or ``auto`` (CUDA when available)."""
+    log_every: int = 10
+    """Steps between calls of the progress callback."""
+
+    def validate(self) -> None:
+        """Raise :class:`SaeVitError` naming the first option that is out of range."""
+        choices = {
+            "architecture": ARCHITECTURES, "normalization": NORMALIZATIONS, "schedule": SCHEDULES,
+            "b_dec_init": B_DEC_INITS, "dtype": DTYPES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SaeVitError(f"Unknown {name} {getattr(self, name)!r}; use one of {', '.join(allowed)}.")
+        if isinstance(self.lr, str) and self.lr != "auto" or not isinstance(self.lr, str) and self.lr <= 0:
+            raise SaeVitError(f"Learning rate must be positive or 'auto' (got {self.lr!r}).")
+        for name in ("expansion", "k", "batch_size", "n_tokens", "log_every"):
+            if getattr(self, name) <= 0:
+                raise SaeVitError(f"{name} must be positive (got {getattr(self, name)}).")
+        for name in ("warmup_steps", "grad_clip", "weight_decay", "aux_coef", "l1_coefficient"):
+            if getattr(self, name) < 0:
+                raise SaeVitError(f"{name} must not be negative (got {getattr(self, name)}).")
+
+
+class TrainState(NamedTuple):
+    """What the progress callback sees every ``log_every`` steps (metrics on the current batch)."""
+
+    step: int
+    """Optimisation steps done."""
+    n_steps: int
+    """Planned steps (``n_tokens / batch_size``)."""
+    tokens: int
+    """Training tokens seen."""
+    loss: float
+    """Total loss of the last step."""
+    l0: float
+    """Mean active latents per token on the last batch."""
+    fvu: float
+    """Fraction of variance unexplained on the last batch."""
+    dead_fraction: float
+    """Fraction of latents that have not fired for ``dead_tokens`` tokens."""
+
+
+class StepOutput(NamedTuple):
+    """Result of :func:`sae_loss` on one batch."""
+
+    loss: Tensor
+    """Scalar loss to minimise."""
+    fvu: Tensor
+    """FVU of the batch (detached)."""
+    l0: Tensor
+    """Mean active latents per token (detached)."""
+    fired: Tensor
+    """[d_sae] bool: latents that fired on at least one token of the batch."""
+
+
+def resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
+    """A copy of ``cfg`` with every ``None`` / ``auto`` replaced by the value it stands for."""
+    cfg.validate()
+    d_sae = cfg.d_sae or cfg.expansion * d_in
+    n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+    if cfg.architecture == "topk" and cfg.k > d_sae:
+        raise SaeVitError(f"k={cfg.k} exceeds the {d_sae} latents; lower --k or raise --expansion.")
+    lr = cfg.lr
+    if lr == "auto":
+        lr = 2e-4 / math.sqrt(d_sae / 2**14) if cfg.architecture == "topk" else 4e-4
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return TrainConfig(**{
+        **asdict(cfg), "d_sae": d_sae, "lr": float(lr), "device": device,
+        "l1_warmup_steps": cfg.l1_warmup_steps if cfg.l1_warmup_steps is not None else n_steps // 20,
+        "aux_k": cfg.aux_k or max(1, d_in // 2),
+        "dead_tokens": cfg.dead_tokens or min(10_000_000, max(cfg.n_tokens // 10, cfg.batch_size)),
+    })
+
+
+def rebatch(batches: Iterable[Tensor], batch_size: int, d_in: int) -> Iterator[Tensor]:
+    """Re-chunk an iterable of [n_i, d_in] tensors into [batch_size, d_in] ones (the last may be shorter)."""
+    buf: list[Tensor] = []
+    held = 0
+    for batch in batches:
+        if batch.ndim != 2 or batch.shape[1] != d_in:
+            raise SaeVitError(
+                f"Activation batch has shape {tuple(batch.shape)}, expected [n, {d_in}]; check --layer/--site."
+            )
+        buf.append(batch)
+        held += batch.shape[0]
+        while held >= batch_size:
+            joined = buf[0] if len(buf) == 1 else torch.cat(buf)
+            yield joined[:batch_size]
+            buf, held = [joined[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(buf)
+
+
+def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
+    """Geometric median of the rows of ``x`` [n, d] by Weiszfeld's algorithm, [d]."""
+    x = x.double()
+    y = x.mean(dim=0)
+    for _ in range(n_iter):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
+        y_next = (w[:, None] * x).sum(dim=0) / w.sum()
+        if (y_next - y).norm() <= tol * y.norm().clamp_min(1.0):
+            return y_next.float()
+        y = y_next
+    return y.float()
+
+
+@torch.no_grad()
+def init_sae(d_in: int, cfg: TrainConfig, init_acts: Tensor, sae_config_extra: dict | None = None) -> SAE:
+    """A fresh SAE for a resolved ``cfg``: random unit decoder rows, encoder = decoder transpose, the constant
+    scale and ``b_dec`` (mean / geometric median / zeros) measured on ``init_acts`` [n, d_in]."""
+    sae = SAE(SAEConfig(
+        d_in=d_in, d_sae=cfg.d_sae, architecture=cfg.architecture,
+        k=cfg.k if cfg.architecture == "topk" else None,
+        l1_coefficient=cfg.l1_coefficient if cfg.architecture == "relu" else None,
+        normalization=cfg.normalization, **(sae_config_extra or {}),
+    ))
+    sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    x = init_acts.float()
+    if cfg.normalization == "constant":
+        sae.scale.fill_(math.sqrt(d_in / x.pow(2).sum(dim=1).mean().clamp_min(1e-12).item()))
+    xn, _ = sae.normalize(x)
+    if cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(xn.mean(dim=0))
+    elif cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(xn))
+    return sae.to(cfg.device)
+
+
+def lr_factor(step: int, n_steps: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then the configured decay."""
+    warmup = min(cfg.warmup_steps, n_steps // 5)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, n_steps - warmup))
+    return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sparse_decode(W_dec: Tensor, idx: Tensor, vals: Tensor) -> Tensor:
+    """``sum_j vals[:, j] * W_dec[idx[:, j]]``, [n, d_in], from ``idx``, ``vals`` [n, k]: O(n k d_in) forward and
+    backward instead of the O(n d_sae d_in) of a dense ``f @ W_dec`` (TopK latents are k-sparse)."""
+    return F.embedding_bag(idx, W_dec, per_sample_weights=vals.float(), mode="sum")
+
+
+def auxk_loss(sae: SAE, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int) -> Tensor:
+    """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
+
+    ``pre`` [n, d_sae] pre-activations, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Normalised by
+    the residual's own variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify.
+    """
+    n_dead = int(dead.sum())
+    k_aux = min(aux_k, n_dead)
+    vals, idx = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+    e_hat = sparse_decode(sae.W_dec, idx, vals.relu())
+    # A change in normalised space maps back without the offsets, as in SAE.edit.
+    if sae.cfg.normalization == "layer_norm":
+        e_hat = e_hat * ctx[1]
+    elif sae.cfg.normalization == "constant":
+        e_hat = e_hat / sae.scale
+    err = (e_hat.float() - residual).pow(2).sum()
+    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, n_dead / aux_k)
+
+
+def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float) -> StepOutput:
+    """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
+
+    TopK: FVU of the batch + ``aux_coef`` * AuxK. ReLU: the paper's (ViT-Prisma's) loss, the per-element squared
+    error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the latents (decoder
+    rows have unit norm, so no decoder-norm weighting is needed).
+    """
+    xn, ctx = sae.normalize(x)
+    # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
+    # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
+    pre = xn @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
+    if cfg.architecture == "topk":
+        vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
+        vals = vals.relu()
+        x_hat_n = sparse_decode(sae.W_dec, idx, vals) + sae.b_dec
+        active = vals > 0
+        l0 = active.sum(dim=-1, dtype=torch.float32).mean()
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, idx[active], True)
+    else:
+        f = pre.relu()
+        x_hat_n = sae.decode_normalized(f)
+        l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
+        fired = (f > 0).any(dim=0)
+    x_hat = sae.denormalize(x_hat_n, ctx).float()
+    centred = x - x.mean(dim=0)
+    sq_err = (x_hat - x).pow(2)
+    fvu = sq_err.sum() / centred.pow(2).sum().clamp_min(1e-12)
+    if cfg.architecture == "topk":
+        loss = fvu
+        if cfg.aux_coef > 0 and dead.any():
+            loss = loss + cfg.aux_coef * auxk_loss(sae, pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k)
+    else:
+        recon = (sq_err / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
+        loss = recon + l1_weight * f.float().sum(dim=-1).mean()
+    return StepOutput(loss, fvu.detach(), l0.detach(), fired)
+
+
+def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
+    """Backward, keep decoder rows on the unit sphere (drop the radial gradient, then re-project), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        w, g = sae.W_dec, sae.W_dec.grad
+        g -= (g * w).sum(dim=1, keepdim=True) * w
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+    opt.step()
+    sae.normalize_decoder()
+
+
+def train_sae(
+    batches: Iterable[Tensor],
+    d_in: int,
+    cfg: TrainConfig,
+    *,
+    eval_acts: Tensor | None = None,
+    init_acts: Tensor | None = None,
+    sae_config_extra: dict | None = None,
+    progress: Callable[[TrainState], None] | None = None,
+    sae: SAE | None = None,
+) -> SAE:
+    """Train an SAE on ``batches`` (an iterable of [n, d_in] activation tensors) and return it in eval mode.
+
+    ``init_acts`` [m, d_in] sets ``b_dec`` and the constant scale (default: the first batch).
+    ``eval_acts`` [e, d_in] are held-out tokens; their metrics (:func:`sae_vit.metrics.evaluate`) and the
+    recipe land in ``sae.cfg.training``. ``sae_config_extra`` (model, layer, site, tokens) is recorded in the
+    checkpoint config. ``sae`` continues training an existing SAE (fine-tuning) instead of a fresh one.
+    """
+    cfg = resolve(cfg, d_in)
+    n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+    stream = rebatch(batches, cfg.batch_size, d_in)
+    if sae is None:
+        if init_acts is None:
+            first = next(stream, None)
+            if first is None:
+                raise SaeVitError("No training activations were given; check the activation cache.")
+            init_acts, stream = first, itertools.chain([first], stream)
+        sae = init_sae(d_in, cfg, init_acts, sae_config_extra)
+    elif sae.cfg.d_in != d_in or sae.cfg.architecture != cfg.architecture:
+        raise SaeVitError(
+            f"The SAE to fine-tune is a {sae.cfg.architecture} SAE with d_in={sae.cfg.d_in}, but training asks for "
+            f"{cfg.architecture} on d_in={d_in}; pass a matching --architecture or SAE."
+        )
+    device = torch.device(cfg.device)
+    sae.to(device).train()
+    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, cfg))
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+    step = tokens = 0
+    for x in stream:
+        if tokens >= cfg.n_tokens:
+            break
+        x = x[: cfg.n_tokens - tokens].to(device=device, dtype=torch.float32, non_blocking=True)
+        dead = since_fired >= cfg.dead_tokens
+        l1_weight = cfg.l1_coefficient * min(1.0, (step + 1) / max(1, cfg.l1_warmup_steps))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            out = sae_loss(sae, x, cfg, dead, l1_weight)
+        optimizer_step(sae, opt, out.loss, cfg.grad_clip)
+        sched.step()
+        since_fired += x.shape[0]
+        since_fired[out.fired] = 0
+        step, tokens = step + 1, tokens + x.shape[0]
+        if progress is not None and (step % cfg.log_every == 0 or step == n_steps):
+            dead_frac = (since_fired >= cfg.dead_tokens).float().mean().item()
+            progress(TrainState(step, n_steps, tokens, out.loss.item(), out.l0.item(), out.fvu.item(), dead_frac))
+    sae.eval()
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
+    summary = {"tokens_seen": tokens, "steps": step, "recipe": recipe,
+               "train_dead_fraction": (since_fired >= cfg.dead_tokens).float().mean().item()}
+    if eval_acts is not None:
+        summary.update(evaluate(sae, eval_acts, batch_size=cfg.batch_size))
+        summary["eval_tokens"] = summary.pop("n_tokens")
+    sae.cfg.training = summary
+    return sae
