@@ -372,12 +372,24 @@ class CacheReader:
 
     def load(self, layer: int, tokens: str, split: str = "eval", max_tokens: int | None = None,
              seed: int = 0) -> Tensor:
-        """All selected tokens of ``split`` (``train``, ``eval`` or ``all``), optionally a random subset."""
+        """Selected tokens of ``split`` (``train``, ``eval`` or ``all``): all of them, or ``max_tokens`` drawn
+        from shards read in a random order (reading stops once enough are held, so memory stays bounded)."""
         self.check(layer, tokens)
-        parts = [self.read_shard(layer, s["index"], tokens, split) for s in self.manifest["shards"]]
+        g = torch.Generator().manual_seed(seed)
+        shards = [s["index"] for s in self.manifest["shards"]]
+        if max_tokens is not None:
+            shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+        parts, have = [], 0
+        for index in shards:
+            part = self.read_shard(layer, index, tokens, split)
+            if max_tokens is not None and have + len(part) > 2 * max_tokens:
+                part = part[torch.randperm(len(part), generator=g)[: 2 * max_tokens - have]]
+            parts.append(part)
+            have += len(part)
+            if max_tokens is not None and have >= 2 * max_tokens:
+                break
         x = torch.cat(parts) if parts else torch.zeros(0, self.d_model)
         if max_tokens is not None and len(x) > max_tokens:
-            g = torch.Generator().manual_seed(seed)
             x = x[torch.randperm(len(x), generator=g)[:max_tokens]]
         return x
 
