@@ -79,7 +79,7 @@ def cache(
 
 
 def train(
-    layer: int,
+    layer: int | str | list[int],
     tokens: str = "all",
     cache_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -93,18 +93,40 @@ def train(
 
     ``config`` is a :class:`sae_vit.train.TrainConfig`; training length is ``n_tokens``, or ``epochs`` passes
     over the training split, or by default 10 epochs but at least ``MIN_DEFAULT_TOKENS`` tokens.
+
+    Several layers (``"2,5,8"`` or a list) and/or token types (``"cls,patches"``) train one SAE per combination
+    from one pass over the cache (:func:`sae_vit.multi.train_many`) and return a list of ``(sae, path)``;
+    ``out`` is then a folder (default: the working folder's ``saes``) holding ``layer_{L}/{tokens}/...``, and
+    ``progress`` receives ``(index, state)``. Under ``torchrun`` every rank trains (DistributedDataParallel on
+    disjoint slices of the batches) and rank 0 evaluates and saves.
     """
     from .cache import CacheReader
     from .train import TrainConfig, train_sae
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if isinstance(layer, str):
+        layers = CacheReader(cache_dir).layers if layer.strip() == "all" else parse_layers(layer, 10**6)
+    else:
+        layers = [layer] if isinstance(layer, int) else list(layer)
+    token_types = [t.strip() for t in tokens.split(",") if t.strip()]
+    if not layers or not token_types:
+        raise SaeVitError("Give at least one --layer and one --tokens type, e.g. --layer 8 --tokens cls.")
+    cfg = config or TrainConfig()
+    if len(layers) * len(token_types) != 1:
+        from .multi import Job, train_many
+
+        reader = CacheReader(cache_dir)
+        site = reader.manifest["site"]
+        root = Path(out) if out is not None else None
+        jobs = [Job(lay, t, cfg, default_sae_path(lay, t, site, root)) for lay in layers for t in token_types]
+        return train_many(cache_dir, jobs, n_tokens, epochs, overwrite, progress)
+    layer, tokens = layers[0], token_types[0]
     reader = CacheReader(cache_dir)
     reader.check(layer, tokens)
     site = reader.manifest["site"]
     out = Path(out) if out is not None else default_sae_path(layer, tokens, site)
     if out.exists() and not overwrite:
         raise SaeVitError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
-    cfg = config or TrainConfig()
     n_train = reader.count(layer, tokens, "train")
     if reader.count(layer, tokens, "eval") == 0:
         raise SaeVitError(
@@ -115,14 +137,16 @@ def train(
         n_tokens = int(epochs * n_train) if epochs is not None else max(10 * n_train, MIN_DEFAULT_TOKENS)
     batch_size = min(cfg.batch_size, max(1, n_train))
     cfg = replace(cfg, n_tokens=n_tokens, batch_size=batch_size)
+    # Every rank reads the same shuffled batches; train_sae keeps each rank's disjoint slice.
     batches = reader.batches(layer, tokens, batch_size, "train", seed=cfg.seed, epochs=n_tokens / n_train)
-    eval_acts = reader.load(layer, tokens, "eval", max_tokens=200_000, seed=cfg.seed)
+    rank = int(os.environ.get("RANK", "0"))
+    eval_acts = reader.load(layer, tokens, "eval", max_tokens=200_000, seed=cfg.seed) if rank == 0 else None
     init_acts = reader.sample(layer, tokens, 50_000, "train", seed=cfg.seed)
     extra = {"model": reader.manifest["model"], "layer": layer, "site": site, "tokens": tokens}
     sae = train_sae(batches, reader.d_model, cfg, eval_acts=eval_acts, init_acts=init_acts,
                     sae_config_extra=extra, progress=progress)
     sae.cfg.training.update({"cache": str(cache_dir), "cache_weights": reader.manifest["weights"]})
-    path = sae.save(out, overwrite=overwrite)
+    path = sae.save(out, overwrite=overwrite) if rank == 0 else out
     return sae, path
 
 
@@ -133,7 +157,7 @@ def load_probe_images(backbone, images: str | os.PathLike | None = None, world: 
 
     from .data import open_source
 
-    source = open_source(images, world, n=n_images, seed=seed)
+    source = open_source(images, world, n=n_images, seed=seed, split="val")
     tensors = []
     for item in source.items[:n_images]:
         try:
@@ -318,7 +342,7 @@ def inspect(
         else:
             g = torch.Generator().manual_seed(seed)
             features = torch.randperm(c.d_sae, generator=g)[: random or 16].tolist()
-    source = open_source(images, world, n=n_images, seed=seed + 2)
+    source = open_source(images, world, n=n_images, seed=seed, split="val")
     items = source.items[:n_images]
 
     def batches():

@@ -108,7 +108,7 @@ def csv_source(csv_path: str | os.PathLike, column: str | None = None) -> ImageS
     return ImageSource("csv", str(csv_path), items)
 
 
-def world_source(task: str = "shapes", split: str = "test", n: int = 2048, seed: int = 0) -> ImageSource:
+def world_source(task: str = "shapes", split: str = "train", n: int = 2048, seed: int = 0) -> ImageSource:
     """Images of the built-in synthetic world (rendered on demand, deterministic from the seed)."""
     from . import world
 
@@ -127,12 +127,13 @@ def _world_loader(scene):
 
 
 def open_source(images: str | os.PathLike | None, world_task: str | None = None, n: int = 2048,
-                seed: int = 0) -> ImageSource:
-    """Resolve the ``--images`` / ``--world`` arguments of a command into an :class:`ImageSource`."""
+                seed: int = 0, split: str = "train") -> ImageSource:
+    """Resolve the ``--images`` / ``--world`` arguments of a command into an :class:`ImageSource`; the world's
+    ``split`` is ``train`` for caching (SAE training data) and ``val`` for probe images."""
     if images is not None and world_task is not None:
         raise SaeVitError("Pass either --images or --world, not both.")
     if images is None:
-        return world_source(world_task or "shapes", "test", n, seed)
+        return world_source(world_task or "shapes", split, n, seed)
     p = Path(images)
     if p.suffix.lower() == ".csv":
         return csv_source(p)

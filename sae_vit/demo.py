@@ -1,8 +1,8 @@
 """``saevit demo``: the paper in miniature on the toy CLIP and the synthetic world, offline, in minutes.
 
 Steps, all under one output folder: cache activations of the toy CLIP over world images, train one SAE per
-layer x token type, and build the sparsity table. Later analyses (steerability, suppression, typographic
-defence) join here as they land.
+layer x token type, build the sparsity table, and estimate steerability (SAE features against neurons and
+random directions) for the ``all``-token SAE of each layer.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ class DemoConfig:
     """Active latents per token (TopK)."""
     seed: int = 0
     """Seed of the world images and of the SAEs' initial weights."""
+    steer_features: int = 64
+    """Features sampled per SAE for the steerability estimate (0 skips that step)."""
+    steer_images: int = 32
+    """Probe images for the steerability estimate."""
 
 
 @dataclass
@@ -45,6 +49,8 @@ class DemoResult:
     manifest: dict
     sparsity: object
     """The :class:`sae_vit.sparsity.SparsityResult`."""
+    steer: list
+    """One :class:`sae_vit.steer.SteerReport` per scored SAE (empty when skipped)."""
     timings: dict
     """Seconds per step."""
 
@@ -65,29 +71,42 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
     timings = {}
 
     t0 = time.perf_counter()
-    say(f"1/3 caching the toy CLIP over {cfg.n_images} synthetic-world images (layers {list(cfg.layers)})")
+    say(f"1/4 caching the toy CLIP over {cfg.n_images} synthetic-world images (layers {list(cfg.layers)})")
     manifest = api.cache(out=out / "cache", model="toy", layers=list(cfg.layers), tokens="all",
                          max_images=cfg.n_images, seed=cfg.seed, batch_size=128)
     timings["cache"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     n_saes = len(cfg.layers) * len(cfg.tokens)
-    say(f"2/3 training {n_saes} TopK SAEs (k={cfg.k}, x{cfg.expansion}, {cfg.n_tokens:,} tokens each)")
+    say(f"2/4 training {n_saes} TopK SAEs (k={cfg.k}, x{cfg.expansion}, {cfg.n_tokens:,} tokens each)")
     train_cfg = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed, warmup_steps=20)
     table = sparsity.run(
         cache=out / "cache", grid=True, layers=",".join(map(str, cfg.layers)), tokens=",".join(cfg.tokens),
         n_tokens=cfg.n_tokens, out=out / "sparsity.csv", config=train_cfg, sae_dir=out / "saes", progress=say,
     )
     timings["train"] = time.perf_counter() - t0
-    say("3/3 sparsity table written")
-    return DemoResult(out, manifest, table, timings)
+    say("3/4 sparsity table written")
+
+    steer = []
+    if cfg.steer_features and "all" in cfg.tokens:
+        t0 = time.perf_counter()
+        say(f"4/4 steerability of {cfg.steer_features} sampled features per layer vs neurons and random directions")
+        from .defaults import default_sae_path
+        from .steer import SteerConfig
+
+        paths = [default_sae_path(layer, "all", root=out / "saes") for layer in cfg.layers]
+        steer = api.steer_score(paths, model="toy", n_images=cfg.steer_images, config=SteerConfig(),
+                                max_features=cfg.steer_features, random_control=cfg.steer_features,
+                                seed=cfg.seed, out=out / "steer")
+        timings["steer"] = time.perf_counter() - t0
+    return DemoResult(out, manifest, table, steer, timings)
 
 
 def _clear_demo(out: Path) -> None:
     """Remove only what a demo writes."""
     import shutil
 
-    for name in ("cache", "saes"):
+    for name in ("cache", "saes", "steer"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
     for name in ("sparsity.csv", "sparsity.png"):

@@ -77,20 +77,24 @@ def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tok
                progress: Callable[[str], None] | None = None, config=None, sae_dir: Path | None = None,
                train_progress: Callable | None = None) -> list[Path]:
     """Train the SAEs of a layer x token-type grid that do not exist yet under ``sae_dir`` (default: the
-    working folder's ``saes``), with the :class:`~sae_vit.train.TrainConfig` ``config``; return all paths."""
-    from . import api
+    working folder's ``saes``), with the :class:`~sae_vit.train.TrainConfig` ``config``, all from one pass over
+    the cache (:func:`sae_vit.multi.train_many`); return all paths. ``train_progress(index, state)``."""
     from .cache import CacheReader
+    from .multi import Job, train_many
+    from .train import TrainConfig
 
     site = CacheReader(cache_dir).manifest["site"]
-    paths = []
+    paths, jobs = [], []
     for layer in layers:
         for tokens in token_types:
             path = default_sae_path(layer, tokens, site, sae_dir)
             if not path.exists():
                 if progress:
                     progress(f"training layer {layer} / {tokens} -> {path}")
-                api.train(layer, tokens, cache_dir, path, config=config, n_tokens=n_tokens, progress=train_progress)
+                jobs.append(Job(layer, tokens, config or TrainConfig(), path))
             paths.append(path)
+    if jobs:
+        train_many(cache_dir, jobs, n_tokens=n_tokens, progress=train_progress)
     return paths
 
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from . import kernels
 from .errors import SaeVitError
 from .metrics import evaluate
 from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
@@ -214,48 +215,60 @@ def lr_factor(step: int, n_steps: int, cfg: TrainConfig) -> float:
 def sparse_decode(W_dec: Tensor, idx: Tensor, vals: Tensor) -> Tensor:
     """``sum_j vals[:, j] * W_dec[idx[:, j]]``, [n, d_in], from ``idx``, ``vals`` [n, k]: O(n k d_in) forward and
     backward instead of the O(n d_sae d_in) of a dense ``f @ W_dec`` (TopK latents are k-sparse)."""
-    return F.embedding_bag(idx, W_dec, per_sample_weights=vals.float(), mode="sum")
+    return kernels.decode(idx, vals, W_dec)
 
 
-def auxk_loss(sae: SAE, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int) -> Tensor:
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The matmul dtype the caller asked for: bf16 inside a bf16 ``torch.autocast`` on ``device``, else fp32."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
 
-    ``pre`` [n, d_sae] pre-activations, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Normalised by
-    the residual's own variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify.
+    ``xn`` [n, d_in] normalised inputs, ``pre`` [n, d_sae] their (detached) pre-activations, ``residual``
+    [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead columns are searched and only the selected
+    (token, latent) pairs are differentiated (:mod:`sae_vit.kernels`). Normalised by the residual's own
+    variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify.
     """
-    n_dead = int(dead.sum())
-    k_aux = min(aux_k, n_dead)
-    vals, idx = pre.masked_fill(~dead, -torch.inf).topk(k_aux, dim=-1, sorted=False)
-    e_hat = sparse_decode(sae.W_dec, idx, vals.relu())
+    dead_idx = dead.nonzero().squeeze(1)
+    k_aux = min(aux_k, len(dead_idx))
+    raw, j = pre[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
+    idx = dead_idx[j]
+    bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
+    vals = kernels.EncoderValues.apply(xn, sae.b_dec, sae.W_enc, sae.b_enc, idx, raw, bags).relu()
+    e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
     # A change in normalised space maps back without the offsets, as in SAE.edit.
     if sae.cfg.normalization == "layer_norm":
         e_hat = e_hat * ctx[1]
     elif sae.cfg.normalization == "constant":
         e_hat = e_hat / sae.scale
     err = (e_hat.float() - residual).pow(2).sum()
-    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, n_dead / aux_k)
+    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, len(dead_idx) / aux_k)
 
 
 def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float) -> StepOutput:
     """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
 
-    TopK: FVU of the batch + ``aux_coef`` * AuxK. ReLU: the paper's (ViT-Prisma's) loss, the per-element squared
-    error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the latents (decoder
-    rows have unit norm, so no decoder-norm weighting is needed).
+    TopK: FVU of the batch + ``aux_coef`` * AuxK, through the k-sparse kernels of :mod:`sae_vit.kernels` (the
+    encoder matmul runs in bf16 inside a bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the
+    per-element squared error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the
+    latents (decoder rows have unit norm, so no decoder-norm weighting is needed).
     """
     xn, ctx = sae.normalize(x)
-    # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
-    # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
-    pre = xn @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
     if cfg.architecture == "topk":
-        vals, idx = pre.topk(sae.cfg.k, dim=-1, sorted=False)
-        vals = vals.relu()
-        x_hat_n = sparse_decode(sae.W_dec, idx, vals) + sae.b_dec
+        enc = kernels.topk_encode(xn, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device))
+        vals = enc.vals.relu()
+        x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags) + sae.b_dec
         active = vals > 0
         l0 = active.sum(dim=-1, dtype=torch.float32).mean()
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, idx[active], True)
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, enc.idx[active], True)
     else:
-        f = pre.relu()
+        # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
+        # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
+        f = (xn @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)).relu()
         x_hat_n = sae.decode_normalized(f)
         l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
         fired = (f > 0).any(dim=0)
@@ -266,7 +279,7 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     if cfg.architecture == "topk":
         loss = fvu
         if cfg.aux_coef > 0 and dead.any():
-            loss = loss + cfg.aux_coef * auxk_loss(sae, pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k)
+            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k)
     else:
         recon = (sq_err / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
         loss = recon + l1_weight * f.float().sum(dim=-1).mean()
@@ -281,9 +294,152 @@ def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip
         w, g = sae.W_dec, sae.W_dec.grad
         g -= (g * w).sum(dim=1, keepdim=True) * w
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip, foreach=True)
     opt.step()
     sae.normalize_decoder()
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) under ``torchrun`` (initialising the process group: nccl on CUDA, else gloo), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Tensor]:
+    """Batch ``rank`` of every full group of ``world`` consecutive batches: disjoint slices of one stream that
+    every rank sees alike, and the same number of steps on every rank (a short last group is dropped)."""
+    if world == 1:
+        yield from batches
+        return
+    group: list[Tensor] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == world:
+            yield group[rank]
+            group = []
+
+
+class _Loss(torch.nn.Module):
+    """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients)."""
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        super().__init__()
+        self.sae, self.cfg = sae, cfg
+
+    def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:
+        return sae_loss(self.sae, x, self.cfg, dead, l1_weight)
+
+
+class Trainer:
+    """One SAE's optimisation state (AdamW, schedule, dead-latent clocks); :meth:`step` trains on one batch.
+
+    :func:`train_sae` drives one, :func:`sae_vit.multi.train_many` several from one pass over a cache. Under
+    ``torchrun`` the loss runs inside DistributedDataParallel: gradients and fired latents are all-reduced, so
+    every rank holds the same SAE; ``tokens`` count the tokens of all ranks.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, world: int = 1):
+        self.cfg = cfg  # resolved
+        self.device = torch.device(cfg.device)
+        self.sae = sae.to(self.device).train()
+        with torch.no_grad():
+            # W_enc [d_in, d_sae] stored column-major: the sparse encoder gradient comes as [d_sae, d_in] rows, and
+            # with this layout it lands in .grad without a transposing copy (the matmul takes either layout).
+            sae.W_enc.data = sae.W_enc.data.T.contiguous().T
+        self.world = world
+        self.n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+        # Fused AdamW: one pass over parameters and moments instead of a dozen (it matters at d_sae x d_in).
+        fused = self.device.type in ("cpu", "cuda")
+        self.opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.n_steps, cfg))
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
+        self.step_count = self.tokens = 0
+        self.loss_fn: torch.nn.Module = _Loss(sae, cfg)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids, broadcast_buffers=False)
+
+    @property
+    def done(self) -> bool:
+        return self.tokens >= self.cfg.n_tokens
+
+    def step(self, x: Tensor) -> StepOutput:
+        """One optimisation step on this rank's batch ``x`` [n, d_in] (any float dtype, any device)."""
+        cfg = self.cfg
+        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        dead = self.since_fired >= cfg.dead_tokens
+        l1_weight = cfg.l1_coefficient * min(1.0, (self.step_count + 1) / max(1, cfg.l1_warmup_steps))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            out = self.loss_fn(x, dead, l1_weight)
+        optimizer_step(self.sae, self.opt, out.loss, cfg.grad_clip)
+        self.sched.step()
+        fired, n = out.fired, x.shape[0]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            counts = torch.cat([fired.to(torch.long), torch.tensor([n], device=self.device)])
+            dist.all_reduce(counts)
+            fired, n = counts[:-1] > 0, int(counts[-1])
+        self.since_fired += n
+        self.since_fired[fired] = 0
+        self.step_count, self.tokens = self.step_count + 1, self.tokens + n
+        return out
+
+    def state(self, out: StepOutput) -> TrainState:
+        """What the progress callback sees after the step that returned ``out``."""
+        dead_frac = (self.since_fired >= self.cfg.dead_tokens).float().mean().item()
+        return TrainState(self.step_count, self.n_steps, self.tokens, out.loss.item(), out.l0.item(),
+                          out.fvu.item(), dead_frac)
+
+    def finish(self, eval_acts: Tensor | None = None) -> SAE:
+        """Put the SAE in eval mode and record the recipe, the training summary and held-out metrics."""
+        sae, cfg = self.sae.eval(), self.cfg
+        with torch.no_grad():
+            sae.W_enc.data = sae.W_enc.data.contiguous()  # back to the row-major layout the rest of the code knows
+        recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
+        summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe,
+                   "train_dead_fraction": (self.since_fired >= cfg.dead_tokens).float().mean().item()}
+        if self.world > 1:
+            summary["world_size"] = self.world
+        if eval_acts is not None:
+            summary.update(evaluate(sae, eval_acts, batch_size=cfg.batch_size))
+            summary["eval_tokens"] = summary.pop("n_tokens")
+        sae.cfg.training = summary
+        return sae
+
+
+def prepare(
+    batches: Iterable[Tensor], d_in: int, cfg: TrainConfig, *, init_acts: Tensor | None = None,
+    sae_config_extra: dict | None = None, sae: SAE | None = None,
+) -> tuple[Trainer, Iterator[Tensor], int]:
+    """Resolve ``cfg``, build (or check) the SAE and its :class:`Trainer`; return it, this rank's batch stream
+    (re-chunked to ``batch_size / world`` tokens) and the rank."""
+    rank, world = distributed()
+    cfg = resolve(cfg, d_in)
+    if world > 1 and cfg.device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        cfg = replace(cfg, device=f"cuda:{os.environ['LOCAL_RANK']}")
+    stream = rebatch(batches, max(1, cfg.batch_size // world), d_in)
+    if sae is None:
+        if init_acts is None:
+            first = next(stream, None)
+            if first is None:
+                raise SaeVitError("No training activations were given; check the activation cache.")
+            init_acts, stream = first, itertools.chain([first], stream)
+        sae = init_sae(d_in, cfg, init_acts, sae_config_extra)
+    elif sae.cfg.d_in != d_in or sae.cfg.architecture != cfg.architecture:
+        raise SaeVitError(
+            f"The SAE to fine-tune is a {sae.cfg.architecture} SAE with d_in={sae.cfg.d_in}, but training asks for "
+            f"{cfg.architecture} on d_in={d_in}; pass a matching --architecture or SAE."
+        )
+    return Trainer(sae, cfg, world), rank_slice(stream, rank, world), rank
 
 
 def train_sae(
@@ -303,50 +459,18 @@ def train_sae(
     ``eval_acts`` [e, d_in] are held-out tokens; their metrics (:func:`sae_vit.metrics.evaluate`) and the
     recipe land in ``sae.cfg.training``. ``sae_config_extra`` (model, layer, site, tokens) is recorded in the
     checkpoint config. ``sae`` continues training an existing SAE (fine-tuning) instead of a fresh one.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank must be given the same ``batches``: each trains on a
+    disjoint slice (``batch_size / world`` tokens per rank and step, so a step still sees ``batch_size``
+    tokens) with DistributedDataParallel, and only rank 0 evaluates (``progress`` is called on rank 0 only).
     """
-    cfg = resolve(cfg, d_in)
-    n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
-    stream = rebatch(batches, cfg.batch_size, d_in)
-    if sae is None:
-        if init_acts is None:
-            first = next(stream, None)
-            if first is None:
-                raise SaeVitError("No training activations were given; check the activation cache.")
-            init_acts, stream = first, itertools.chain([first], stream)
-        sae = init_sae(d_in, cfg, init_acts, sae_config_extra)
-    elif sae.cfg.d_in != d_in or sae.cfg.architecture != cfg.architecture:
-        raise SaeVitError(
-            f"The SAE to fine-tune is a {sae.cfg.architecture} SAE with d_in={sae.cfg.d_in}, but training asks for "
-            f"{cfg.architecture} on d_in={d_in}; pass a matching --architecture or SAE."
-        )
-    device = torch.device(cfg.device)
-    sae.to(device).train()
-    opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, n_steps, cfg))
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-    step = tokens = 0
+    trainer, stream, rank = prepare(batches, d_in, cfg, init_acts=init_acts, sae_config_extra=sae_config_extra,
+                                    sae=sae)
     for x in stream:
-        if tokens >= cfg.n_tokens:
+        if trainer.done:
             break
-        x = x[: cfg.n_tokens - tokens].to(device=device, dtype=torch.float32, non_blocking=True)
-        dead = since_fired >= cfg.dead_tokens
-        l1_weight = cfg.l1_coefficient * min(1.0, (step + 1) / max(1, cfg.l1_warmup_steps))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
-            out = sae_loss(sae, x, cfg, dead, l1_weight)
-        optimizer_step(sae, opt, out.loss, cfg.grad_clip)
-        sched.step()
-        since_fired += x.shape[0]
-        since_fired[out.fired] = 0
-        step, tokens = step + 1, tokens + x.shape[0]
-        if progress is not None and (step % cfg.log_every == 0 or step == n_steps):
-            dead_frac = (since_fired >= cfg.dead_tokens).float().mean().item()
-            progress(TrainState(step, n_steps, tokens, out.loss.item(), out.l0.item(), out.fvu.item(), dead_frac))
-    sae.eval()
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
-    summary = {"tokens_seen": tokens, "steps": step, "recipe": recipe,
-               "train_dead_fraction": (since_fired >= cfg.dead_tokens).float().mean().item()}
-    if eval_acts is not None:
-        summary.update(evaluate(sae, eval_acts, batch_size=cfg.batch_size))
-        summary["eval_tokens"] = summary.pop("n_tokens")
-    sae.cfg.training = summary
-    return sae
+        out = trainer.step(x[: math.ceil((trainer.cfg.n_tokens - trainer.tokens) / trainer.world)])
+        if progress is not None and rank == 0 and (
+                trainer.step_count % trainer.cfg.log_every == 0 or trainer.step_count == trainer.n_steps):
+            progress(trainer.state(out))
+    return trainer.finish(eval_acts if rank == 0 else None)
