@@ -45,7 +45,9 @@ def train_clip(
         None, "--batch-size", min=2, help="Images per step (default: the recipe's)."
     ),
     bf16: bool = typer.Option(
-        False, "--bf16/--fp32", help="bf16 autocast for the forward pass (slower than fp32 on the 2-core reference CPU)."
+        False,
+        "--bf16/--fp32",
+        help="bf16 autocast for the forward pass (slower than fp32 on the 2-core reference CPU).",
     ),
     threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
     eval_n: int = typer.Option(

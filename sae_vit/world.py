@@ -86,7 +86,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Waterbirds-like task: how often the background agrees with the label, per split.
 WATERBIRDS_AGREEMENT = {"train": 0.95, "val": 0.5, "test": 0.5}
 #: How often a boat is on water (and a car on land) in the toy CLIP's training images.
-CLIP_VEHICLE_BIAS = 0.9
+CLIP_VEHICLE_BIAS = 0.95
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "Red",
     "Yellow",
@@ -398,7 +398,10 @@ def _draw_scene(
     """Random geometry (position, size, rotation, word placement) for given content."""
     size = float(rng.uniform(MIN_SIZE, MAX_SIZE))
     # near the centre: a small ViT trained for minutes learns shapes much faster without full translation
-    lo, hi = max(size * 0.85, IMAGE_SIZE / 2 - MAX_SHIFT), min(IMAGE_SIZE - size * 0.85, IMAGE_SIZE / 2 + MAX_SHIFT)
+    lo, hi = (
+        max(size * 0.85, IMAGE_SIZE / 2 - MAX_SHIFT),
+        min(IMAGE_SIZE - size * 0.85, IMAGE_SIZE / 2 + MAX_SHIFT),
+    )
     cx = float(rng.uniform(lo, hi))
     cy = float(rng.uniform(lo, hi))
     if shape in VEHICLES:
@@ -561,7 +564,9 @@ def task_scenes(task: str, split: str, n: int, seed: int = 0) -> tuple[list[Scen
                 _pick(rng, BACKGROUNDS),
                 _pick(rng, WRITABLE) if rng.random() < 0.2 else None,
             )
-            lo, hi = (SMALL_LARGE_THRESHOLD, MAX_SIZE) if spurious else (MIN_SIZE, SMALL_LARGE_THRESHOLD - 0.01)
+            lo, hi = (
+                (SMALL_LARGE_THRESHOLD, MAX_SIZE) if spurious else (MIN_SIZE, SMALL_LARGE_THRESHOLD - 0.01)
+            )
             scene = dataclasses.replace(scene, size=float(rng.uniform(lo, hi)))
             attrs = celeba_attributes(scene)
             row.update({k: int(v) for k, v in attrs.items()})

@@ -118,3 +118,10 @@ def test_cache_train_sparsity_end_to_end(cli_cache, tmp_path):
     assert df.loc[1, "l0"] <= 8 + 1e-6 and 0 <= df.loc[1, "fvu"] < 1.0
     assert csv.with_suffix(".png").is_file()
     assert_user_error(["sparsity", tmp_path / "saes", "--cache", cli_cache, "--out", csv], "--overwrite")
+
+
+def test_world_subcommand_errors_are_one_line(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    assert_user_error(["world", "export", "--task", "shapes", "--out", tmp_path / "full", "--n", "4"], "not empty")
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
