@@ -49,24 +49,30 @@ def _main(
     _state["debug"] = debug
 
 
+def _guard(fn):
+    """Turn a :class:`SaeVitError` raised by a command into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def run(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except SaeVitError as exc:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]; re-run the same command to resume where it stopped.")
+            raise typer.Exit(130) from None
+
+    return run
+
+
 def command(*args, **kwargs):
-    """``app.command`` that turns a :class:`SaeVitError` into one red line and exit code 2."""
+    """``app.command`` whose user errors print one red line and exit with code 2."""
 
     def wrap(fn):
-        @functools.wraps(fn)
-        def run(*a, **kw):
-            try:
-                return fn(*a, **kw)
-            except SaeVitError as exc:
-                if _state["debug"]:
-                    raise
-                console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                console.print("[yellow]interrupted[/]; re-run the same command to resume where it stopped.")
-                raise typer.Exit(130) from None
-
-        return app.command(*args, **kwargs)(run)
+        return app.command(*args, **kwargs)(_guard(fn))
 
     return wrap
 
@@ -172,11 +178,14 @@ def cache_cmd(
 
 @command("train")
 def train_cmd(
-    layer: Annotated[int, typer.Option("--layer", help="0-based block to train on.")],
-    tokens: Annotated[str, typer.Option("--tokens", help="cls, patches or all.")] = "all",
+    layer: Annotated[str, typer.Option(
+        "--layer", help="0-based block to train on; several (2,5,8 or all) train one SAE each in one pass.")],
+    tokens: Annotated[str, typer.Option(
+        "--tokens", help="cls, patches or all; several (cls,patches) train one SAE each in one pass.")] = "all",
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache directory. Default: <workdir>/cache.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Checkpoint path. Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
+        "--out", help="Checkpoint path (a folder with several layers/tokens). "
+        "Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
     architecture: Annotated[str, typer.Option("--architecture", help="topk or relu (ReLU + L1).")] = "topk",
     k: Annotated[int, typer.Option("--k", min=1, help="Active latents per token (topk).")] = 32,
     expansion: Annotated[int, typer.Option("--expansion", min=1, help="d_sae = expansion x d_in.")] = 16,
@@ -196,7 +205,10 @@ def train_cmd(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, or auto (CUDA when available).")] = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Train an SAE on one layer and token type of a cache (e.g. --layer 8 --tokens cls)."""
+    """Train an SAE on one layer and token type of a cache (e.g. --layer 8 --tokens cls), or one per layer and
+    token type (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""
+    import os
+
     from . import api
     from .train import TrainConfig
 
@@ -207,17 +219,22 @@ def train_cmd(
                       grad_clip=grad_clip, b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
     with _LazyProgress("training", "stats") as bar:
 
-        def progress(s):
-            bar.update(completed=s.step, total=s.n_steps,
-                       stats=f"loss {s.loss:.4g}  L0 {s.l0:.1f}  FVU {s.fvu:.3f}  dead {100 * s.dead_fraction:.1f}%")
+        def progress(*args):
+            s = args[-1]  # (state) for one SAE, (index, state) for several
+            name = f"SAE {args[0] + 1}  " if len(args) == 2 else ""
+            bar.update(completed=s.step, total=s.n_steps, stats=f"{name}loss {s.loss:.4g}  L0 {s.l0:.1f}  "
+                       f"FVU {s.fvu:.3f}  dead {100 * s.dead_fraction:.1f}%")
 
-        sae, path = api.train(layer, tokens, cache, out, cfg, n_tokens, epochs, overwrite, progress)
-    t = sae.cfg.training
-    out_console.print(
-        f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {layer} ({tokens}): held-out "
-        f"L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
-        f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}"
-    )
+        result = api.train(layer, tokens, cache, out, cfg, n_tokens, epochs, overwrite, progress)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
+    for sae, path in result if isinstance(result, list) else [result]:
+        t = sae.cfg.training
+        out_console.print(
+            f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {sae.cfg.layer} ({sae.cfg.tokens}): "
+            f"held-out L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
+            f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}"
+        )
 
 
 @command("sparsity")
@@ -295,7 +312,6 @@ def steer_score_cmd(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
-    from rich.table import Table
 
     from . import api
     from .steer import SteerConfig
@@ -317,6 +333,17 @@ def steer_score_cmd(
             None if full else max_features, neurons, mlp_neurons, random_control, seed, out, overwrite, device,
             progress=lambda kind, done, total: bar.update(completed=done, total=total, what=kind),
         )
+    _print_steer(reports)
+    if reports:
+        st = reports[0].summary
+        out_console.print(f"strength unit {st['strength_unit']}; feature strengths {st['strengths'].get('feature')}; "
+                          f"{st['n_images']} probe images, {st['vocabulary']} words; results in "
+                          f"{out or workdir() / 'steer'}", highlight=False)
+
+
+def _print_steer(reports) -> None:
+    from rich.table import Table
+
     table = Table(title="Steerability (S > threshold at the largest strength)")
     for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets", "top features"):
         table.add_column(col)
@@ -329,11 +356,6 @@ def steer_score_cmd(
             table.add_row(str(s["layer"]), s["steer_tokens"], kind, str(k["scored"]), str(k["steerable"]),
                           f"{100 * k['fraction']:.1f}", str(k["distinct_targets"]), top if kind == "feature" else "")
     out_console.print(table)
-    if reports:
-        st = reports[0].summary
-        out_console.print(f"strength unit {st['strength_unit']}; feature strengths {st['strengths'].get('feature')}; "
-                          f"{st['n_images']} probe images, {st['vocabulary']} words; results in "
-                          f"{out or workdir() / 'steer'}", highlight=False)
 
 
 @command("inspect")
@@ -389,6 +411,8 @@ def demo_cmd(
     start = time.perf_counter()
     result = run_demo(out, cfg, overwrite, progress=lambda msg: console.print(f"[cyan]{msg}[/]", highlight=False))
     _print_sparsity(result.sparsity)
+    if result.steer:
+        _print_steer(result.steer)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
     out_console.print(f"demo finished in {time.perf_counter() - start:.0f} s ({steps}); everything is in {result.out}")
 
@@ -397,10 +421,16 @@ def _mount_subapps() -> None:
     from .cli_hub import register as register_hub
 
     register_hub(app, command)
-    try:
-        from .cli_world import world_app
-    except ImportError:
-        return
+    from .cli_typo import register as register_typo
+
+    register_typo(app, command)
+    from .cli_suppress import register as register_suppress
+
+    register_suppress(app, command)
+    from .cli_world import world_app
+
+    for info in world_app.registered_commands:
+        info.callback = _guard(info.callback)
     app.add_typer(world_app, name="world", help="The built-in synthetic world and toy CLIP.")
 
 
