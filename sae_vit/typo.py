@@ -1073,13 +1073,13 @@ class AssetConfig:
 
     layers: tuple[int, ...] = (2, 4, 6, 8)
     """Blocks to train SAEs on; the defence picks one on the validation split."""
-    n_images: int = 6000
+    n_images: int = 3000
     """Training images (the toy CLIP's training distribution, plus our attack recipe on a third)."""
     expansion: int = 8
     """d_sae / d_model (128 → 1,024 latents: about 1 MB per SAE)."""
     k: int = 16
     """TopK active latents per token."""
-    n_tokens: int = 3_000_000
+    n_tokens: int = 1_000_000
     """Training tokens per SAE."""
     tokens: str = "all"
     seed: int = 0
