@@ -89,3 +89,44 @@ def test_inspect_command_writes_pngs_and_index(tiny_vit, image_dir, tmp_path):
     r = CliRunner().invoke(app, ["inspect", "--sae", str(path), "--model", tiny_vit[0], "--weights", str(tiny_vit[1]),
                                  "--images", str(image_dir), "--features", "999", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "0..39" in r.output
+
+
+def _world_batch(backbone, split, n, seed):
+    """Preprocessed shapes-task images and, per image, which of the 8x8 patches overlap the object's box."""
+    from sae_vit import world
+
+    scenes, _ = world.task_scenes("shapes", split, n, seed)
+    x = torch.stack([backbone.transform(world.render(s)) for s in scenes])
+    masks = torch.zeros(n, 8, 8, dtype=torch.bool)
+    for i, s in enumerate(scenes):
+        (cx, cy), r = s.position, s.size
+        for gy in range(8):
+            for gx in range(8):
+                masks[i, gy, gx] = gx * 8 < cx + r and gx * 8 + 8 > cx - r and gy * 8 < cy + r and gy * 8 + 8 > cy - r
+    return x, masks.flatten(1)
+
+
+def test_heatmap_hottest_patch_is_on_the_object():
+    """With the shipped toy CLIP and SAE: a feature chosen on train images for firing on object patches has
+    its hottest patch inside the object's bounding box on fresh test images (inspect's own top-k and grids)."""
+    from sae_vit.backbone import load_backbone
+    from sae_vit.sae import SAE
+
+    backbone = load_backbone("toy")
+    sae = SAE.load("sae_vit/assets/typo_sae.safetensors")
+    layer = sae.cfg.layer
+    x, masks = _world_batch(backbone, "train", 150, 0)
+    with torch.no_grad():
+        f = sae.encode(backbone.capture(x, [layer], tokens="patches")[layer])         # [N, 64, d_sae]
+    on = (f * masks[..., None]).sum((0, 1)) / masks.sum()
+    off = (f * (~masks)[..., None]).sum((0, 1)) / (~masks).sum()
+    feature = int((on - off).argmax())
+
+    x_test, m_test = _world_batch(backbone, "test", 80, 1)
+    found = collect(backbone, sae, lambda: iter([(torch.arange(80), x_test)]), [feature], k=16)
+    top = found.by_patch
+    assert (top.images[0] >= 0).all()
+    hottest = top.grids[0].argmax(dim=1)                                                  # [16]
+    hits = m_test[top.images[0], hottest]
+    chance = m_test.float().mean().item()
+    assert hits.float().mean().item() >= 0.9 > chance + 0.2, (hits, chance)
