@@ -269,12 +269,27 @@ def sparsity_cmd(
 def _print_sparsity(result) -> None:
     from rich.table import Table
 
-    table = Table(title="SAE sparsity (held-out tokens)")
-    for col in ("layer", "tokens", "site", "arch", "d_sae", "L0", "FVU", "MSE", "dead %", "dense %", "eval"):
-        table.add_column(col, justify="right" if col not in ("tokens", "site", "arch", "eval") else "left")
-    for r in result.rows.itertuples():
-        table.add_row(str(r.layer), r.tokens, r.site, r.architecture, str(r.d_sae), f"{r.l0:.1f}", f"{r.fvu:.4f}",
-                      f"{r.mse:.4g}", f"{100 * r.dead_fraction:.1f}", f"{100 * r.dense_fraction:.1f}", r.evaluated_on)
+    rows = result.rows
+    # Columns that are the same for every SAE go into the title, so the table fits a terminal.
+    same = {c: rows[c].iloc[0] for c in ("site", "architecture", "d_sae", "evaluated_on") if rows[c].nunique() == 1}
+    title = "SAE sparsity (held-out tokens" + "".join(f"; {k} {v}" for k, v in same.items()) + ")"
+    table = Table(title=title)
+    cols = [("layer", "layer"), ("tokens", "tokens"), ("site", "site"), ("arch", "architecture"),
+            ("d_sae", "d_sae"), ("L0", "l0"), ("FVU", "fvu"), ("MSE", "mse"), ("dead %", "dead_fraction"),
+            ("dense %", "dense_fraction"), ("eval", "evaluated_on")]
+    cols = [(name, key) for name, key in cols if key not in same]
+    fmt = {"l0": "{:.1f}", "fvu": "{:.3f}", "mse": "{:.3g}"}
+    for name, key in cols:
+        table.add_column(name, justify="left" if key in ("tokens", "site", "architecture", "evaluated_on") else "right")
+    for r in rows.to_dict("records"):
+        cells = []
+        for _, key in cols:
+            v = r[key]
+            if key in ("dead_fraction", "dense_fraction"):
+                cells.append(f"{100 * v:.1f}")
+            else:
+                cells.append(fmt.get(key, "{}").format(v))
+        table.add_row(*cells)
     out_console.print(table)
     out_console.print(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
 
@@ -345,17 +360,19 @@ def _print_steer(reports) -> None:
     from rich.table import Table
 
     table = Table(title="Steerability (S > threshold at the largest strength)")
-    for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets", "top features"):
+    for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets"):
         table.add_column(col)
+    tops = []
     for r in reports:
         s = r.summary
         feats = r.units[(r.units.kind == "feature")].head(3)
-        top = ", ".join(f"{int(i)}:{t} ({v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"],
-                                                                      strict=True))
+        tops.append(f"layer {s['layer']} ({s['steer_tokens']}): " + ", ".join(
+            f"{int(i)} -> {t} (S {v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"], strict=True)))
         for kind, k in s["kinds"].items():
             table.add_row(str(s["layer"]), s["steer_tokens"], kind, str(k["scored"]), str(k["steerable"]),
-                          f"{100 * k['fraction']:.1f}", str(k["distinct_targets"]), top if kind == "feature" else "")
+                          f"{100 * k['fraction']:.1f}", str(k["distinct_targets"]))
     out_console.print(table)
+    out_console.print("top features: " + "; ".join(tops), highlight=False)
 
 
 @command("inspect")

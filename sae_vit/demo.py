@@ -95,7 +95,10 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
         from .steer import SteerConfig
 
         paths = [default_sae_path(layer, "all", root=out / "saes") for layer in cfg.layers]
-        steer = api.steer_score(paths, model="toy", n_images=cfg.steer_images, config=SteerConfig(),
+        # The paper's strongest push (alpha 150) saturates the toy's 17-word vocabulary for every direction, so
+        # the demo sweeps up to alpha 20, where features, neurons and random directions can differ.
+        steer = api.steer_score(paths, model="toy", n_images=cfg.steer_images,
+                                config=SteerConfig(alphas=(-5, 0, 5, 10, 20)),
                                 max_features=cfg.steer_features, random_control=cfg.steer_features,
                                 seed=cfg.seed, out=out / "steer")
         timings["steer"] = time.perf_counter() - t0
