@@ -12,17 +12,14 @@ import torch
 
 
 def main() -> None:
-    import timm.data
-
     from sae_vit.backbone import Backbone
     from sae_vit.inspection import collect
     from sae_vit.sae import SAE, SAEConfig
     from sae_vit.toyclip import build_toy_vit
 
     torch.manual_seed(0)
-    model = build_toy_vit().eval().requires_grad_(False)
-    bb = Backbone(model, "toy-random", "random", timm.data.create_transform(
-        **timm.data.resolve_data_config({}, model=model)))
+    model = build_toy_vit()
+    bb = Backbone.from_model(model, "toy-random", "random")
     sae = SAE(SAEConfig(d_in=128, d_sae=2048, k=32, model="toy-random", layer=8))
     images = torch.randn(1024, 3, 64, 64)
 

@@ -24,17 +24,14 @@ def main() -> None:
     parser.add_argument("--alphas", default="-20,-5,0,5,10,20,50,150")
     args = parser.parse_args()
 
-    import timm.data
-
     from sae_vit.backbone import Backbone
     from sae_vit.sae import SAE, SAEConfig
     from sae_vit.steer import build_context, naive_steer, sae_family, steer_batched
     from sae_vit.toyclip import build_toy_vit
 
     torch.manual_seed(0)
-    model = build_toy_vit().eval().requires_grad_(False)
-    bb = Backbone(model, "toy-random", "random", timm.data.create_transform(
-        **timm.data.resolve_data_config({}, model=model)))
+    model = build_toy_vit()
+    bb = Backbone.from_model(model, "toy-random", "random")
     sae = SAE(SAEConfig(d_in=bb.d_model, d_sae=16 * bb.d_model, k=32, model="toy-random", layer=args.layer))
     images = torch.randn(args.images, 3, 64, 64)
     text = F.normalize(torch.randn(20, model.num_classes), dim=-1)

@@ -170,19 +170,22 @@ def load_probe_images(backbone, images: str | os.PathLike | None = None, world: 
 
 
 def text_head_and_vocabulary(backbone, vocab: str | os.PathLike | None = None,
-                             text_embeddings: str | os.PathLike | None = None):
-    """``(words, unit embeddings [V, d])``: from an embeddings file, a word list embedded by the model's text
-    tower (toy, or open_clip for real CLIP), or the toy world's concept words."""
+                             text_embeddings: str | os.PathLike | None = None,
+                             weights: str | os.PathLike | None = None):
+    """``(words, unit embeddings [V, d])``: the names of an embeddings file (or ``vocab``'s words looked up in
+    it), or a word list embedded by the model's text tower (toy, or open_clip for real CLIP), or by default the
+    toy world's concept words."""
     from .steer import check_vocabulary, default_vocabulary
     from .text import TextHead
 
-    if text_embeddings is not None:
-        head = TextHead.from_file(text_embeddings)
-        words = list(head._table) if vocab is None else _read_words(vocab)
-        return words, head.embed(words)
-    words = _read_words(vocab) if vocab is not None else default_vocabulary(backbone)
-    check_vocabulary(backbone, words)
-    head = TextHead.from_toy() if backbone.name == "toy" else TextHead.from_open_clip()
+    head = TextHead.for_model(backbone.name, weights, text_embeddings)
+    if vocab is not None:
+        words = _read_words(vocab)
+    elif head.names is not None:
+        words = head.names
+    else:
+        words = default_vocabulary(backbone)
+    check_vocabulary(words, head.vocab)
     return words, head.embed(words, templates=("{}",))
 
 
@@ -258,7 +261,7 @@ def steer_score(
     loaded = [(p, SAE.load(p, device)) for p in paths]
     model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
     backbone = load_backbone(model, weights, device)
-    words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings)
+    words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
     probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)
     out.mkdir(parents=True, exist_ok=True)
     reports, summary_rows = [], []
@@ -355,7 +358,7 @@ def inspect(
     found = collect(backbone, model_sae, batches, features, k=k, batch_size=batch_size, progress=progress)
     labels: list[list[tuple[str, float]]] | None = None
     try:
-        words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings)
+        words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
     except SaeVitError:
         words = None  # no text head for this model: labels are left out, not an error
     if words is not None:

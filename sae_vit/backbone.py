@@ -156,6 +156,16 @@ class Backbone:
                 h.remove()
         return out
 
+    @classmethod
+    def from_model(cls, model: nn.Module, name: str, weights_id: str = "", device: str | torch.device = "cpu"
+                   ) -> Backbone:
+        """Wrap a timm VisionTransformer already in memory (eval mode, no grad, timm's preprocessing)."""
+        import timm.data
+
+        model = model.eval().requires_grad_(False).to(device)
+        cfg = timm.data.resolve_data_config({}, model=model)
+        return cls(model, name, weights_id, timm.data.create_transform(**cfg, is_training=False))
+
     def weights_summary(self) -> dict:
         return {"model": self.name, "weights": self.weights_id, "n_layers": self.n_layers, "d_model": self.d_model}
 
@@ -296,16 +306,17 @@ def _load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> Non
 def load_backbone(
     name: str = "toy", weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> Backbone:
-    """Load a ViT by name: ``toy`` (the shipped toy CLIP), a timm name with Hub weights, or a timm name plus a
-    local ``weights`` file (safetensors, or a PyTorch state dict read with ``weights_only=True``)."""
-    import timm.data
-
+    """Load a ViT by name: ``toy`` (the shipped toy CLIP, or ``weights`` = a toy-CLIP file or an image-tower state
+    dict), a timm name with Hub weights, or a timm name plus a local ``weights`` file (safetensors, or a PyTorch
+    state dict read with ``weights_only=True``)."""
     if name == "toy":
-        from .toyclip import build_toy_vit, default_path, load_toy_clip
+        from .toyclip import build_toy_vit, default_path, is_toy_clip_file, load_toy_clip
 
-        if weights is None:
-            model = load_toy_clip().image
-            weights_id = file_sha256(default_path())[:16]
+        if weights is None or is_toy_clip_file(weights):
+            # the shipped weights, or any whole toy-CLIP file (its own architecture, both towers)
+            path = weights if weights is not None else default_path()
+            model = load_toy_clip(path).image
+            weights_id = file_sha256(path)[:16]
         else:
             model = build_toy_vit()
             _load_weights(model, read_state_dict(weights), Path(weights))
@@ -317,7 +328,4 @@ def load_backbone(
     else:
         model = _timm_model(name, pretrained=True)
         weights_id = f"hub:{name}"
-    model = model.eval().requires_grad_(False).to(device)
-    cfg = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**cfg, is_training=False)
-    return Backbone(model=model, name=name, weights_id=weights_id, transform=transform)
+    return Backbone.from_model(model, name, weights_id, device)

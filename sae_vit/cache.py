@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .backbone import TOKENS, Backbone, check_choice
 from .data import ImageDataset, ImageSource, collate_skip_unreadable
+from .dist import barrier, distributed
 from .errors import SaeVitError
 
 CACHE_FORMAT_VERSION = 1
@@ -123,12 +124,12 @@ def write_cache(
         "n_images": len(items),
         "source": {**source.describe(), "n_images": len(items)},
     }
-    rank, world = _distributed()
+    rank, world = distributed()
     if rank == 0:
         manifest = _start_or_resume(root, settings, overwrite)
         if world > 1:
             _merge_rank_manifests(root, manifest)
-    _barrier(world)
+    barrier(world)
     if rank != 0:
         manifest = read_manifest(root)
     token_ids = backbone.token_ids(tokens)
@@ -155,34 +156,15 @@ def write_cache(
             manifest["shards"].sort(key=lambda s: s["index"])
             _refresh_totals(manifest)
             write_json_atomic(root / MANIFEST, manifest)
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         if world > 1:
             _merge_rank_manifests(root, manifest)
         manifest["complete"] = len(manifest["shards"]) == n_shards
         _refresh_totals(manifest)
         write_json_atomic(root / MANIFEST, manifest)
-    _barrier(world)
+    barrier(world)
     return read_manifest(root) if rank != 0 else manifest
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group from torchrun's environment when needed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _merge_rank_manifests(root: Path, manifest: dict) -> None:
@@ -339,7 +321,9 @@ class CacheReader:
                 "re-run `saevit cache --tokens all`."
             )
 
-    def _mask(self, token_index: Tensor, image_index: Tensor, tokens: str, split: str) -> Tensor:
+    def mask(self, token_index: Tensor, image_index: Tensor, tokens: str, split: str) -> Tensor:
+        """Which stored tokens belong to the selection ``tokens`` (cls / patches / all) and ``split``
+        (train / eval / all: eval = every image whose index is 19 modulo 20)."""
         if tokens == "cls":
             keep = token_index == 0
         elif tokens == "patches":
@@ -353,22 +337,31 @@ class CacheReader:
             keep &= held_out
         return keep
 
+    def _shard(self, layer: int, index: int) -> Path:
+        path = shard_path(self.root, layer, index)
+        if not path.is_file():
+            raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
+        return path
+
     def read_shard(self, layer: int, index: int, tokens: str = "all", split: str = "all") -> Tensor:
         """Selected activations of one shard as float32 [n, d] (memory-mapped read)."""
         from safetensors import safe_open
 
-        path = shard_path(self.root, layer, index)
-        if not path.is_file():
-            raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
-        with safe_open(str(path), framework="pt") as fh:
-            keep = self._mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split)
+        with safe_open(str(self._shard(layer, index)), framework="pt") as fh:
+            keep = self.mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split)
             acts = fh.get_tensor("acts")
         return acts[keep].float()
 
     def count(self, layer: int, tokens: str, split: str = "train") -> int:
         """Number of tokens the selection holds."""
+        from safetensors import safe_open
+
         self.check(layer, tokens)
-        return sum(len(self.read_shard(layer, s["index"], tokens, split)) for s in self.manifest["shards"])
+        total = 0
+        for s in self.manifest["shards"]:  # the small index tensors only, never the activations
+            with safe_open(str(self._shard(layer, s["index"])), framework="pt") as fh:
+                total += int(self.mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split).sum())
+        return total
 
     def load(self, layer: int, tokens: str, split: str = "eval", max_tokens: int | None = None,
              seed: int = 0) -> Tensor:

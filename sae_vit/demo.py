@@ -95,7 +95,7 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
         from .steer import SteerConfig
 
         paths = [default_sae_path(layer, "all", root=out / "saes") for layer in cfg.layers]
-        # The paper's strongest push (alpha 150) saturates the toy's 17-word vocabulary for every direction, so
+        # The paper's strongest push (alpha 150) saturates the toy's 19-word vocabulary for every direction, so
         # the demo sweeps up to alpha 20, where features, neurons and random directions can differ.
         steer = api.steer_score(paths, model="toy", n_images=cfg.steer_images,
                                 config=SteerConfig(alphas=(-5, 0, 5, 10, 20)),

@@ -136,14 +136,13 @@ def text_labels(backbone: Backbone, sae: SAE, features: Sequence[int], probe: Te
     ctx = build_context(backbone, sae.cfg.layer, sae.cfg.site, probe, text, sae.cfg.tokens, 1.0)
     fam, _ = sae_family(sae, ctx)
     s = strength if strength is not None else fam.unit_norm
-    base = F.normalize(backbone.forward_from(sae.cfg.layer, ctx.resid).float(), dim=-1)
     labels = []
     for feat in features:
         d = fam.directions(torch.tensor([feat]))[0]
         delta = ctx.site_to_resid(s * fam.scale * d)                      # [N, T_sel, d_model]
         resid = ctx.resid.clone()
         resid[:, ctx.positions] += delta.to(resid.dtype)
-        moved = F.normalize(backbone.forward_from(sae.cfg.layer, resid).float(), dim=-1) - base
+        moved = ctx.embeddings(resid) - ctx.base
         cos = F.normalize(moved.mean(0), dim=-1) @ text.T
         best = cos.topk(min(top, len(words)))
         labels.append([(words[i], float(v)) for v, i in zip(best.values, best.indices, strict=True)])

@@ -16,8 +16,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .dist import distributed
 from .errors import SaeVitError
-from .train import TrainConfig, Trainer, TrainState, distributed, init_sae, resolve
+from .train import TrainConfig, Trainer, TrainState, init_sae, resolve
 
 Key = tuple[int, str]
 """A stream: (layer, token type)."""
@@ -47,7 +48,7 @@ def _read_selections(reader, layer: int, index: int, tokens: list[str], split: s
         raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
     with safe_open(str(path), framework="pt") as fh:
         token_index, image_index, acts = (fh.get_tensor(n) for n in ("token_index", "image_index", "acts"))
-    return {t: acts[reader._mask(token_index, image_index, t, split)].float() for t in tokens}
+    return {t: acts[reader.mask(token_index, image_index, t, split)].float() for t in tokens}
 
 
 def count_tokens(reader, keys: list[Key], split: str = "train") -> dict[Key, int]:

@@ -88,10 +88,19 @@ class SteerContext:
     p0: Tensor | None
     """[N, V] unsteered vocabulary probabilities per probe image."""
     temperature: float
+    base: Tensor | None = None
+    """[N, d_emb] unsteered unit image embeddings."""
+
+    def embeddings(self, resid: Tensor) -> Tensor:
+        """Unit image embeddings [B, d_emb] from a (steered) ``resid`` [B, T, d]."""
+        return F.normalize(self.backbone.forward_from(self.layer, resid).float(), dim=-1)
 
     def probabilities(self, resid: Tensor) -> Tensor:
         """Vocabulary probabilities [B, V] of the image embeddings from a steered ``resid`` [B, T, d]."""
-        emb = F.normalize(self.backbone.forward_from(self.layer, resid).float(), dim=-1)
+        return self.vocab_probabilities(self.embeddings(resid))
+
+    def vocab_probabilities(self, emb: Tensor) -> Tensor:
+        """softmax(temperature · ê · Tᵀ) [B, V] for unit embeddings ``emb`` [B, d_emb]."""
         return torch.softmax(self.temperature * emb @ self.text.T, dim=-1)
 
     def site_to_resid(self, delta: Tensor) -> Tensor:
@@ -113,7 +122,8 @@ def build_context(backbone: Backbone, layer: int, site: str, images: Tensor, tex
             raise SaeVitError(f"{backbone.name} has register tokens; steer-score supports ViTs without registers.")
         site_acts = resid[:, positions] if site == "resid_post" else backbone.capture(images, [layer], site, tokens)[layer]
         ctx = SteerContext(backbone, layer, site, resid, site_acts, positions, text.float(), None, temperature)
-        ctx.p0 = ctx.probabilities(resid)
+        ctx.base = ctx.embeddings(resid)
+        ctx.p0 = ctx.vocab_probabilities(ctx.base)
     return ctx
 
 
@@ -273,14 +283,12 @@ def default_vocabulary(backbone: Backbone) -> list[str]:
     return list(world.OBJECTS) + list(world.COLOURS) + list(world.BACKGROUNDS) + list(world.SIZES)
 
 
-def check_vocabulary(backbone: Backbone, words: Sequence[str]) -> None:
-    """The toy text tower knows only the world's words: refuse others instead of embedding <unk>."""
+def check_vocabulary(words: Sequence[str], known: set[str] | None) -> None:
+    """Refuse words a word-level text tower (the toy's) cannot embed, instead of embedding <unk>."""
     if not words:
         raise SaeVitError("The vocabulary is empty; pass words with --vocab (one per line).")
-    if backbone.name == "toy":
-        from . import world
-
-        unknown = [w for w in words if any(part not in world.VOCAB for part in w.lower().split())]
+    if known is not None:
+        unknown = [w for w in words if any(part not in known for part in w.lower().split())]
         if unknown:
             raise SaeVitError(f"The toy text tower cannot embed {unknown[0]!r} (not a world word); use words from "
                               "sae_vit.world.VOCAB.")
@@ -325,7 +333,8 @@ def steer_score(
 
     cfg = cfg or SteerConfig()
     check_sae_matches(sae, backbone, path or "the SAE")
-    check_vocabulary(backbone, words)
+    if not words or len(words) != len(text):
+        raise SaeVitError(f"Got {len(words)} words for {len(text)} text embeddings; pass a non-empty vocabulary.")
     layer, site = sae.cfg.layer, sae.cfg.site
     tokens = sae.cfg.tokens if cfg.tokens == "sae" else cfg.tokens
     ctx = build_context(backbone, layer, site, images, text, tokens, cfg.temperature)

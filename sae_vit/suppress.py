@@ -233,43 +233,10 @@ class ImageBatches:
 
 def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
                text_embeddings: str | os.PathLike | None = None) -> tuple[Backbone, TextHead]:
-    """The backbone and its text head. ``--model toy --weights FILE`` accepts a whole toy-CLIP file (image and
-    text towers, as :func:`sae_vit.toyclip.save_toy_clip` writes) as well as an image-tower state dict."""
-    from .backbone import file_sha256, load_backbone
+    """The backbone and its text head (``--model toy --weights FILE`` takes a whole toy-CLIP file too)."""
+    from .backbone import load_backbone
 
-    if model == "toy" and weights is not None and _is_toy_clip(weights):
-        import timm.data
-
-        from .toyclip import load_toy_clip
-
-        clip = load_toy_clip(weights)
-        cfg = timm.data.resolve_data_config({}, model=clip.image)
-        backbone = Backbone(clip.image.eval(), "toy", file_sha256(weights)[:16],
-                            timm.data.create_transform(**cfg, is_training=False))
-        head = TextHead(encode=lambda prompts: clip.encode_text(prompts), source=f"toy:{weights}")
-        if text_embeddings is not None:
-            head = TextHead.from_file(text_embeddings)
-    else:
-        backbone = load_backbone(model, weights)
-        if text_embeddings is not None:
-            head = TextHead.from_file(text_embeddings)
-        elif model == "toy":
-            head = TextHead.from_toy()
-        else:
-            head = TextHead.from_open_clip()
-    return backbone, head
-
-
-def _is_toy_clip(path) -> bool:
-    from safetensors import safe_open
-
-    from .toyclip import METADATA_KEY
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return METADATA_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors toy file: load_backbone reports what is wrong
-        return False
+    return load_backbone(model, weights), TextHead.for_model(model, weights, text_embeddings)
 
 
 def class_embeddings(head: TextHead, classes: Sequence[str], templates: Sequence[str]) -> Tensor:

@@ -34,12 +34,20 @@ class TextHead:
         encode: Callable[[list[str]], Tensor] | None = None,
         table: dict[str, Tensor] | None = None,
         source: str = "",
+        vocab: Sequence[str] | None = None,
     ):
         if (encode is None) == (table is None):
             raise ValueError("give exactly one of encode or table")
         self._encode = encode
         self._table = table
         self.source = source
+        #: Words the text tower can embed (the toy's word-level vocabulary); None when any text works.
+        self.vocab = set(vocab) if vocab is not None else None
+
+    @property
+    def names(self) -> list[str] | None:
+        """The names an embeddings file holds, in file order (None for a text tower)."""
+        return list(self._table) if self._table is not None else None
 
     # ----------------------------------------------------------------------------------- constructors
 
@@ -50,7 +58,20 @@ class TextHead:
         from sae_vit.toyclip import load_toy_clip
 
         clip = load_toy_clip(path)
-        return cls(encode=lambda prompts: clip.encode_text(prompts), source=f"toy:{path or 'shipped'}")
+        return cls(encode=clip.encode_text, source=f"toy:{path or 'shipped'}", vocab=clip.vocab)
+
+    @classmethod
+    def for_model(cls, model: str, weights: str | os.PathLike | None = None,
+                  text_embeddings: str | os.PathLike | None = None) -> TextHead:
+        """The text head that goes with a backbone: an embeddings file when given; for ``toy`` the toy text tower
+        (of ``weights`` when that is a whole toy-CLIP file, else the shipped one); otherwise open_clip's."""
+        if text_embeddings is not None:
+            return cls.from_file(text_embeddings)
+        if model == "toy":
+            from sae_vit.toyclip import is_toy_clip_file
+
+            return cls.from_toy(weights if weights is not None and is_toy_clip_file(weights) else None)
+        return cls.from_open_clip()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TextHead:

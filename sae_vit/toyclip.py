@@ -243,6 +243,17 @@ def save_toy_clip(clip: ToyClip, path: str | os.PathLike, *, overwrite: bool = F
     return path
 
 
+def is_toy_clip_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a whole toy-CLIP file (image and text towers) as :func:`save_toy_clip` writes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return METADATA_KEY in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - not a safetensors toy file: the caller's loader reports what is wrong
+        return False
+
+
 def load_toy_clip(path: str | os.PathLike | None = None) -> ToyClip:
     """Load a toy CLIP (the shipped one when ``path`` is None), in eval mode, float32, on CPU."""
     from safetensors import safe_open

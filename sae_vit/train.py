@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .dist import distributed
 from .errors import SaeVitError
 from .metrics import evaluate
 from .sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
@@ -297,18 +298,6 @@ def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip
         torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip, foreach=True)
     opt.step()
     sae.normalize_decoder()
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size) under ``torchrun`` (initialising the process group: nccl on CUDA, else gloo), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Tensor]:

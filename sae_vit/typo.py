@@ -731,53 +731,13 @@ def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
                text_embeddings: str | os.PathLike | None = None, device: str = "cpu") -> ModelBundle:
     """The backbone and its text head. For ``toy``, ``weights`` may be a whole toy CLIP file (as written by
     ``saevit world train-clip``), whose text tower is then used too."""
-    from .backbone import file_sha256, load_backbone
+    from .backbone import load_backbone
     from .text import TextHead
 
-    if model == "toy":
-        from .toyclip import default_path, load_toy_clip
-
-        path = Path(weights) if weights is not None else default_path()
-        if weights is None or _is_toy_clip_file(path):
-            clip = load_toy_clip(path)
-            backbone = _toy_backbone(clip, file_sha256(path)[:16], device)
-            head = TextHead(encode=clip.encode_text, source=f"toy:{path}")
-            if text_embeddings is not None:
-                head = TextHead.from_file(text_embeddings)
-            return ModelBundle(backbone, head, set(clip.vocab) if text_embeddings is None else None,
-                               f"toy CLIP ({path})")
     backbone = load_backbone(model, weights, device)
-    if text_embeddings is not None:
-        head = TextHead.from_file(text_embeddings)
-    elif model == "toy":
-        head = TextHead.from_toy()
-    else:
-        head = TextHead.from_open_clip()
-    return ModelBundle(backbone, head, None, f"{model}" + (f" ({weights})" if weights else ""))
-
-
-def _is_toy_clip_file(path: Path) -> bool:
-    from safetensors import safe_open
-
-    from .toyclip import METADATA_KEY
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return METADATA_KEY in (fh.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors file: let the normal loader explain
-        return False
-
-
-def _toy_backbone(clip, weights_id: str, device: str) -> Backbone:
-    import timm.data
-
-    model = clip.image.eval().requires_grad_(False).to(device)
-    cfg = timm.data.resolve_data_config({}, model=model)
-    return Backbone(model=model, name="toy", weights_id=weights_id,
-                    transform=timm.data.create_transform(**cfg, is_training=False))
-
-
-# --------------------------------------------------------------------------------------------- the protocol
+    head = TextHead.for_model(model, weights, text_embeddings)
+    what = "toy CLIP" if model == "toy" else model
+    return ModelBundle(backbone, head, head.vocab, what + (f" ({weights})" if weights else ""))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,27 @@
+"""torchrun support shared by caching and training: rank, world size and barriers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) under ``torchrun`` (initialising the process group: nccl on CUDA, else gloo), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
