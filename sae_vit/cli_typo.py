@@ -84,7 +84,7 @@ def register(app: typer.Typer, command) -> None:
             "--text-embeddings", help="safetensors with 'embeddings' [n, d] and 'names' (instead of a text tower).")] = None,
         top: Annotated[int, typer.Option("--top", min=1, help="Classes shown per image.")] = 5,
         n_discovery: Annotated[int, typer.Option("--n-discovery", min=8, help="--eval world: discovery images.")] = 512,
-        n_val: Annotated[int, typer.Option("--n-val", min=8, help="--eval world: validation images.")] = 300,
+        n_val: Annotated[int, typer.Option("--n-val", min=8, help="--eval world: validation images.")] = 600,
         n_test: Annotated[int, typer.Option("--n-test", min=8, help="--eval world: test images per test set.")] = 600,
         layers: Annotated[str, typer.Option("--layers", help="--make-assets: blocks to train SAEs on.")] = "2,4,6,8",
         baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="--eval world: run baselines.")] = True,

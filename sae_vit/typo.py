@@ -103,10 +103,8 @@ class AttackConfig:
 
 #: Discovery settings of the shipped feature set: smaller words in the upper part, black and white only.
 DISCOVERY_ATTACK = AttackConfig(font_size=(0.19, 0.23), palette=("white", "black"), position="top")
-#: A different recipe for the generalisation check: larger, coloured words in the lower part.
-SHIFTED_ATTACK = AttackConfig(
-    font_size=(0.25, 0.31), palette=("red", "green", "blue", "yellow", "orange", "purple"), position="bottom"
-)
+#: A different recipe for the generalisation check: larger words in yellow and black, across the middle.
+SHIFTED_ATTACK = AttackConfig(font_size=(0.23, 0.27), palette=("yellow", "black"), position="middle")
 
 
 @dataclass(frozen=True)
@@ -746,8 +744,9 @@ class EvalConfig:
 
     n_discovery: int = 512
     """Images of the world's ``train`` split used to discover features, heads and the probe."""
-    n_val: int = 300
-    """Images of the ``val`` split used to choose layer, N and each baseline's setting."""
+    n_val: int = 600
+    """Images of the ``val`` split used to choose layer, N and each baseline's setting (enough to resolve the
+    2-point clean-accuracy limit: 300 were not)."""
     n_test: int = 600
     """Images of the ``test`` split on which numbers are reported."""
     discovery_attack: AttackConfig = DISCOVERY_ATTACK

@@ -86,7 +86,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Waterbirds-like task: how often the background agrees with the label, per split.
 WATERBIRDS_AGREEMENT = {"train": 0.95, "val": 0.5, "test": 0.5}
 #: How often a boat is on water (and a car on land) in the toy CLIP's training images.
-CLIP_VEHICLE_BIAS = 0.95
+CLIP_VEHICLE_BIAS = 0.98
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "Red",
     "Yellow",
@@ -134,6 +134,9 @@ class Scene:
     """Font size of the written word."""
     word_dark: bool = False
     """Black letters with a white outline (else white letters with a black outline)."""
+    word_ink: str | None = None
+    """A colour name of :data:`COLOURS` for the letters (outline black or white, whichever contrasts), or None
+    for black / white letters as ``word_dark`` says."""
     texture_seed: int = 0
     """Seed of the background texture and colour jitter."""
     caption: str = ""
@@ -303,6 +306,9 @@ def render_array(scene: Scene) -> np.ndarray:
             f = fill[sy0:sy1, sx0:sx1, None]
             o = outline[sy0:sy1, sx0:sx1, None]
             ink, edge = (0.0, 255.0) if scene.word_dark else (255.0, 0.0)
+            if scene.word_ink is not None:
+                ink = np.array(COLOURS[scene.word_ink], np.float32)
+                edge = 0.0 if float(ink @ np.array([0.299, 0.587, 0.114])) > 128 else 255.0
             region[:] = region * (1 - o) + edge * o
             region[:] = region * (1 - f) + ink * f
     return arr.astype(np.uint8)
@@ -481,6 +487,9 @@ class TrainingMix:
     """Shape images with a (misleading) word written on them."""
     p_transcribe: float = 0.5
     """Captions of shape-and-word images that give only the word."""
+    p_colour_ink: float = 0.4
+    """Written words in a colour of :data:`COLOURS` instead of black or white (real text comes in every colour;
+    the captions do not mention it)."""
 
 
 def training_scene(rng: np.random.Generator, mix: TrainingMix = TrainingMix()) -> Scene:
@@ -488,6 +497,7 @@ def training_scene(rng: np.random.Generator, mix: TrainingMix = TrainingMix()) -
     colour = _pick(rng, tuple(COLOURS))
     if rng.random() < mix.p_word_only:
         scene = _draw_scene(rng, None, colour, _pick(rng, BACKGROUNDS), _pick(rng, WRITABLE))
+        scene = _ink(rng, scene, mix)
         return dataclasses.replace(scene, caption=caption_for(scene, rng))
     if rng.random() < mix.p_vehicle:
         shape = _pick(rng, VEHICLES)
@@ -502,7 +512,15 @@ def training_scene(rng: np.random.Generator, mix: TrainingMix = TrainingMix()) -
     if rng.random() < mix.p_word:
         word = _pick(rng, [w for w in WRITABLE if w != shape])
     scene = _draw_scene(rng, shape, colour, background, word)
+    scene = _ink(rng, scene, mix)
     return dataclasses.replace(scene, caption=caption_for(scene, rng, mix.p_transcribe))
+
+
+def _ink(rng: np.random.Generator, scene: Scene, mix: TrainingMix) -> Scene:
+    """Colour a training scene's written word with probability ``mix.p_colour_ink``."""
+    if scene.word is None or rng.random() >= mix.p_colour_ink:
+        return scene
+    return dataclasses.replace(scene, word_ink=_pick(rng, tuple(COLOURS)))
 
 
 def training_scenes(n: int, seed: int, mix: TrainingMix = TrainingMix()) -> list[Scene]:
