@@ -1,11 +1,13 @@
 """Steerability by layer on the toy CLIP: SAE features against residual neurons and random directions.
 
-    python examples/steer_layers.py [--out runs/steer_layers] [--n-images 2048] [--max-features 256]
+    python examples/steer_layers.py [--out runs/steer_layers] [--n-images 2048] [--max-features 256] \
+        [--decide-at 150,10]
 
 The offline analogue of the paper's "10-15 % of features are steerable; SAEs give thousands more than neurons":
 for every block of the toy CLIP it caches activations over synthetic-world images (train split), trains a TopK
-SAE on all tokens, and runs steer-score on probe images from the validation split. It prints one table and
-writes steer_by_layer.csv (and each layer's steer-score outputs) under --out.
+SAE on all tokens, and runs steer-score on probe images from the validation split, once per strength in
+--decide-at (relative units; steerable means S > 0.10 at that strength). It prints one table and writes
+steer_by_layer.csv (one row per layer and strength, and each run's steer-score outputs) under --out.
 """
 
 import argparse
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=256)
     parser.add_argument("--probe-images", type=int, default=48)
     parser.add_argument("--layers", default="all")
+    parser.add_argument("--decide-at", default="150", help="Strengths at which steerability is decided (comma list).")
     args = parser.parse_args()
 
     cache_dir = args.out / "cache"
@@ -38,20 +41,21 @@ def main() -> None:
         sae_path = args.out / "saes" / f"layer_{layer}" / "all" / "sae.safetensors"
         if not sae_path.exists():
             api.train(layer, "all", cache_dir, sae_path, config=TrainConfig(k=16, expansion=16), n_tokens=args.n_tokens)
-        reports = api.steer_score([sae_path], model="toy", n_images=args.probe_images, config=SteerConfig(),
-                                  max_features=args.max_features, random_control=args.max_features,
-                                  out=args.out / "steer" / f"layer_{layer}", overwrite=True)
-        s = reports[0].summary
-        row = {"layer": layer, "strengths": s["strengths"]["feature"][-1]}
-        for kind, k in s["kinds"].items():
-            row[f"{kind}_scored"] = k["scored"]
-            row[f"{kind}_steerable"] = k["steerable"]
-            row[f"{kind}_%"] = round(100 * k["fraction"], 1)
-            row[f"{kind}_targets"] = k["distinct_targets"]
-        d_sae = s["d_sae"]
-        row["est_steerable_features_total"] = round(row["feature_%"] / 100 * d_sae)
-        rows.append(row)
-        print(row, flush=True)
+        for alpha in [float(a) for a in args.decide_at.split(",")]:
+            reports = api.steer_score([sae_path], model="toy", n_images=args.probe_images,
+                                      config=SteerConfig(alphas=(alpha,)), max_features=args.max_features,
+                                      random_control=args.max_features,
+                                      out=args.out / "steer" / f"layer_{layer}_alpha_{alpha:g}", overwrite=True)
+            s = reports[0].summary
+            row = {"layer": layer, "alpha": alpha, "s": round(s["strengths"]["feature"][-1], 2)}
+            for kind, k in s["kinds"].items():
+                row[f"{kind}_scored"] = k["scored"]
+                row[f"{kind}_steerable"] = k["steerable"]
+                row[f"{kind}_%"] = round(100 * k["fraction"], 1)
+                row[f"{kind}_targets"] = k["distinct_targets"]
+            row["est_steerable_features_total"] = round(row["feature_%"] / 100 * s["d_sae"])
+            rows.append(row)
+            print(row, flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "steer_by_layer.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_columns", 30):
