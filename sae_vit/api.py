@@ -186,6 +186,12 @@ def text_head_and_vocabulary(backbone, vocab: str | os.PathLike | None = None,
     else:
         words = default_vocabulary(backbone)
     check_vocabulary(words, head.vocab)
+    if head.vocab is not None and head.names is None:
+        # the toy text tower: a bare word is the caption of that word written on an image; embed each world
+        # concept with the captions that name it as a property of the scene instead
+        from .world import concept_prompts
+
+        return words, head.embed_prompt_sets([concept_prompts(w) for w in words])
     return words, head.embed(words, templates=("{}",))
 
 

@@ -148,6 +148,16 @@ class TextHead:
         emb = F.normalize(self._encode(prompts).float(), dim=-1).view(len(templates), len(names), -1)
         return F.normalize(emb.mean(0), dim=-1)
 
+    def embed_prompt_sets(self, prompt_sets: Sequence[Sequence[str]]) -> Tensor:
+        """Unit text embeddings [n, d], one per set of prompts: the set's embeddings averaged and renormalised."""
+        flat = [p for ps in prompt_sets for p in ps]
+        emb = F.normalize(self._encode(flat).float(), dim=-1)
+        out, i = [], 0
+        for ps in prompt_sets:
+            out.append(F.normalize(emb[i : i + len(ps)].mean(0), dim=-1))
+            i += len(ps)
+        return torch.stack(out)
+
     def zero_shot_logits(
         self, image_emb: Tensor, names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
     ) -> Tensor:

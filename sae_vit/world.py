@@ -326,6 +326,23 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def concept_prompts(word: str) -> list[str]:
+    """Captions of the toy CLIP's training distribution that name ``word`` as a property of the scene, one per
+    shape (a colour: "a photo of a red star."; a background: "a photo of a star on water."; a size: "a small
+    star."), or "a photo of a {word}." for an object. A bare word is how the world captions an image of that word
+    *written*, so concept probes (steer-score's vocabulary, inspect's labels) use these instead. Other words are
+    returned as they are."""
+    if word in COLOURS:
+        return [f"a photo of {_article(word)} {word} {s}." for s in SHAPES]
+    if word in BACKGROUNDS:
+        return [f"a photo of {_article(s)} {s} on {word}." for s in SHAPES]
+    if word in SIZES:
+        return [f"{_article(word)} {word} {s}." for s in SHAPES]
+    if word in OBJECTS:
+        return [f"a photo of {_article(word)} {word}."]
+    return [word]
+
+
 def caption_for(scene: Scene, rng: np.random.Generator, p_transcribe: float = 0.5) -> str:
     """A caption of a scene, drawn from a few templates.
 
