@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -16,7 +17,17 @@ def distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # tear the group down before the interpreter exits: a gloo group left alive at exit can abort the
+        # process ("terminate called without an active exception") after the work is done
+        atexit.register(_shutdown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(world: int) -> None:
