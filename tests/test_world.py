@@ -127,3 +127,11 @@ def test_world_images_ids_and_images():
 def test_sample_grid():
     grid = world.sample_grid(world.sample(10, 0), columns=5, scale=1)
     assert grid.size == (5 * 64, 2 * 64)
+
+
+def test_concept_prompts_name_the_concept_as_a_scene_property():
+    red = world.concept_prompts("red")
+    assert len(red) == len(world.SHAPES) and all("red" in p and p != "red" for p in red)
+    assert world.concept_prompts("water")[0].endswith(" on water.")
+    assert world.concept_prompts("star") == ["a photo of a star."]
+    assert world.concept_prompts("with") == ["with"]  # not a concept: left as it is
