@@ -186,19 +186,7 @@ def text_head_and_vocabulary(backbone, vocab: str | os.PathLike | None = None,
     else:
         words = default_vocabulary(backbone)
     check_vocabulary(words, head.vocab)
-    return words, embed_vocabulary(head, words, templates=("{}",))
-
-
-def embed_vocabulary(head, words: list[str], templates: tuple[str, ...] | None = None):
-    """Unit text embeddings [V, d] of concept words. On the toy text tower a bare word is the caption of that word
-    *written* on an image, so each world concept is embedded with the captions that name it as a property of the
-    scene (:func:`sae_vit.world.concept_prompts`); other heads embed ``words`` in ``templates`` (their default
-    prompts when None)."""
-    if head.vocab is not None and head.names is None:
-        from .world import concept_prompts
-
-        return head.embed_prompt_sets([concept_prompts(w) for w in words])
-    return head.embed(words) if templates is None else head.embed(words, templates=templates)
+    return words, head.embed_concepts(words, templates=("{}",))
 
 
 def _read_words(path: str | os.PathLike) -> list[str]:

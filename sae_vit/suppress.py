@@ -781,7 +781,7 @@ def suppress(
 ) -> tuple[SuppressResult, dict[str, Path | None]]:
     """``saevit suppress``: read the dataset and the SAEs, run :func:`run_suppress`, write the outputs under
     ``out`` (default ``<workdir>/suppress``). Returns the result and the written paths."""
-    from .api import _read_words, embed_vocabulary, find_saes, parse_layers
+    from .api import _read_words, find_saes, parse_layers
     from .defaults import workdir
 
     out = Path(out) if out is not None else workdir() / "suppress"
@@ -810,6 +810,6 @@ def suppress(
         words = default_vocabulary(backbone)
     elif text_embeddings is not None:
         words = list(head._table)
-    vocab_pair = (words, embed_vocabulary(head, words)) if words else None
+    vocab_pair = (words, head.embed_concepts(words)) if words else None
     result = run_suppress(backbone, head, by_layer, task_data, config, vocab_pair, progress)
     return result, write_outputs(result, out, overwrite)

@@ -35,6 +35,7 @@ class TextHead:
         table: dict[str, Tensor] | None = None,
         source: str = "",
         vocab: Sequence[str] | None = None,
+        concept_prompts: Callable[[str], list[str]] | None = None,
     ):
         if (encode is None) == (table is None):
             raise ValueError("give exactly one of encode or table")
@@ -43,6 +44,8 @@ class TextHead:
         self.source = source
         #: Words the text tower can embed (the toy's word-level vocabulary); None when any text works.
         self.vocab = set(vocab) if vocab is not None else None
+        #: Prompts that name a concept word, for towers on which a bare word means something else (the toy).
+        self._concept_prompts = concept_prompts
 
     @property
     def names(self) -> list[str] | None:
@@ -56,9 +59,11 @@ class TextHead:
         """The toy CLIP's text tower (the shipped weights when ``path`` is None); any words or prompts
         made of the world vocabulary."""
         from sae_vit.toyclip import load_toy_clip
+        from sae_vit.world import concept_prompts
 
         clip = load_toy_clip(path)
-        return cls(encode=clip.encode_text, source=f"toy:{path or 'shipped'}", vocab=clip.vocab)
+        return cls(encode=clip.encode_text, source=f"toy:{path or 'shipped'}", vocab=clip.vocab,
+                   concept_prompts=concept_prompts)
 
     @classmethod
     def for_model(cls, model: str, weights: str | os.PathLike | None = None,
@@ -144,19 +149,21 @@ class TextHead:
             return torch.stack([self._table[n] for n in names])
         if not templates:
             raise SaeVitError("No prompt templates given; pass at least one, e.g. 'a photo of a {}.'.")
-        prompts = [t.format(n) for t in templates for n in names]
-        emb = F.normalize(self._encode(prompts).float(), dim=-1).view(len(templates), len(names), -1)
-        return F.normalize(emb.mean(0), dim=-1)
+        return self._embed_sets([[t.format(n) for t in templates] for n in names])
 
-    def embed_prompt_sets(self, prompt_sets: Sequence[Sequence[str]]) -> Tensor:
-        """Unit text embeddings [n, d], one per set of prompts: the set's embeddings averaged and renormalised."""
-        flat = [p for ps in prompt_sets for p in ps]
-        emb = F.normalize(self._encode(flat).float(), dim=-1)
-        out, i = [], 0
-        for ps in prompt_sets:
-            out.append(F.normalize(emb[i : i + len(ps)].mean(0), dim=-1))
-            i += len(ps)
-        return torch.stack(out)
+    def embed_concepts(self, words: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+        """Unit embeddings [n, d] of concept words (steer-score's vocabulary, inspect's and suppress's labels):
+        on the toy tower, where a bare word is the caption of that word *written* on an image, each word's
+        :func:`sae_vit.world.concept_prompts` averaged; elsewhere :meth:`embed` with ``templates``."""
+        if self._concept_prompts is None or self._table is not None:
+            return self.embed(words, templates)
+        return self._embed_sets([self._concept_prompts(w) for w in words])
+
+    def _embed_sets(self, prompt_sets: Sequence[Sequence[str]]) -> Tensor:
+        """One unit embedding per set of prompts: the set's unit embeddings averaged and renormalised."""
+        emb = F.normalize(self._encode([p for ps in prompt_sets for p in ps]).float(), dim=-1)
+        parts = emb.split([len(ps) for ps in prompt_sets])
+        return torch.stack([F.normalize(part.mean(0), dim=-1) for part in parts])
 
     def zero_shot_logits(
         self, image_emb: Tensor, names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES

@@ -308,7 +308,7 @@ def render_array(scene: Scene) -> np.ndarray:
             ink, edge = (0.0, 255.0) if scene.word_dark else (255.0, 0.0)
             if scene.word_ink is not None:
                 ink = np.array(COLOURS[scene.word_ink], np.float32)
-                edge = 0.0 if float(ink @ np.array([0.299, 0.587, 0.114])) > 128 else 255.0
+                edge = 0.0 if float(ink @ _LUMA) > 128 else 255.0
             region[:] = region * (1 - o) + edge * o
             region[:] = region * (1 - f) + ink * f
     return arr.astype(np.uint8)
@@ -326,20 +326,40 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+#: Luma weights: a coloured word gets a black outline when its ink is light, a white one when dark.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+_PHOTO = "a photo of {a_sh} {sh}."
+_PHOTO_COLOURED = "a photo of {a_col} {col} {sh}."
+_PHOTO_ON = "a photo of {a_sh} {sh} on {bg}."
+_SIZED = "{a_sz} {sz} {sh}."
+#: Caption templates of scenes with a shape (drawn uniformly by :func:`caption_for`).
+SCENE_CAPTIONS: tuple[str, ...] = (
+    _PHOTO,
+    _PHOTO_COLOURED,
+    "{a_col} {col} {sh}.",
+    "{a_sz} {sz} {col} {sh} on {bg}.",
+    "{a_col} {col} {sh} on {bg}.",
+    _PHOTO_ON,
+    _SIZED,
+    "{a_col} {col} {sh} in front of {a_bg} {bg} background.",
+)
+
+
 def concept_prompts(word: str) -> list[str]:
-    """Captions of the toy CLIP's training distribution that name ``word`` as a property of the scene, one per
-    shape (a colour: "a photo of a red star."; a background: "a photo of a star on water."; a size: "a small
-    star."), or "a photo of a {word}." for an object. A bare word is how the world captions an image of that word
-    *written*, so concept probes (steer-score's vocabulary, inspect's labels) use these instead. Other words are
-    returned as they are."""
-    if word in COLOURS:
-        return [f"a photo of {_article(word)} {word} {s}." for s in SHAPES]
-    if word in BACKGROUNDS:
-        return [f"a photo of {_article(s)} {s} on {word}." for s in SHAPES]
-    if word in SIZES:
-        return [f"{_article(word)} {word} {s}." for s in SHAPES]
+    """Captions of the toy CLIP's training distribution (templates of :data:`SCENE_CAPTIONS`) that name ``word``
+    as a property of the scene, one per shape (a colour: "a photo of a red star."; a background: "a photo of a
+    star on water."; a size: "a small star."), or "a photo of a {word}." for an object. A bare word is how the
+    world captions an image of that word *written*, so concept probes (steer-score's vocabulary, inspect's
+    labels) use these instead. Other words are returned as they are."""
     if word in OBJECTS:
-        return [f"a photo of {_article(word)} {word}."]
+        return [_PHOTO.format(a_sh=_article(word), sh=word)]
+    if word in COLOURS:
+        return [_PHOTO_COLOURED.format(a_col=_article(word), col=word, sh=s) for s in SHAPES]
+    if word in BACKGROUNDS:
+        return [_PHOTO_ON.format(a_sh=_article(s), sh=s, bg=word) for s in SHAPES]
+    if word in SIZES:
+        return [_SIZED.format(a_sz=_article(word), sz=word, sh=s) for s in SHAPES]
     return [word]
 
 
@@ -367,16 +387,7 @@ def caption_for(scene: Scene, rng: np.random.Generator, p_transcribe: float = 0.
         templates = ["a photo of {aw} {w}.", "{w}", "the word {w}.", "a picture of {aw} {w}."]
         return templates[rng.integers(len(templates))].format(w=w, aw=_article(w))
     sh, col, bg, sz = scene.shape, scene.colour, scene.background, scene.size_word
-    templates = [
-        "a photo of {a_sh} {sh}.",
-        "a photo of {a_col} {col} {sh}.",
-        "{a_col} {col} {sh}.",
-        "{a_sz} {sz} {col} {sh} on {bg}.",
-        "{a_col} {col} {sh} on {bg}.",
-        "a photo of {a_sh} {sh} on {bg}.",
-        "{a_sz} {sz} {sh}.",
-        "{a_col} {col} {sh} in front of {a_bg} {bg} background.",
-    ]
+    templates = SCENE_CAPTIONS
     text = templates[rng.integers(len(templates))].format(
         sh=sh,
         col=col,

@@ -151,8 +151,7 @@ def test_red_labelled_features_show_red_objects(tmp_path):
     backbone, sae = load_backbone("toy"), SAE.load(sae_path)
     frame, images = world.make_task("shapes", "test", 1000, seed=3)
     x = torch.stack([backbone.transform(im) for im in images])
-    batches = lambda: ((torch.arange(i, min(i + 200, len(x))), x[i : i + 200]) for i in range(0, len(x), 200))  # noqa: E731
-    found = collect(backbone, sae, batches, red["index"].tolist(), k=16).to_frame()
+    found = collect(backbone, sae, lambda: iter([(torch.arange(len(x)), x)]), red["index"].tolist(), k=16).to_frame()
     found = found[found.ranking == "patch"]
     red_share = [
         (frame.colour.values[found.image[found.feature == f].values] == "red").mean() for f in red["index"]
