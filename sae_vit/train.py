@@ -226,20 +226,23 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int) -> Tensor:
+def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
+              W_enc: Tensor | None = None) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
 
     ``xn`` [n, d_in] normalised inputs, ``pre`` [n, d_sae] their (detached) pre-activations, ``residual``
     [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead columns are searched and only the selected
     (token, latent) pairs are differentiated (:mod:`sae_vit.kernels`). Normalised by the residual's own
-    variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify.
+    variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify. ``W_enc`` stands in for
+    ``sae.W_enc`` (see :func:`sae_loss`).
     """
+    W_enc = sae.W_enc if W_enc is None else W_enc
     dead_idx = dead.nonzero().squeeze(1)
     k_aux = min(aux_k, len(dead_idx))
     raw, j = pre[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
     idx = dead_idx[j]
     bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
-    vals = kernels.EncoderValues.apply(xn, sae.b_dec, sae.W_enc, sae.b_enc, idx, raw, bags).relu()
+    vals = kernels.EncoderValues.apply(xn, sae.b_dec, W_enc, sae.b_enc, idx, raw, bags).relu()
     e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
     # A change in normalised space maps back without the offsets, as in SAE.edit.
     if sae.cfg.normalization == "layer_norm":
@@ -250,17 +253,20 @@ def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Te
     return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, len(dead_idx) / aux_k)
 
 
-def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float) -> StepOutput:
+def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
+             W_enc: Tensor | None = None) -> StepOutput:
     """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
 
     TopK: FVU of the batch + ``aux_coef`` * AuxK, through the k-sparse kernels of :mod:`sae_vit.kernels` (the
     encoder matmul runs in bf16 inside a bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the
     per-element squared error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the
-    latents (decoder rows have unit norm, so no decoder-norm weighting is needed).
+    latents (decoder rows have unit norm, so no decoder-norm weighting is needed). ``W_enc`` [d_in, d_sae], if
+    given, is used (and differentiated) instead of ``sae.W_enc``: the trainer passes a view of its own leaf.
     """
+    W_enc = sae.W_enc if W_enc is None else W_enc
     xn, ctx = sae.normalize(x)
     if cfg.architecture == "topk":
-        enc = kernels.topk_encode(xn, sae.W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device))
+        enc = kernels.topk_encode(xn, W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device))
         vals = enc.vals.relu()
         x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags) + sae.b_dec
         active = vals > 0
@@ -269,7 +275,7 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     else:
         # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
         # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
-        f = (xn @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)).relu()
+        f = (xn @ W_enc + (sae.b_enc - sae.b_dec @ W_enc)).relu()
         x_hat_n = sae.decode_normalized(f)
         l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
         fired = (f > 0).any(dim=0)
@@ -280,7 +286,7 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     if cfg.architecture == "topk":
         loss = fvu
         if cfg.aux_coef > 0 and dead.any():
-            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k)
+            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
     else:
         recon = (sq_err / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
         loss = recon + l1_weight * f.float().sum(dim=-1).mean()
@@ -293,9 +299,9 @@ def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip
     loss.backward()
     with torch.no_grad():
         w, g = sae.W_dec, sae.W_dec.grad
-        g -= (g * w).sum(dim=1, keepdim=True) * w
+        g.addcmul_(torch.linalg.vecdot(g, w).neg_().unsqueeze(1), w)  # one pass: g -= (g . w) w per row
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), grad_clip, foreach=True)
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], grad_clip, foreach=True)
     opt.step()
     sae.normalize_decoder()
 
@@ -315,14 +321,24 @@ def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Ten
 
 
 class _Loss(torch.nn.Module):
-    """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients)."""
+    """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients).
+
+    ``W_enc`` [d_in, d_sae] is trained through ``W_enc_rows`` [d_sae, d_in], a row-major leaf on the same storage
+    (the trainer keeps ``W_enc`` column-major): the k-sparse encoder gradient is computed as latent rows and lands
+    in ``W_enc_rows.grad`` without a transposing copy, and fused AdamW gets contiguous tensors (on a column-major
+    parameter it copies, ~5x slower at 768 x 12288). ``sae.W_enc`` itself takes no gradient while training.
+    """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         super().__init__()
         self.sae, self.cfg = sae, cfg
+        self.W_enc_rows = torch.nn.Parameter(sae.W_enc.data.T)
+        if not self.W_enc_rows.is_contiguous():
+            raise ValueError("W_enc must be stored column-major while training")  # Trainer does this
+        sae.W_enc.requires_grad_(False)
 
     def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:
-        return sae_loss(self.sae, x, self.cfg, dead, l1_weight)
+        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, W_enc=self.W_enc_rows.T)
 
 
 class Trainer:
@@ -338,18 +354,20 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.sae = sae.to(self.device).train()
         with torch.no_grad():
-            # W_enc [d_in, d_sae] stored column-major: the sparse encoder gradient comes as [d_sae, d_in] rows, and
-            # with this layout it lands in .grad without a transposing copy (the matmul takes either layout).
+            # W_enc [d_in, d_sae] stored column-major, trained through its row-major transpose (see _Loss); the
+            # encoder matmul takes either layout.
             sae.W_enc.data = sae.W_enc.data.T.contiguous().T
         self.world = world
         self.n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+        loss_fn = _Loss(sae, cfg)
         # Fused AdamW: one pass over parameters and moments instead of a dozen (it matters at d_sae x d_in).
         fused = self.device.type in ("cpu", "cuda")
-        self.opt = torch.optim.AdamW(sae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        params = [p for p in loss_fn.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.n_steps, cfg))
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.step_count = self.tokens = 0
-        self.loss_fn: torch.nn.Module = _Loss(sae, cfg)
+        self.loss_fn: torch.nn.Module = loss_fn
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -393,6 +411,7 @@ class Trainer:
         sae, cfg = self.sae.eval(), self.cfg
         with torch.no_grad():
             sae.W_enc.data = sae.W_enc.data.contiguous()  # back to the row-major layout the rest of the code knows
+        sae.W_enc.requires_grad_(True)
         recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
         summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe,
                    "train_dead_fraction": (self.since_fired >= cfg.dead_tokens).float().mean().item()}
