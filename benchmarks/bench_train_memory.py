@@ -24,8 +24,8 @@ import torch
 D_MODEL, TOKENS_PER_IMAGE = 768, 50
 
 
-def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int) -> int:
-    """A cache directory with ``n_shards`` shards of random activations for layer 0; returns its bytes on disk."""
+def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int, layers: tuple[int, ...] = (0,)) -> int:
+    """A cache directory with ``n_shards`` shards of random activations per layer; returns its bytes on disk."""
     from sae_vit.cache import (
         CACHE_FORMAT_VERSION,
         MANIFEST,
@@ -35,9 +35,10 @@ def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int) -> i
         write_json_atomic,
     )
 
-    (root / "layer_0").mkdir(parents=True, exist_ok=True)
+    for layer in layers:
+        (root / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
     manifest = {
-        "format_version": CACHE_FORMAT_VERSION, "model": "synthetic", "weights": "synthetic", "layers": [0],
+        "format_version": CACHE_FORMAT_VERSION, "model": "synthetic", "weights": "synthetic", "layers": list(layers),
         "site": "resid_post", "tokens": "all", "dtype": "float16", "d_model": D_MODEL, "has_cls": True,
         "n_patches": TOKENS_PER_IMAGE - 1, "tokens_per_image": TOKENS_PER_IMAGE, "images_per_shard": images_per_shard,
         "n_images": n_shards * images_per_shard, "source": {"kind": "synthetic"}, "shards": [], "complete": True,
@@ -46,10 +47,13 @@ def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int) -> i
     for i in range(n_shards):
         img = torch.arange(i * images_per_shard, (i + 1) * images_per_shard).repeat_interleave(TOKENS_PER_IMAGE)
         tok = torch.arange(TOKENS_PER_IMAGE).repeat(images_per_shard)
-        acts = torch.randn(len(img), D_MODEL, generator=g).half()
-        _save_shard(shard_path(root, 0, i), {"acts": acts, "image_index": img, "token_index": tok})
+        norm_sum = {}
+        for layer in layers:
+            acts = torch.randn(len(img), D_MODEL, generator=g).half()
+            _save_shard(shard_path(root, layer, i), {"acts": acts, "image_index": img, "token_index": tok})
+            norm_sum[str(layer)] = float(acts.float().norm(dim=1).sum())
         manifest["shards"].append({"index": i, "n_images": images_per_shard, "n_tokens": len(img),
-                                   "norm_sum": {"0": float(acts.float().norm(dim=1).sum())}, "skipped": []})
+                                   "norm_sum": norm_sum, "skipped": []})
     _refresh_totals(manifest)
     write_json_atomic(root / MANIFEST, manifest)
     return sum(p.stat().st_size for p in root.rglob("*.safetensors"))

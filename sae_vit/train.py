@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import kernels
@@ -280,15 +281,17 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
         l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
         fired = (f > 0).any(dim=0)
     x_hat = sae.denormalize(x_hat_n, ctx).float()
-    centred = x - x.mean(dim=0)
-    sq_err = (x_hat - x).pow(2)
-    fvu = sq_err.sum() / centred.pow(2).sum().clamp_min(1e-12)
+    with torch.no_grad():
+        total_var = x.var(dim=0, correction=0).sum().mul_(x.shape[0]).clamp_min(1e-12)  # sum of squares, centred
     if cfg.architecture == "topk":
+        fvu = F.mse_loss(x_hat, x, reduction="sum") / total_var  # one fused pass forward and backward
         loss = fvu
         if cfg.aux_coef > 0 and dead.any():
             loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
     else:
-        recon = (sq_err / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
+        sq_err = (x_hat - x).pow(2)
+        fvu = sq_err.sum() / total_var
+        recon = (sq_err / (x - x.mean(dim=0)).norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
         loss = recon + l1_weight * f.float().sum(dim=-1).mean()
     return StepOutput(loss, fvu.detach(), l0.detach(), fired)
 
