@@ -1,7 +1,7 @@
 """Steerability by layer on the toy CLIP: SAE features against residual neurons and random directions.
 
     python examples/steer_layers.py [--out runs/steer_layers] [--n-images 2048] [--max-features 256] \
-        [--decide-at 150,10]
+        [--decide-at 150,10] [--layers 5,7,9]
 
 The offline analogue of the paper's "10-15 % of features are steerable; SAEs give thousands more than neurons":
 for every block of the toy CLIP it caches activations over synthetic-world images (train split), trains a TopK
@@ -36,6 +36,8 @@ def main() -> None:
     if not (cache_dir / "manifest.json").exists():
         api.cache(out=cache_dir, model="toy", layers=args.layers, tokens="all", max_images=args.n_images)
     layers = CacheReader(cache_dir).layers
+    if args.layers != "all":  # a subset of the cached blocks (the cache may hold more)
+        layers = [layer for layer in layers if layer in {int(v) for v in args.layers.split(",")}]
     rows = []
     for layer in layers:
         sae_path = args.out / "saes" / f"layer_{layer}" / "all" / "sae.safetensors"
