@@ -336,8 +336,6 @@ class _Loss(torch.nn.Module):
         super().__init__()
         self.sae, self.cfg = sae, cfg
         self.W_enc_rows = torch.nn.Parameter(sae.W_enc.data.T)
-        if not self.W_enc_rows.is_contiguous():
-            raise ValueError("W_enc must be stored column-major while training")  # Trainer does this
         sae.W_enc.requires_grad_(False)
 
     def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:

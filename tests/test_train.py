@@ -9,11 +9,13 @@ from sae_vit.errors import SaeVitError
 from sae_vit.metrics import evaluate
 from sae_vit.sae import SAE, read_checkpoint
 from sae_vit.train import (
+    Trainer,
     TrainConfig,
     TrainState,
     geometric_median,
     init_sae,
     lr_factor,
+    optimizer_step,
     rebatch,
     resolve,
     sae_loss,
@@ -195,6 +197,26 @@ def test_sparse_topk_loss_matches_dense_reference(normalization, train_acts):
     assert torch.equal(out.fired, (f != 0).any(dim=0))
     for name, p in sae.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trainer_matches_plain_adamw_on_the_sae_parameters(train_acts):
+    """The trainer's W_enc layout (trained through a row-major leaf on W_enc's storage) changes only speed."""
+    cfg = resolve(TrainConfig(d_sae=128, k=8, device="cpu", n_tokens=4 * 512, batch_size=512, dtype="fp32",
+                              aux_coef=0.0), D_IN)
+    ours, ref = init_sae(D_IN, cfg, train_acts[:2048]), init_sae(D_IN, cfg, train_acts[:2048])
+    start = ref.W_enc.detach().clone()
+    trainer = Trainer(ours, cfg)
+    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, trainer.n_steps, cfg))
+    for x in train_acts[: 4 * 512].split(512):
+        trainer.step(x)
+        optimizer_step(ref, opt, sae_loss(ref, x, cfg, torch.zeros(128, dtype=torch.bool), 0.0).loss, cfg.grad_clip)
+        sched.step()
+    sae = trainer.finish()
+    assert sae.W_enc.is_contiguous() and sae.W_enc.requires_grad
+    assert not torch.allclose(sae.W_enc, start)
+    for (name, p), q in zip(sae.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_rebatch_rechunks_and_checks_width():
