@@ -17,8 +17,9 @@ def distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        # tear the group down before the interpreter exits: a gloo group left alive at exit can abort the
-        # process ("terminate called without an active exception") after the work is done
+        # tear the group down together before the interpreter exits: a gloo group left alive at exit, or torn
+        # down by one rank while another still works, can abort the process ("terminate called without an
+        # active exception") after the work is done
         atexit.register(_shutdown)
     return dist.get_rank(), dist.get_world_size()
 
@@ -27,6 +28,7 @@ def _shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()  # leave together: a rank that tore down while another still worked aborted now and then
         dist.destroy_process_group()
 
 
