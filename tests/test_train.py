@@ -9,8 +9,8 @@ from sae_vit.errors import SaeVitError
 from sae_vit.metrics import evaluate
 from sae_vit.sae import SAE, read_checkpoint
 from sae_vit.train import (
-    Trainer,
     TrainConfig,
+    Trainer,
     TrainState,
     geometric_median,
     init_sae,
