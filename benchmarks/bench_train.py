@@ -14,7 +14,7 @@ is excluded). Rows:
   step can be faster, so ``ours / bound`` says how close to it we are.
 * ``sparsify``/``sae-lens``: a peer trainer's step, when installed (hook kept; not installed here).
 
-    python benchmarks/bench_train.py                 # d_in=768, d_sae=12288, k=32, batch 4096, ~5 min on 2 cores
+    python benchmarks/bench_train.py                 # d_in=768, d_sae=12288, k=32, batch 4096, ~2-3 min on 2 idle cores
     python benchmarks/bench_train.py --steps 6 --repeats 1 --batch-size 1024
 """
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sae_vit import api
+from sae_vit.api import parse_layers
 from sae_vit.cache import CacheReader
 from sae_vit.steer import SteerConfig
 from sae_vit.train import TrainConfig
@@ -37,7 +38,8 @@ def main() -> None:
         api.cache(out=cache_dir, model="toy", layers=args.layers, tokens="all", max_images=args.n_images)
     layers = CacheReader(cache_dir).layers
     if args.layers != "all":  # a subset of the cached blocks (the cache may hold more)
-        layers = [layer for layer in layers if layer in {int(v) for v in args.layers.split(",")}]
+        wanted = set(parse_layers(args.layers, max(layers) + 1))
+        layers = [layer for layer in layers if layer in wanted]
     rows = []
     for layer in layers:
         sae_path = args.out / "saes" / f"layer_{layer}" / "all" / "sae.safetensors"

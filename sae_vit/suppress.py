@@ -809,7 +809,7 @@ def suppress(
 
         words = default_vocabulary(backbone)
     elif text_embeddings is not None:
-        words = list(head._table)
+        words = head.names
     vocab_pair = (words, head.embed_concepts(words)) if words else None
     result = run_suppress(backbone, head, by_layer, task_data, config, vocab_pair, progress)
     return result, write_outputs(result, out, overwrite)

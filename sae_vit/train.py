@@ -326,15 +326,18 @@ def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Ten
 class _Loss(torch.nn.Module):
     """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients).
 
-    ``W_enc`` [d_in, d_sae] is trained through ``W_enc_rows`` [d_sae, d_in], a row-major leaf on the same storage
-    (the trainer keeps ``W_enc`` column-major): the k-sparse encoder gradient is computed as latent rows and lands
-    in ``W_enc_rows.grad`` without a transposing copy, and fused AdamW gets contiguous tensors (on a column-major
-    parameter it copies, ~5x slower at 768 x 12288). ``sae.W_enc`` itself takes no gradient while training.
+    ``W_enc`` [d_in, d_sae] is stored column-major from here on (:meth:`Trainer.finish` makes it row-major again)
+    and trained through ``W_enc_rows`` [d_sae, d_in], a row-major leaf on the same storage: the k-sparse encoder
+    gradient is computed as latent rows and lands in ``W_enc_rows.grad`` without a transposing copy, and fused
+    AdamW gets contiguous tensors (on a column-major parameter it copies, ~5x slower at 768 x 12288).
+    ``sae.W_enc`` itself takes no gradient while training.
     """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         super().__init__()
         self.sae, self.cfg = sae, cfg
+        with torch.no_grad():
+            sae.W_enc.data = sae.W_enc.data.T.contiguous().T  # column-major; the encoder matmul takes either layout
         self.W_enc_rows = torch.nn.Parameter(sae.W_enc.data.T)
         sae.W_enc.requires_grad_(False)
 
@@ -354,10 +357,6 @@ class Trainer:
         self.cfg = cfg  # resolved
         self.device = torch.device(cfg.device)
         self.sae = sae.to(self.device).train()
-        with torch.no_grad():
-            # W_enc [d_in, d_sae] stored column-major, trained through its row-major transpose (see _Loss); the
-            # encoder matmul takes either layout.
-            sae.W_enc.data = sae.W_enc.data.T.contiguous().T
         self.world = world
         self.n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
         loss_fn = _Loss(sae, cfg)

@@ -387,8 +387,7 @@ def caption_for(scene: Scene, rng: np.random.Generator, p_transcribe: float = 0.
         templates = ["a photo of {aw} {w}.", "{w}", "the word {w}.", "a picture of {aw} {w}."]
         return templates[rng.integers(len(templates))].format(w=w, aw=_article(w))
     sh, col, bg, sz = scene.shape, scene.colour, scene.background, scene.size_word
-    templates = SCENE_CAPTIONS
-    text = templates[rng.integers(len(templates))].format(
+    text = SCENE_CAPTIONS[rng.integers(len(SCENE_CAPTIONS))].format(
         sh=sh,
         col=col,
         bg=bg,
