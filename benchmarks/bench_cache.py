@@ -37,7 +37,7 @@ def main() -> None:
     import timm
     import timm.data
 
-    from sae_vit.backbone import Backbone
+    from sae_vit.core.backbone import Backbone
 
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval().requires_grad_(False)

@@ -12,10 +12,10 @@ import torch
 
 
 def main() -> None:
-    from sae_vit.backbone import Backbone
-    from sae_vit.inspection import collect
-    from sae_vit.sae import SAE, SAEConfig
-    from sae_vit.toyclip import build_toy_vit
+    from sae_vit.analysis.inspect import collect
+    from sae_vit.core.backbone import Backbone
+    from sae_vit.core.sae import SAE, SAEConfig
+    from sae_vit.world.toyclip import build_toy_vit
 
     torch.manual_seed(0)
     model = build_toy_vit()

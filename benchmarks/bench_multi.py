@@ -2,7 +2,7 @@
 
 Writes a synthetic cache (fp16 shards, d_model 768, 50 tokens per image, several layers), then trains the same
 layers x token types SAEs, with the same recipe and the same number of tokens each, twice, each in its own
-subprocess: once with one `api.train` call (:func:`sae_vit.multi.train_many`: each shard read once per layer
+subprocess: once with one `api.train` call (:func:`sae_vit.pipeline.training.train_many`: each shard read once per layer
 and pass, its batches fed to every SAE of that stream) and once as one `api.train` call per SAE, one after
 another. Prints wall time, peak RSS and mean held-out FVU of both, and the speed-up.
 
@@ -26,15 +26,15 @@ from bench_train_memory import D_MODEL, TOKENS_PER_IMAGE, write_synthetic_cache
 
 
 def run(mode: str, cache: str, args) -> dict:
-    from sae_vit import api
-    from sae_vit.train import TrainConfig
+    import sae_vit.pipeline as api
+    from sae_vit.core.train import TrainConfig
 
     cfg = TrainConfig(expansion=args.expansion, k=args.k, batch_size=args.batch_size, device="cpu")
     layers = list(range(args.layers))
     out = Path(cache) / f"saes_{mode}"
     start = time.perf_counter()
     if mode == "many":
-        results = api.train(layers, args.tokens, cache, out, cfg, n_tokens=args.n_tokens, overwrite=True)
+        results = api.train(layers, args.tokens.split(","), cache, out, cfg, n_tokens=args.n_tokens, overwrite=True)
     else:
         results = [api.train(layer, tokens, cache, out / f"layer_{layer}" / tokens / "sae.safetensors", cfg,
                              n_tokens=args.n_tokens, overwrite=True)

@@ -24,10 +24,10 @@ def main() -> None:
     parser.add_argument("--alphas", default="-20,-5,0,5,10,20,50,150")
     args = parser.parse_args()
 
-    from sae_vit.backbone import Backbone
-    from sae_vit.sae import SAE, SAEConfig
-    from sae_vit.steer import build_context, naive_steer, sae_family, steer_batched
-    from sae_vit.toyclip import build_toy_vit
+    from sae_vit.analysis.steer import build_context, naive_steer, sae_family, steer_batched
+    from sae_vit.core.backbone import Backbone
+    from sae_vit.core.sae import SAE, SAEConfig
+    from sae_vit.world.toyclip import build_toy_vit
 
     torch.manual_seed(0)
     model = build_toy_vit()

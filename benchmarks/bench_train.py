@@ -7,7 +7,7 @@ is excluded). Rows:
 
 * ``plain-*``: a minimal dense TopK SAE step (dense encoder, TopK, dense decoder, MSE, AdamW) under fp32 or
   bf16 autocast: the baseline.
-* ``ours-*``: :func:`sae_vit.train.train_sae` with its defaults (AuxK runs only while latents are dead).
+* ``ours-*``: :func:`sae_vit.core.train.train_sae` with its defaults (AuxK runs only while latents are dead).
 * ``ours-auxk-*``: the same with every latent that missed one batch declared dead, so AuxK runs every step
   (the worst case).
 * ``bound-*``: the encoder's forward matmul ``(x - b_dec) @ W_enc + b_enc`` alone at that dtype: no TopK
@@ -32,8 +32,8 @@ import time
 import torch
 from torch import nn
 
-from sae_vit.metrics import fvu
-from sae_vit.train import TrainConfig, train_sae
+from sae_vit.core.metrics import fvu
+from sae_vit.core.train import TrainConfig, train_sae
 
 N_EVAL = 4096
 CONFIGS = ("bound-fp32", "bound-bf16", "ours-fp32", "ours-bf16", "ours-auxk-fp32", "ours-auxk-bf16",
@@ -102,7 +102,7 @@ def run_ours(data, eval_x, args, bf16: bool, lr: float, auxk_every_step: bool) -
 
 def run_bound(data, eval_x, args, bf16: bool, lr: float) -> tuple[list[float], float]:
     """The encoder's forward matmul alone, as the trainer issues it (``kernels.encoder_pre``)."""
-    from sae_vit.kernels import encoder_pre
+    from sae_vit.core.kernels import encoder_pre
 
     d_sae = args.expansion * args.d_in
     g = torch.Generator().manual_seed(0)

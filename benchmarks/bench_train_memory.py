@@ -26,7 +26,7 @@ D_MODEL, TOKENS_PER_IMAGE = 768, 50
 
 def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int, layers: tuple[int, ...] = (0,)) -> int:
     """A cache directory with ``n_shards`` shards of random activations per layer; returns its bytes on disk."""
-    from sae_vit.cache import (
+    from sae_vit.io.cache import (
         CACHE_FORMAT_VERSION,
         MANIFEST,
         _refresh_totals,
@@ -60,8 +60,8 @@ def write_synthetic_cache(root: Path, n_shards: int, images_per_shard: int, laye
 
 
 def train_once(cache: str, n_tokens: int) -> dict:
-    from sae_vit import api
-    from sae_vit.train import TrainConfig
+    import sae_vit.pipeline as api
+    from sae_vit.core.train import TrainConfig
 
     start = time.perf_counter()
     cfg = TrainConfig(expansion=4, k=32, batch_size=4096, device="cpu")

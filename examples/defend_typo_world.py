@@ -34,9 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from sae_vit import typo
-    from sae_vit.cli_typo import print_report
-    from sae_vit.sae import SAE
+    from sae_vit.analysis import typo
+    from sae_vit.cli.typo import print_report
+    from sae_vit.core.sae import SAE
 
     paths = args.sae or [typo.default_pair()[0]]
     saes = [(p, SAE.load(p)) for p in paths]

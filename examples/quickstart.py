@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from sae_vit import api, sparsity
-from sae_vit.backbone import load_backbone, splice
-from sae_vit.data import world_source
-from sae_vit.train import TrainConfig
+import sae_vit.pipeline as api
+from sae_vit.analysis import sparsity
+from sae_vit.core.backbone import load_backbone, splice
+from sae_vit.core.train import TrainConfig
+from sae_vit.io.images import world_source
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
 
     cache_dir = args.out / "cache"
     if not (cache_dir / "manifest.json").exists():
-        api.cache(out=cache_dir, model="toy", layers="8", tokens="all", max_images=1024)
+        api.cache(out=cache_dir, model="toy", layers=[8], tokens="all", max_images=1024)
     sae_path = args.out / "layer_8_patches.safetensors"
     sae, _ = api.train(8, "patches", cache_dir, sae_path, config=TrainConfig(k=16, expansion=8),
                        n_tokens=300_000, overwrite=True)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_vit import api, world
-from sae_vit.steer import SteerConfig
-from sae_vit.text import TextHead
+from sae_vit.analysis.steer import SteerConfig, score_saes
+from sae_vit.core.text import TextHead
+from sae_vit.world import scenes as world
+from sae_vit.world.toyclip import toy_text_head
 
 
 def captions() -> list[str]:
@@ -38,13 +39,13 @@ def main() -> None:
 
     vocab = captions()
     emb_file = TextHead.save_embeddings(args.root / "composite_vocab.safetensors", vocab,
-                                        TextHead.from_toy().embed(vocab, templates=["{}"]))
+                                        toy_text_head().embed(vocab, templates=["{}"]))
     print(f"{len(vocab)} captions -> {emb_file}")
     for layer in [int(v) for v in args.layers.split(",")]:
         sae = args.root / "saes" / f"layer_{layer}" / "all" / "sae.safetensors"
         for alpha in [float(v) for v in args.decide_at.split(",")]:
             out = args.root / "steer_composite" / f"layer_{layer}_alpha_{alpha:g}"
-            report = api.steer_score([sae], model="toy", text_embeddings=emb_file, n_images=args.probe_images,
+            report = score_saes([sae], model="toy", text_embeddings=emb_file, n_images=args.probe_images,
                                      config=SteerConfig(alphas=(alpha,)), max_features=args.max_features,
                                      random_control=args.max_features, out=out, overwrite=True)[0]
             kinds = report.summary["kinds"]

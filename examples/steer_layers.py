@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from sae_vit import api
-from sae_vit.api import parse_layers
-from sae_vit.cache import CacheReader
-from sae_vit.steer import SteerConfig
-from sae_vit.train import TrainConfig
+import sae_vit.pipeline as api
+from sae_vit.analysis.steer import SteerConfig, score_saes
+from sae_vit.core.train import TrainConfig
+from sae_vit.io.cache import CacheReader
 
 
 def main() -> None:
@@ -35,10 +34,10 @@ def main() -> None:
 
     cache_dir = args.out / "cache"
     if not (cache_dir / "manifest.json").exists():
-        api.cache(out=cache_dir, model="toy", layers=args.layers, tokens="all", max_images=args.n_images)
+        api.cache(out=cache_dir, model="toy", layers="all" if args.layers == "all" else [int(x) for x in args.layers.split(",")], tokens="all", max_images=args.n_images)
     layers = CacheReader(cache_dir).layers
     if args.layers != "all":  # a subset of the cached blocks (the cache may hold more)
-        wanted = set(parse_layers(args.layers, max(layers) + 1))
+        wanted = set(layers) if args.layers == "all" else {int(x) for x in args.layers.split(",")}
         layers = [layer for layer in layers if layer in wanted]
     rows = []
     for layer in layers:
@@ -46,7 +45,7 @@ def main() -> None:
         if not sae_path.exists():
             api.train(layer, "all", cache_dir, sae_path, config=TrainConfig(k=16, expansion=16), n_tokens=args.n_tokens)
         for alpha in [float(a) for a in args.decide_at.split(",")]:
-            reports = api.steer_score([sae_path], model="toy", n_images=args.probe_images,
+            reports = score_saes([sae_path], model="toy", n_images=args.probe_images,
                                       config=SteerConfig(alphas=(alpha,)), max_features=args.max_features,
                                       random_control=args.max_features,
                                       out=args.out / "steer" / f"layer_{layer}_alpha_{alpha:g}", overwrite=True)

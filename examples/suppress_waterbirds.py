@@ -27,7 +27,7 @@ def image_tower_file(clip_path: Path, out: Path) -> Path:
     """The image tower of a toy-CLIP file as a plain state dict (what ``--model toy --weights`` caches with)."""
     from safetensors.torch import save_file
 
-    from sae_vit.toyclip import load_toy_clip
+    from sae_vit.world.toyclip import load_toy_clip
 
     if not out.exists():
         state = load_toy_clip(clip_path).image.state_dict()
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from sae_vit import api, world
-    from sae_vit.api import parse_layers
-    from sae_vit.suppress import SuppressConfig, suppress
-    from sae_vit.train import TrainConfig
+    import sae_vit.pipeline as api
+    from sae_vit.analysis.suppress import SuppressConfig, suppress
+    from sae_vit.core.train import TrainConfig
+    from sae_vit.world import scenes as world
 
     work = args.work
     if args.fresh and work.exists():
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines = (data / "metadata.csv").read_text().splitlines()
         train_csv.write_text("\n".join([lines[0]] + [r for r in lines[1:] if r.split(",")[3] == "0"]) + "\n")
     weights = image_tower_file(args.clip, work / "image_tower.safetensors") if args.clip else None
-    layers = parse_layers(args.layers, 12)
+    layers = list(range(12)) if args.layers == "all" else sorted({int(x) for x in args.layers.split(",")})
     cache_dir = work / "cache"
     if not (cache_dir / "manifest.json").exists():
         api.cache(images=train_csv, out=cache_dir, model="toy", weights=weights, layers=layers, tokens="all",

@@ -31,7 +31,7 @@ def tiny_vit(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_vit):
-    from sae_vit.backbone import load_backbone
+    from sae_vit.core.backbone import load_backbone
 
     return load_backbone(tiny_vit[0], tiny_vit[1])
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from sae_vit.backbone import load_backbone, read_state_dict, splice
-from sae_vit.errors import SaeVitError
-from sae_vit.sae import SAE, SAEConfig
+from sae_vit.core.backbone import load_backbone, read_state_dict, splice
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import SAE, SAEConfig
 
 
 def _images(backbone, n=3, seed=0):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_vit import cache as cache_mod
-from sae_vit.cache import EVAL_EVERY, CacheReader, read_manifest, write_cache
-from sae_vit.data import csv_source, folder_source
-from sae_vit.errors import SaeVitError
+from sae_vit.core.errors import SaeVitError
+from sae_vit.io import cache as cache_mod
+from sae_vit.io.cache import EVAL_EVERY, CacheReader, read_manifest, write_cache
+from sae_vit.io.images import csv_source, folder_source
 from tests.conftest import write_images
 
 

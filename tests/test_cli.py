@@ -78,9 +78,9 @@ def test_train_and_sparsity_errors(cli_cache, tiny_vit, image_dir, tmp_path):
     assert_user_error(["train", "--cache", cli_cache, "--layer", "2", "--tokens", "cls"], "has no layer 2")
     assert_user_error(["train", "--cache", tmp_path / "nocache", "--layer", "1"], "not an activation cache")
     small = tmp_path / "small"
-    from sae_vit.backbone import load_backbone
-    from sae_vit.cache import write_cache
-    from sae_vit.data import folder_source
+    from sae_vit.core.backbone import load_backbone
+    from sae_vit.io.cache import write_cache
+    from sae_vit.io.images import folder_source
 
     write_cache(load_backbone("test_vit", tiny_vit[1]), folder_source(image_dir / "a"), small, [1])
     assert_user_error(["train", "--cache", small, "--layer", "1"], "at least 20 images")

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sae_vit import datasets, world
-from sae_vit.errors import SaeVitError
+from sae_vit.core.errors import SaeVitError
+from sae_vit.io import datasets
+from sae_vit.world import scenes as world
 
 
 def test_waterbirds_export_round_trips(tmp_path):

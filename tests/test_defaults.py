@@ -2,14 +2,15 @@
 
 from typer.testing import CliRunner
 
-from sae_vit import api
+import sae_vit.pipeline as api
 from sae_vit.cli import app
+from sae_vit.core import train as train_mod
 
 
 def test_cache_then_train_verbatim(monkeypatch, tmp_path):
     # a reduced default size; the commands themselves are typed exactly as the README gives them
     monkeypatch.setattr(api, "DEFAULT_WORLD_IMAGES", 120)
-    monkeypatch.setattr(api, "MIN_DEFAULT_TOKENS", 20_000)
+    monkeypatch.setattr(train_mod, "MIN_DEFAULT_TOKENS", 20_000)
     runner = CliRunner()
     r = runner.invoke(app, ["cache"])
     assert r.exit_code == 0, r.output
@@ -24,7 +25,7 @@ def test_cache_then_train_verbatim(monkeypatch, tmp_path):
 
 
 def test_demo_reduced(tmp_path):
-    from sae_vit.demo import DemoConfig, run_demo
+    from sae_vit.pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(n_images=80, layers=(2, 8), tokens=("cls", "all"), n_tokens=20_000, steer_features=8,
                      steer_images=4)

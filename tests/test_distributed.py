@@ -7,8 +7,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from sae_vit.cache import read_manifest, write_cache
-from sae_vit.data import folder_source
+from sae_vit.io.cache import read_manifest, write_cache
+from sae_vit.io.images import folder_source
 from tests.conftest import write_images
 
 

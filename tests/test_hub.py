@@ -19,9 +19,9 @@ from huggingface_hub import HfApi
 from typer.testing import CliRunner
 
 from sae_vit.cli import app
-from sae_vit.errors import SaeVitError
-from sae_vit.hub import HubRef, list_repo, model_card, parse_ref, pull, push, resolve_hf_uri
-from sae_vit.sae import SAE, SAEConfig
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import SAE, SAEConfig
+from sae_vit.io.hub import HubRef, list_repo, model_card, parse_ref, pull, push, resolve_hf_uri
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER = "fedcba9876543210fedcba9876543210fedcba98"

@@ -4,8 +4,8 @@ from html.parser import HTMLParser
 
 import torch
 
-from sae_vit.inspection import TopK, collect
-from sae_vit.sae import SAE, SAEConfig
+from sae_vit.analysis.inspect import TopK, collect
+from sae_vit.core.sae import SAE, SAEConfig
 
 
 def _sae(backbone, layer=2):
@@ -69,8 +69,8 @@ def test_inspect_command_writes_pngs_and_index(tiny_vit, image_dir, tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from sae_vit.backbone import load_backbone
     from sae_vit.cli import app
+    from sae_vit.core.backbone import load_backbone
 
     sae = _sae(load_backbone(*tiny_vit))
     path = sae.save(tmp_path / "sae.safetensors")
@@ -93,7 +93,7 @@ def test_inspect_command_writes_pngs_and_index(tiny_vit, image_dir, tmp_path):
 
 def _world_batch(backbone, split, n, seed):
     """Preprocessed shapes-task images and, per image, which of the 8x8 patches overlap the object's box."""
-    from sae_vit import world
+    from sae_vit.world import scenes as world
 
     scenes, _ = world.task_scenes("shapes", split, n, seed)
     x = torch.stack([backbone.transform(world.render(s)) for s in scenes])
@@ -109,8 +109,8 @@ def _world_batch(backbone, split, n, seed):
 def test_heatmap_hottest_patch_is_on_the_object():
     """With the shipped toy CLIP and SAE: a feature chosen on train images for firing on object patches has
     its hottest patch inside the object's bounding box on fresh test images (inspect's own top-k and grids)."""
-    from sae_vit.backbone import load_backbone
-    from sae_vit.sae import SAE
+    from sae_vit.core.backbone import load_backbone
+    from sae_vit.core.sae import SAE
 
     backbone = load_backbone("toy")
     sae = SAE.load("sae_vit/assets/typo_sae.safetensors")
@@ -138,12 +138,13 @@ def test_red_labelled_features_show_red_objects(tmp_path):
     mostly red objects, by the world's ground-truth colours (measured: 17 of 28 features, mean red share 51 %,
     chance 19 %). With bare-word vocabulary embeddings (what the toy reads as the word *written*), 12 % of the
     red-labelled features passed and this test failed."""
-    from sae_vit import api, world
-    from sae_vit.backbone import load_backbone
-    from sae_vit.sae import SAE
+    from sae_vit.analysis.steer import score_saes
+    from sae_vit.core.backbone import load_backbone
+    from sae_vit.core.sae import SAE
+    from sae_vit.world import scenes as world
 
     sae_path = "sae_vit/assets/typo_sae.safetensors"
-    report = api.steer_score([sae_path], n_images=24, max_features=None, neurons=False, out=tmp_path / "steer")[0]
+    report = score_saes([sae_path], n_images=24, max_features=None, neurons=False, out=tmp_path / "steer")[0]
     u = report.units
     red = u[(u.kind == "feature") & u.steerable & (u.target == "red")]
     assert len(red) >= 5

@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from sae_vit.cli import app
-from sae_vit.errors import SaeVitError
-from sae_vit.interop import (
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import SAE, SAEConfig
+from sae_vit.io.interop import (
     convert,
     detect_format,
     export,
@@ -29,7 +30,6 @@ from sae_vit.interop import (
     from_sparsify,
     to_saelens,
 )
-from sae_vit.sae import SAE, SAEConfig
 
 D_IN, D_SAE = 16, 48
 runner = CliRunner()

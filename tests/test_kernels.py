@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sae_vit import kernels
+from sae_vit.core import kernels
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sae_vit.errors import SaeVitError
-from sae_vit.metrics import (
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.metrics import (
     dead_fraction,
     dense_fraction,
     evaluate,
@@ -14,7 +14,7 @@ from sae_vit.metrics import (
     l0,
     mse,
 )
-from sae_vit.sae import SAE, SAEConfig
+from sae_vit.core.sae import SAE, SAEConfig
 
 
 def _sae(architecture="topk", normalization="none", seed=0) -> SAE:

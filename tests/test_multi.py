@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from sae_vit import api
-from sae_vit.cache import CacheReader, write_cache
-from sae_vit.data import folder_source
-from sae_vit.multi import Job, count_tokens, joint_batches, train_many
-from sae_vit.sae import SAE
-from sae_vit.sparsity import train_grid
-from sae_vit.train import TrainConfig
+import sae_vit.pipeline as api
+from sae_vit.core.sae import SAE
+from sae_vit.core.train import TrainConfig
+from sae_vit.io.cache import CacheReader, count_tokens, joint_batches, write_cache
+from sae_vit.io.images import folder_source
+from sae_vit.pipeline import train_grid
+from sae_vit.pipeline.training import Job, train_many
 from tests.conftest import write_images
 
 
@@ -60,7 +60,7 @@ def test_train_many_trains_every_job(cache_dir, tmp_path):
 
 def test_api_train_several_layers_and_token_types(cache_dir, tmp_path):
     cfg = TrainConfig(expansion=2, k=8, batch_size=128, device="cpu")
-    results = api.train("1,3", "cls,all", cache_dir, tmp_path / "saes", cfg, n_tokens=1000)
+    results = api.train([1, 3], ["cls", "all"], cache_dir, tmp_path / "saes", cfg, n_tokens=1000)
     assert [(s.cfg.layer, s.cfg.tokens) for s, _ in results] == [(1, "cls"), (1, "all"), (3, "cls"), (3, "all")]
     assert all(p.is_file() and p.parent.parent.name.startswith("layer_") for _, p in results)
 

@@ -4,9 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sae_vit.errors import SaeVitError
-from sae_vit.sae import SAE, SAEConfig
-from sae_vit.steer import (
+from sae_vit.analysis.steer import (
     SteerConfig,
     build_context,
     naive_steer,
@@ -15,6 +13,8 @@ from sae_vit.steer import (
     steer_batched,
     steer_score,
 )
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import SAE, SAEConfig
 
 
 def _setup(backbone, normalization="none", tokens="all", site="resid_post", seed=0):
@@ -48,7 +48,7 @@ def test_batched_equals_naive_loop(tiny_backbone, normalization, tokens, site):
 
 
 def test_neuron_baseline_sets_the_dimension(tiny_backbone):
-    from sae_vit.backbone import splice
+    from sae_vit.core.backbone import splice
 
     _, images, text = _setup(tiny_backbone)
     ctx = build_context(tiny_backbone, 3, "resid_post", images, text, "all", temperature=30.0)
@@ -99,7 +99,7 @@ def test_real_clip_path_end_to_end(tmp_path, image_dir):
     from typer.testing import CliRunner
 
     from sae_vit.cli import app
-    from sae_vit.text import TextHead
+    from sae_vit.core.text import TextHead
     from tests.conftest import save_random_vit
 
     name = "vit_base_patch32_clip_224.datacompxl"

@@ -13,9 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from sae_vit.errors import SaeVitError
-from sae_vit.sae import SAE, SAEConfig
-from sae_vit.suppress import (
+from sae_vit.analysis.suppress import (
     Condition,
     ImageBatches,
     LayerStats,
@@ -27,7 +25,9 @@ from sae_vit.suppress import (
     run_conditions,
     suppress,
 )
-from sae_vit.text import TextHead
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import SAE, SAEConfig
+from sae_vit.core.text import TextHead
 
 torch.set_num_threads(2)
 LAYERS = (1, 3)
@@ -108,7 +108,7 @@ def _run(tiny_vit, tiny_saes, text_file, data, task, out, cfg_kw=None, **kw):
 
 def test_conditions_equal_full_forward_with_splice(tiny_backbone, tiny_saes, tmp_path):
     """The capture-once / forward_from path gives what a full forward pass under splice gives."""
-    from sae_vit.backbone import splice
+    from sae_vit.core.backbone import splice
 
     data = write_waterbirds(tmp_path / "wb", per_group=1)
     frame = pd.read_csv(data / "metadata.csv")
@@ -223,7 +223,7 @@ def test_cli_waterbirds_layout(tiny_vit, tiny_saes, text_file, tmp_path):
 
 def test_celeba_layout_default_attributes(tiny_vit, tiny_saes, text_file, tmp_path):
     data = write_celeba(tmp_path / "celeba")
-    result, written = _run(tiny_vit, tiny_saes, text_file, data, "celeba", tmp_path / "out", layers="3",
+    result, written = _run(tiny_vit, tiny_saes, text_file, data, "celeba", tmp_path / "out", layers=[3],
                            cfg_kw={"ranking": "auroc", "probe": False})
     assert result.summary["target"] == "Blond_Hair" and result.summary["spurious"] == "Male"
     assert result.summary["classes"] == ["person with dark hair", "person with blond hair"]
@@ -240,7 +240,7 @@ def test_generic_csv_layout(tiny_vit, tiny_saes, text_file, tmp_path):
                         "split": meta["split"].map({0: "train", 1: "val", 2: "test"})})
     csv.to_csv(wb / "index.csv", index=False)
     result, _ = _run(tiny_vit, tiny_saes, text_file, wb / "index.csv", "csv", tmp_path / "out", target="bird",
-                     spurious="background", layers="1",
+                     spurious="background", layers=[1],
                      cfg_kw={"ranking": "text", "text_query": ("waterbird",), "probe": False})
     assert result.summary["classes"] == ["landbird", "waterbird"]
     assert result.summary["groups"]["3"] == "bird=waterbird, background=water"
@@ -271,7 +271,7 @@ def test_no_test_split_leakage(tiny_vit, tiny_saes, text_file, tmp_path):
 
 
 def test_projection_sets_component_to_train_mean(tiny_backbone):
-    from sae_vit.suppress import LinearProbe
+    from sae_vit.analysis.suppress import LinearProbe
 
     w = F.normalize(torch.randn(64), dim=0)
     probe = LinearProbe(torch.zeros(64), torch.ones(64), torch.stack([torch.zeros(64), w]), torch.zeros(2))
@@ -292,7 +292,7 @@ def test_user_errors(tiny_vit, tiny_saes, text_file, tmp_path):
         _run(tiny_vit, tiny_saes, text_file, wb / "metadata.csv", "csv", tmp_path / "o", target="y",
              spurious="img_id")
     with pytest.raises(SaeVitError, match="No SAE for layer 2"):
-        _run(tiny_vit, tiny_saes, text_file, wb, "waterbirds", tmp_path / "o", layers="1,2")
+        _run(tiny_vit, tiny_saes, text_file, wb, "waterbirds", tmp_path / "o", layers=[1, 2])
     with pytest.raises(SaeVitError, match="does not exist"):
         _run(tiny_vit, tiny_saes, text_file, tmp_path / "nowhere", "waterbirds", tmp_path / "o")
     with pytest.raises(SaeVitError, match="--classes"):

@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from sae_vit import toyclip
-from sae_vit.errors import SaeVitError
-from sae_vit.text import TextHead
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.text import TextHead
+from sae_vit.world import toyclip
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def toy_path(tmp_path_factory):
 
 
 def test_from_toy_embeds_unit_vectors_and_ensembles_templates(toy_path):
-    head = TextHead.from_toy(toy_path)
+    head = toyclip.toy_text_head(toy_path)
     clip = toyclip.load_toy_clip(toy_path)
     emb = head.embed(["star", "circle"])
     assert emb.shape == (2, 128)
@@ -31,7 +31,7 @@ def test_from_toy_embeds_unit_vectors_and_ensembles_templates(toy_path):
 
 
 def test_zero_shot_logits_are_100_cos(toy_path):
-    head = TextHead.from_toy(toy_path)
+    head = toyclip.toy_text_head(toy_path)
     image_emb = torch.randn(3, 128) * 7
     logits = head.zero_shot_logits(image_emb, ["star", "circle"])
     cos = torch.nn.functional.cosine_similarity(

@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from sae_vit import toyclip, world
-from sae_vit.errors import SaeVitError
+from sae_vit.core.errors import SaeVitError
+from sae_vit.world import scenes as world
+from sae_vit.world import toyclip
 
 torch.set_num_threads(2)
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from sae_vit.errors import SaeVitError
-from sae_vit.metrics import evaluate
-from sae_vit.sae import SAE, read_checkpoint
-from sae_vit.train import (
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.metrics import evaluate
+from sae_vit.core.sae import SAE, read_checkpoint
+from sae_vit.core.train import (
     TrainConfig,
     Trainer,
     TrainState,

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from sae_vit.cache import write_cache
-from sae_vit.data import folder_source
-from sae_vit.sae import SAE
+from sae_vit.core.sae import SAE
+from sae_vit.io.cache import write_cache
+from sae_vit.io.images import folder_source
 from tests.conftest import write_images
 
 TRAIN_ARGS = ["--layer", "3", "--tokens", "patches", "--expansion", "4", "--k", "8", "--lr", "4e-3",

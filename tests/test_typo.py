@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sae_vit import typo
+from sae_vit.analysis import typo
 from sae_vit.cli import app
-from sae_vit.sae import SAE, SAEConfig
-from sae_vit.text import TextHead
+from sae_vit.core.sae import SAE, SAEConfig
+from sae_vit.core.text import TextHead
 
 NAMES = ["cat", "dog", "bird", "circle", "star", "square", "triangle", "cross", "heart"]
 
@@ -195,7 +195,7 @@ def test_cli_attack_then_eval_folder(tmp_path, cli_files):
     res = _run(["defend-typo", "attack", str(src), "--classes", "cat,dog,bird", "--out", str(out), "--control",
                 "--font-size", "0.2,0.3", "--position", "bottom"])
     assert res.exit_code == 0, res.output
-    from sae_vit.datasets import read_typographic
+    from sae_vit.io.datasets import read_typographic
 
     frame = read_typographic(out)
     assert len(frame) == 12 and set(frame["label_name"]) == {"cat", "dog"}
@@ -227,7 +227,7 @@ def test_cli_no_args_shows_help():
 @pytest.mark.slow
 def test_toy_acceptance():
     """The shipped toy CLIP + shipped SAE: the defence recovers attacked accuracy (see docs/defend-typo.md)."""
-    from sae_vit.toyclip import default_path
+    from sae_vit.world.toyclip import default_path
 
     if not default_path().is_file() or not (typo.asset_dir() / typo.ASSET_SAE).is_file():
         pytest.skip("the toy CLIP or the shipped typo SAE is not built yet")

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from sae_vit import world
-from sae_vit.errors import SaeVitError
+from sae_vit.core.errors import SaeVitError
+from sae_vit.world import scenes as world
 
 
 def test_sample_is_deterministic_from_seed():

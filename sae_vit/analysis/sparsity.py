@@ -1,0 +1,116 @@
+"""The paper's sparsity analysis: L0, FVU, MSE, dead and dense fractions per layer and token type.
+
+Checkpoints are evaluated on the held-out images of a cache when one matches them (same model and hook);
+otherwise the held-out metrics stored in the checkpoint at training time are reported, and the table says so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from sae_vit.core.defaults import default_cache_dir, workdir
+from sae_vit.core.errors import SaeVitError
+
+COLUMNS = ["layer", "tokens", "site", "architecture", "d_sae", "k", "l0", "fvu", "mse", "dead_fraction",
+           "dense_fraction", "n_eval_tokens", "evaluated_on", "path"]
+
+
+@dataclass
+class SparsityResult:
+    """What :func:`run` returns."""
+
+    rows: pd.DataFrame
+    """One row per SAE, sorted by layer and token type (columns: ``COLUMNS``)."""
+    csv_path: Path
+    plot_path: Path | None
+    """The PNG of L0 by layer per token type, or None when matplotlib is not installed or plotting is off."""
+
+
+def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000) -> dict:
+    """One table row for the SAE at ``path``: evaluated on ``reader``'s held-out split when it matches."""
+    from sae_vit.core.metrics import evaluate
+    from sae_vit.core.sae import SAE
+
+    sae = SAE.load(path)
+    c = sae.cfg
+    row = {"layer": c.layer, "tokens": c.tokens, "site": c.site, "architecture": c.architecture, "d_sae": c.d_sae,
+           "k": c.k, "path": str(path)}
+    if reader is not None and _matches(sae, reader):
+        acts = reader.load(c.layer, c.tokens, "eval", max_tokens=max_tokens)
+        metrics = evaluate(sae, acts)
+        row.update({**{k: metrics[k] for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")},
+                    "n_eval_tokens": len(acts), "evaluated_on": "cache"})
+    else:
+        t = c.training
+        row.update({k: t.get(k, float("nan")) for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")})
+        row.update({"n_eval_tokens": t.get("eval_tokens", 0), "evaluated_on": "checkpoint"})
+    return row
+
+
+def _matches(sae, reader) -> bool:
+    m = reader.manifest
+    return (sae.cfg.model == m["model"] and sae.cfg.site == m["site"] and sae.cfg.layer in m["layers"]
+            and (m["tokens"] == "all" or m["tokens"] == sae.cfg.tokens) and sae.cfg.d_in == m["d_model"])
+
+
+def check_out(out: str | os.PathLike | None, overwrite: bool) -> Path:
+    """The table's path (default ``<workdir>/sparsity.csv``); refuse an existing one unless ``overwrite``."""
+    out = Path(out) if out is not None else workdir() / "sparsity.csv"
+    if out.exists() and not overwrite:
+        raise SaeVitError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    return out
+
+
+def run(
+    saes: list[str | os.PathLike] | None = None,
+    cache: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    plot: bool = True,
+    overwrite: bool = False,
+) -> SparsityResult:
+    """Build the sparsity table of ``saes`` (default: every SAE in the working folder), evaluated on the held-out
+    split of ``cache`` (default: the working folder's, when present) where it matches; write the CSV and plot."""
+    from sae_vit.core.atomic import write_csv
+    from sae_vit.core.backbone import TOKENS
+    from sae_vit.io.cache import CacheReader
+    from sae_vit.io.resolve import find_saes
+
+    out = check_out(out, overwrite)
+    cache_dir = Path(cache) if cache is not None else default_cache_dir()
+    reader = CacheReader(cache_dir) if (cache is not None or (cache_dir / "manifest.json").exists()) else None
+    paths = find_saes(saes)
+    rows = [evaluate_checkpoint(p, reader) for p in paths]
+    order = {t: i for i, t in enumerate(TOKENS)}
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s)
+    df = df.reset_index(drop=True)
+    write_csv(out, df)
+    plot_path = plot_l0(df, out.with_suffix(".png")) if plot else None
+    return SparsityResult(df, out, plot_path)
+
+
+def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
+    """L0 by layer, one line per token type (and site); None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (site, tokens), g in df.groupby(["site", "tokens"]):
+        g = g.sort_values("layer")
+        ax.plot(g["layer"], g["l0"], marker="o", label=f"{tokens} ({site})")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("L0 (active latents per token)")
+    ax.set_title("SAE sparsity by layer and token type")
+    ax.legend()
+    fig.tight_layout()
+    from sae_vit.core.atomic import save_figure
+
+    return save_figure(fig, path)

@@ -1,0 +1,289 @@
+"""SAE modules (TopK, ReLU+L1) and the one checkpoint format.
+
+A checkpoint is one ``.safetensors`` file: tensors ``W_enc`` [d_in, d_sae], ``b_enc`` [d_sae],
+``W_dec`` [d_sae, d_in], ``b_dec`` [d_in] (plus ``scale`` [] for constant-scale normalisation), and one
+JSON string under the metadata key ``sae_vit`` (see :class:`SAEConfig` and docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from sae_vit import __version__
+from sae_vit.core.errors import SaeVitError
+
+FORMAT_VERSION = 1
+METADATA_KEY = "sae_vit"
+ARCHITECTURES = ("topk", "relu")
+NORMALIZATIONS = ("none", "layer_norm", "constant")
+LN_EPS = 1e-5  # the paper's SAEs: x <- (x - mu) / (sigma + 1e-5)
+
+
+@dataclass
+class SAEConfig:
+    """Everything needed to rebuild an SAE and to know what it was trained on."""
+
+    d_in: int
+    """Width of the activations (d_model at the hook, or the MLP width for ``mlp_hidden``)."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    architecture: str = "topk"
+    """``topk`` (L0 set directly by ``k``) or ``relu`` (ReLU with an L1 penalty)."""
+    k: int | None = 32
+    """Active latents per token for ``topk``; ``None`` for ``relu``."""
+    l1_coefficient: float | None = None
+    """L1 penalty weight for ``relu``; ``None`` for ``topk``."""
+    normalization: str = "none"
+    """Input normalisation: ``none``, ``layer_norm`` (per token, as the paper's SAEs) or ``constant``."""
+    model: str = ""
+    """Backbone name the SAE was trained on (e.g. ``toy`` or ``vit_base_patch32_clip_224.datacompxl``)."""
+    layer: int | None = None
+    """0-based block index of the hook."""
+    site: str = "resid_post"
+    """Hook site: ``resid_post``, ``mlp_out`` or ``mlp_hidden``."""
+    tokens: str = "all"
+    """Token selection the SAE was trained on: ``cls``, ``patches`` or ``all``."""
+    training: dict = field(default_factory=dict)
+    """Training summary: tokens seen, final held-out L0, FVU, MSE, dead fraction, the recipe."""
+
+    def validate(self) -> None:
+        """Raise :class:`SaeVitError` if a field is out of range."""
+        if self.architecture not in ARCHITECTURES:
+            raise SaeVitError(f"Unknown SAE architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
+        if self.normalization not in NORMALIZATIONS:
+            raise SaeVitError(
+                f"Unknown normalisation {self.normalization!r}; use one of {', '.join(NORMALIZATIONS)}."
+            )
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SaeVitError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
+        if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
+            raise SaeVitError(f"TopK SAE needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae}).")
+
+
+class SAEOutput(NamedTuple):
+    """What :meth:`SAE.forward` returns."""
+
+    x_hat: Tensor
+    """Reconstruction in the input's space (de-normalised), [..., d_in]."""
+    latents: Tensor
+    """Latent activations f, [..., d_sae] (dense; at most k non-zero per token for TopK)."""
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder ``x -> f = act(W_enc^T (n(x) - b_dec) + b_enc) -> x_hat = n^-1(W_dec^T f + b_dec)``.
+
+    ``n`` is the input normalisation recorded in the config. Decoder rows are kept at unit norm by the trainer.
+    """
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        # Constant scale for ``normalization='constant'``: inputs are multiplied by it before encoding.
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random unit-norm decoder rows; encoder initialised as the decoder's transpose."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        w /= w.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    # -- normalisation ---------------------------------------------------------------------------
+    def normalize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Map ``x`` [..., d_in] to the SAE's input space; returns the context needed to undo it."""
+        norm = self.cfg.normalization
+        if norm == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            sigma = x.std(dim=-1, keepdim=True)
+            return (x - mu) / (sigma + LN_EPS), (mu, sigma)
+        if norm == "constant":
+            return x * self.scale, None
+        return x, None
+
+    def denormalize(self, x: Tensor, ctx: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Inverse of :meth:`normalize` with the context it returned."""
+        norm = self.cfg.normalization
+        if norm == "layer_norm":
+            # The paper's SAEs (ViT-Prisma, SAELens) de-normalise with sigma itself, not sigma + eps.
+            mu, sigma = ctx
+            return x * sigma + mu
+        if norm == "constant":
+            return x / self.scale
+        return x
+
+    # -- encode / decode in normalised space -------------------------------------------------------
+    def pre_activations(self, xn: Tensor) -> Tensor:
+        """Encoder pre-activations of normalised inputs, [..., d_sae]."""
+        return (xn - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """The non-linearity: TopK of ReLU (k per token) or ReLU."""
+        if self.cfg.architecture == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+        return pre.relu()
+
+    def decode_normalized(self, f: Tensor) -> Tensor:
+        """Reconstruction in normalised space, [..., d_in]."""
+        return f @ self.W_dec + self.b_dec
+
+    # -- public API in the input's own space --------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Latents f [..., d_sae] of activations ``x`` [..., d_in]."""
+        xn, _ = self.normalize(x)
+        return self.activate(self.pre_activations(xn))
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        """Encode and decode ``x`` [..., d_in]; the reconstruction is de-normalised."""
+        xn, ctx = self.normalize(x)
+        f = self.activate(self.pre_activations(xn))
+        return SAEOutput(self.denormalize(self.decode_normalized(f), ctx), f)
+
+    def edit(self, x: Tensor, fn) -> Tensor:
+        """Apply a latent edit ``fn(f) -> f'`` and return ``x + decode(f') - decode(f)``.
+
+        Only the change is decoded, so the SAE's reconstruction error stays in the output and an edit that
+        changes nothing returns ``x`` exactly. With ``layer_norm`` the change is de-normalised with the
+        token's own (mu, sigma), as the paper's SAEs do.
+        """
+        xn, ctx = self.normalize(x)
+        f = self.activate(self.pre_activations(xn))
+        f_new = fn(f)
+        delta = (f_new - f) @ self.W_dec
+        if self.cfg.normalization == "layer_norm":
+            delta = delta * ctx[1]
+        elif self.cfg.normalization == "constant":
+            delta = delta / self.scale
+        return x + delta.to(x.dtype)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Project decoder rows back to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the checkpoint atomically (temp file + rename); refuse to replace a file unless ``overwrite``."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise SaeVitError(f"{path} already exists; pass --overwrite to replace it or choose another --out.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "package_version": __version__, **asdict(self.cfg)}
+        tensors = {
+            "W_enc": self.W_enc.detach().float().contiguous().cpu(),
+            "b_enc": self.b_enc.detach().float().contiguous().cpu(),
+            "W_dec": self.W_dec.detach().float().contiguous().cpu(),
+            "b_dec": self.b_dec.detach().float().contiguous().cpu(),
+        }
+        if self.cfg.normalization == "constant":
+            tensors["scale"] = self.scale.detach().float().reshape(()).cpu()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+        """Load and validate a checkpoint: a file written by :meth:`save`, a folder holding one, or (through
+        :func:`sae_vit.io.resolve.resolve_sae_path`) ``hf://owner/repo[/path][@revision]`` or a SAELens, sparsify or
+        ViT-Prisma folder."""
+        path = REF_RESOLVER[0](path) if REF_RESOLVER else local_checkpoint(path)
+        cfg, tensors = read_checkpoint(path)
+        sae = cls(cfg)
+        with torch.no_grad():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(sae, name).copy_(tensors[name])
+            if "scale" in tensors:
+                sae.scale.copy_(tensors["scale"])
+        return sae.to(device).eval()
+
+
+#: Turns an SAE reference that is not a local sae-vit checkpoint (``hf://...``, a SAELens / sparsify / ViT-Prisma
+#: folder) into one. :mod:`sae_vit.io.resolve` installs :func:`sae_vit.io.resolve.resolve_sae_path` here when it
+#: is imported (``import sae_vit`` does, lazily; so does every command), so that :meth:`SAE.load` and every
+#: command share one resolver while the core stays free of Hub and foreign-format code.
+REF_RESOLVER: list = []
+
+
+def local_checkpoint(path: str | os.PathLike) -> Path:
+    """A local sae-vit checkpoint: a file, or a folder holding ``sae.safetensors``."""
+    p = Path(path)
+    if p.is_dir() and (p / "sae.safetensors").is_file():
+        p = p / "sae.safetensors"
+    if not p.is_file():
+        raise SaeVitError(f"SAE checkpoint {p} does not exist; check the path or train one with `saevit train`.")
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tensor]]:
+    """Read and validate a checkpoint file; every failure is a one-line :class:`SaeVitError`."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise SaeVitError(f"{path} is not a readable .safetensors file ({exc}); re-download or re-train it.") from exc
+    if METADATA_KEY not in metadata:
+        raise SaeVitError(
+            f"{path} is a safetensors file but not an sae-vit checkpoint (no '{METADATA_KEY}' metadata); "
+            "convert it with the import tools or train one with `saevit train`."
+        )
+    try:
+        meta = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise SaeVitError(f"{path} has corrupted sae-vit metadata; re-download or re-train it.") from exc
+    version = meta.pop("format_version", None)
+    meta.pop("package_version", None)
+    if version != FORMAT_VERSION:
+        raise SaeVitError(
+            f"{path} uses checkpoint format version {version}, this sae-vit reads version {FORMAT_VERSION}; "
+            "upgrade sae-vit."
+        )
+    known = {f.name for f in fields(SAEConfig)}
+    try:
+        cfg = SAEConfig(**{k: v for k, v in meta.items() if k in known})
+        cfg.validate()
+    except TypeError as exc:
+        raise SaeVitError(f"{path} has incomplete sae-vit metadata ({exc}); re-train it.") from exc
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+    }
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise SaeVitError(f"{path} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
+        if tuple(tensors[name].shape) != shape:
+            raise SaeVitError(
+                f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                f"for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file is corrupted."
+            )
+    return cfg, tensors

@@ -1,0 +1,496 @@
+"""The SAE training loop: initialisation, loss, AdamW with warm-up and decay, dead latents (AuxK), evaluation.
+
+The trainer depends only on an iterator of activation batches [n, d_in] and an optional held-out tensor (the
+seam SAELens uses), so one loop serves the activation cache, a live stream and the tests alike. It never
+prints: progress goes to a callback as :class:`TrainState`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sae_vit.core import kernels
+from sae_vit.core.dist import distributed, resolve_device
+from sae_vit.core.errors import SaeVitError
+from sae_vit.core.metrics import evaluate
+from sae_vit.core.sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
+
+SCHEDULES = ("cosine", "constant", "linear")
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+DTYPES = ("fp32", "bf16")
+
+
+#: Training length when none is given: 10 epochs (the paper's recipe) but at least this many tokens, so that
+#: small CLS-only caches still train for enough steps.
+MIN_DEFAULT_TOKENS = 1_000_000
+
+
+def training_length(n_train: int, n_tokens: int | None = None, epochs: float | None = None) -> int:
+    """Training tokens for a stream of ``n_train`` tokens: ``n_tokens`` when given, else ``epochs`` passes,
+    else 10 epochs but at least :data:`MIN_DEFAULT_TOKENS`."""
+    if n_tokens is not None:
+        return n_tokens
+    if epochs is not None:
+        return int(epochs * n_train)
+    return max(10 * n_train, MIN_DEFAULT_TOKENS)
+
+
+@dataclass
+class TrainConfig:
+    """How to train one SAE. Defaults train a TopK SAE; docs/train.md gives the paper's ReLU recipe."""
+
+    architecture: str = "topk"
+    """``topk`` (L0 set by ``k``, AuxK for dead latents) or ``relu`` (ReLU with an L1 penalty)."""
+    expansion: int = 16
+    """Dictionary size as a multiple of ``d_in`` (the paper's SAEs: 64); ignored when ``d_sae`` is given."""
+    d_sae: int | None = None
+    """Number of latents; ``None`` means ``expansion * d_in``."""
+    k: int = 32
+    """Active latents per token for ``topk``."""
+    l1_coefficient: float = 8e-5
+    """L1 penalty weight for ``relu`` (the paper's SAEs: 1e-5 .. 1e-4), on the paper's normalised MSE."""
+    l1_warmup_steps: int | None = None
+    """Steps over which the L1 weight ramps up linearly from 0 (``relu``); ``None`` means 5 % of the run."""
+    normalization: str = "none"
+    """Input normalisation: ``none``, ``layer_norm`` (per token, as the paper's SAEs) or ``constant``
+    (one scale so that the mean squared norm of the inputs is ``d_in``)."""
+    lr: float | str = 4e-4
+    """Peak learning rate, or ``auto``: 2e-4 / sqrt(d_sae / 2**14) for TopK (OpenAI's scaling law), 4e-4 for ReLU."""
+    batch_size: int = 4096
+    """Tokens per optimisation step; incoming batches are re-chunked to this size."""
+    n_tokens: int = 10_000_000
+    """Training tokens in total; the run stops earlier if the batches run out."""
+    warmup_steps: int = 200
+    """Linear learning-rate warm-up steps (capped at a fifth of the run so short runs reach the peak)."""
+    schedule: str = "cosine"
+    """Decay after warm-up: ``cosine`` or ``linear`` down to 0, or ``constant``."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    b_dec_init: str = "mean"
+    """Initial decoder bias from the init activations: ``mean``, ``geometric_median`` (Weiszfeld) or ``zeros``."""
+    aux_k: int | None = None
+    """Latents in the AuxK reconstruction of the residual by dead latents (``topk``); ``None`` means ``d_in // 2``."""
+    aux_coef: float = 1 / 32
+    """Weight of the AuxK loss; 0 disables it."""
+    dead_tokens: int | None = None
+    """A latent that has not fired for this many tokens is dead; ``None`` means min(10M, n_tokens / 10)."""
+    dtype: str = "bf16"
+    """Compute precision: ``bf16`` autocast (weights and optimiser state stay fp32) or ``fp32``."""
+    seed: int = 0
+    """Seed for the initial weights."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:1`` ... or ``auto`` (CUDA when available)."""
+    log_every: int = 10
+    """Steps between calls of the progress callback."""
+
+    def validate(self) -> None:
+        """Raise :class:`SaeVitError` naming the first option that is out of range."""
+        choices = {
+            "architecture": ARCHITECTURES, "normalization": NORMALIZATIONS, "schedule": SCHEDULES,
+            "b_dec_init": B_DEC_INITS, "dtype": DTYPES,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SaeVitError(f"Unknown {name} {getattr(self, name)!r}; use one of {', '.join(allowed)}.")
+        if isinstance(self.lr, str) and self.lr != "auto" or not isinstance(self.lr, str) and self.lr <= 0:
+            raise SaeVitError(f"Learning rate must be positive or 'auto' (got {self.lr!r}).")
+        for name in ("expansion", "k", "batch_size", "n_tokens", "log_every"):
+            if getattr(self, name) <= 0:
+                raise SaeVitError(f"{name} must be positive (got {getattr(self, name)}).")
+        for name in ("warmup_steps", "grad_clip", "weight_decay", "aux_coef", "l1_coefficient"):
+            if getattr(self, name) < 0:
+                raise SaeVitError(f"{name} must not be negative (got {getattr(self, name)}).")
+
+
+class TrainState(NamedTuple):
+    """What the progress callback sees every ``log_every`` steps (metrics on the current batch)."""
+
+    step: int
+    """Optimisation steps done."""
+    n_steps: int
+    """Planned steps (``n_tokens / batch_size``)."""
+    tokens: int
+    """Training tokens seen."""
+    loss: float
+    """Total loss of the last step."""
+    l0: float
+    """Mean active latents per token on the last batch."""
+    fvu: float
+    """Fraction of variance unexplained on the last batch."""
+    dead_fraction: float
+    """Fraction of latents that have not fired for ``dead_tokens`` tokens."""
+
+
+class StepOutput(NamedTuple):
+    """Result of :func:`sae_loss` on one batch."""
+
+    loss: Tensor
+    """Scalar loss to minimise."""
+    fvu: Tensor
+    """FVU of the batch (detached)."""
+    l0: Tensor
+    """Mean active latents per token (detached)."""
+    fired: Tensor
+    """[d_sae] bool: latents that fired on at least one token of the batch."""
+
+
+def resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
+    """A copy of ``cfg`` with every ``None`` / ``auto`` replaced by the value it stands for."""
+    cfg.validate()
+    d_sae = cfg.d_sae or cfg.expansion * d_in
+    n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+    if cfg.architecture == "topk" and cfg.k > d_sae:
+        raise SaeVitError(f"k={cfg.k} exceeds the {d_sae} latents; lower --k or raise --expansion.")
+    lr = cfg.lr
+    if lr == "auto":
+        lr = 2e-4 / math.sqrt(d_sae / 2**14) if cfg.architecture == "topk" else 4e-4
+    device = str(resolve_device(cfg.device))
+    return TrainConfig(**{
+        **asdict(cfg), "d_sae": d_sae, "lr": float(lr), "device": device,
+        "l1_warmup_steps": cfg.l1_warmup_steps if cfg.l1_warmup_steps is not None else n_steps // 20,
+        "aux_k": cfg.aux_k or max(1, d_in // 2),
+        "dead_tokens": cfg.dead_tokens or min(10_000_000, max(cfg.n_tokens // 10, cfg.batch_size)),
+    })
+
+
+def rebatch(batches: Iterable[Tensor], batch_size: int, d_in: int) -> Iterator[Tensor]:
+    """Re-chunk an iterable of [n_i, d_in] tensors into [batch_size, d_in] ones (the last may be shorter)."""
+    buf: list[Tensor] = []
+    held = 0
+    for batch in batches:
+        if batch.ndim != 2 or batch.shape[1] != d_in:
+            raise SaeVitError(
+                f"Activation batch has shape {tuple(batch.shape)}, expected [n, {d_in}]; check --layer/--site."
+            )
+        buf.append(batch)
+        held += batch.shape[0]
+        while held >= batch_size:
+            joined = buf[0] if len(buf) == 1 else torch.cat(buf)
+            yield joined[:batch_size]
+            buf, held = [joined[batch_size:]], held - batch_size
+    if held:
+        yield torch.cat(buf)
+
+
+def geometric_median(x: Tensor, n_iter: int = 100, tol: float = 1e-6) -> Tensor:
+    """Geometric median of the rows of ``x`` [n, d] by Weiszfeld's algorithm, [d]."""
+    x = x.double()
+    y = x.mean(dim=0)
+    for _ in range(n_iter):
+        w = 1.0 / (x - y).norm(dim=1).clamp_min(1e-12)
+        y_next = (w[:, None] * x).sum(dim=0) / w.sum()
+        if (y_next - y).norm() <= tol * y.norm().clamp_min(1.0):
+            return y_next.float()
+        y = y_next
+    return y.float()
+
+
+@torch.no_grad()
+def init_sae(d_in: int, cfg: TrainConfig, init_acts: Tensor, sae_config_extra: dict | None = None) -> SAE:
+    """A fresh SAE for a resolved ``cfg``: random unit decoder rows, encoder = decoder transpose, the constant
+    scale and ``b_dec`` (mean / geometric median / zeros) measured on ``init_acts`` [n, d_in]."""
+    sae = SAE(SAEConfig(
+        d_in=d_in, d_sae=cfg.d_sae, architecture=cfg.architecture,
+        k=cfg.k if cfg.architecture == "topk" else None,
+        l1_coefficient=cfg.l1_coefficient if cfg.architecture == "relu" else None,
+        normalization=cfg.normalization, **(sae_config_extra or {}),
+    ))
+    sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    x = init_acts.float()
+    if cfg.normalization == "constant":
+        sae.scale.fill_(math.sqrt(d_in / x.pow(2).sum(dim=1).mean().clamp_min(1e-12).item()))
+    xn, _ = sae.normalize(x)
+    if cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(xn.mean(dim=0))
+    elif cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(geometric_median(xn))
+    return sae.to(cfg.device)
+
+
+def lr_factor(step: int, n_steps: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then the configured decay."""
+    warmup = min(cfg.warmup_steps, n_steps // 5)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, n_steps - warmup))
+    return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def sparse_decode(W_dec: Tensor, idx: Tensor, vals: Tensor) -> Tensor:
+    """``sum_j vals[:, j] * W_dec[idx[:, j]]``, [n, d_in], from ``idx``, ``vals`` [n, k]: O(n k d_in) forward and
+    backward instead of the O(n d_sae d_in) of a dense ``f @ W_dec`` (TopK latents are k-sparse)."""
+    return kernels.decode(idx, vals, W_dec)
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """The matmul dtype the caller asked for: bf16 inside a bf16 ``torch.autocast`` on ``device``, else fp32."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
+              W_enc: Tensor | None = None) -> Tensor:
+    """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
+
+    ``xn`` [n, d_in] normalised inputs, ``pre`` [n, d_sae] their (detached) pre-activations, ``residual``
+    [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead columns are searched and only the selected
+    (token, latent) pairs are differentiated (:mod:`sae_vit.kernels`). Normalised by the residual's own
+    variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify. ``W_enc`` stands in for
+    ``sae.W_enc`` (see :func:`sae_loss`).
+    """
+    W_enc = sae.W_enc if W_enc is None else W_enc
+    dead_idx = dead.nonzero().squeeze(1)
+    k_aux = min(aux_k, len(dead_idx))
+    raw, j = pre[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
+    idx = dead_idx[j]
+    bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
+    vals = kernels.EncoderValues.apply(xn, sae.b_dec, W_enc, sae.b_enc, idx, raw, bags).relu()
+    e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
+    # A change in normalised space maps back without the offsets, as in SAE.edit.
+    if sae.cfg.normalization == "layer_norm":
+        e_hat = e_hat * ctx[1]
+    elif sae.cfg.normalization == "constant":
+        e_hat = e_hat / sae.scale
+    err = (e_hat.float() - residual).pow(2).sum()
+    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, len(dead_idx) / aux_k)
+
+
+def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
+             W_enc: Tensor | None = None) -> StepOutput:
+    """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
+
+    TopK: FVU of the batch + ``aux_coef`` * AuxK, through the k-sparse kernels of :mod:`sae_vit.kernels` (the
+    encoder matmul runs in bf16 inside a bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the
+    per-element squared error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the
+    latents (decoder rows have unit norm, so no decoder-norm weighting is needed). ``W_enc`` [d_in, d_sae], if
+    given, is used (and differentiated) instead of ``sae.W_enc``: the trainer passes a view of its own leaf.
+    """
+    W_enc = sae.W_enc if W_enc is None else W_enc
+    xn, ctx = sae.normalize(x)
+    if cfg.architecture == "topk":
+        enc = kernels.topk_encode(xn, W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device))
+        vals = enc.vals.relu()
+        x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags) + sae.b_dec
+        active = vals > 0
+        l0 = active.sum(dim=-1, dtype=torch.float32).mean()
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, enc.idx[active], True)
+    else:
+        # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
+        # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
+        f = (xn @ W_enc + (sae.b_enc - sae.b_dec @ W_enc)).relu()
+        x_hat_n = sae.decode_normalized(f)
+        l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
+        fired = (f > 0).any(dim=0)
+    x_hat = sae.denormalize(x_hat_n, ctx).float()
+    with torch.no_grad():
+        total_var = x.var(dim=0, correction=0).sum().mul_(x.shape[0]).clamp_min(1e-12)  # sum of squares, centred
+    if cfg.architecture == "topk":
+        fvu = F.mse_loss(x_hat, x, reduction="sum") / total_var  # one fused pass forward and backward
+        loss = fvu
+        if cfg.aux_coef > 0 and dead.any():
+            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
+    else:
+        sq_err = (x_hat - x).pow(2)
+        fvu = sq_err.sum() / total_var
+        recon = (sq_err / (x - x.mean(dim=0)).norm(dim=-1, keepdim=True).clamp_min(1e-12)).mean()
+        loss = recon + l1_weight * f.float().sum(dim=-1).mean()
+    return StepOutput(loss, fvu.detach(), l0.detach(), fired)
+
+
+def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
+    """Backward, keep decoder rows on the unit sphere (drop the radial gradient, then re-project), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        w, g = sae.W_dec, sae.W_dec.grad
+        g.addcmul_(torch.linalg.vecdot(g, w).neg_().unsqueeze(1), w)  # one pass: g -= (g . w) w per row
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], grad_clip, foreach=True)
+    opt.step()
+    sae.normalize_decoder()
+
+
+def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Tensor]:
+    """Batch ``rank`` of every full group of ``world`` consecutive batches: disjoint slices of one stream that
+    every rank sees alike, and the same number of steps on every rank (a short last group is dropped)."""
+    if world == 1:
+        yield from batches
+        return
+    group: list[Tensor] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == world:
+            yield group[rank]
+            group = []
+
+
+class _Loss(torch.nn.Module):
+    """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients).
+
+    ``W_enc`` [d_in, d_sae] is stored column-major from here on (:meth:`Trainer.finish` makes it row-major again)
+    and trained through ``W_enc_rows`` [d_sae, d_in], a row-major leaf on the same storage: the k-sparse encoder
+    gradient is computed as latent rows and lands in ``W_enc_rows.grad`` without a transposing copy, and fused
+    AdamW gets contiguous tensors (on a column-major parameter it copies, ~5x slower at 768 x 12288).
+    ``sae.W_enc`` itself takes no gradient while training.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        super().__init__()
+        self.sae, self.cfg = sae, cfg
+        with torch.no_grad():
+            sae.W_enc.data = sae.W_enc.data.T.contiguous().T  # column-major; the encoder matmul takes either layout
+        self.W_enc_rows = torch.nn.Parameter(sae.W_enc.data.T)
+        sae.W_enc.requires_grad_(False)
+
+    def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:
+        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, W_enc=self.W_enc_rows.T)
+
+
+class Trainer:
+    """One SAE's optimisation state (AdamW, schedule, dead-latent clocks); :meth:`step` trains on one batch.
+
+    :func:`train_sae` drives one, :func:`sae_vit.multi.train_many` several from one pass over a cache. Under
+    ``torchrun`` the loss runs inside DistributedDataParallel: gradients and fired latents are all-reduced, so
+    every rank holds the same SAE; ``tokens`` count the tokens of all ranks.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, world: int = 1):
+        self.cfg = cfg  # resolved
+        self.device = torch.device(cfg.device)
+        self.sae = sae.to(self.device).train()
+        self.world = world
+        self.n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
+        loss_fn = _Loss(sae, cfg)
+        # Fused AdamW: one pass over parameters and moments instead of a dozen (it matters at d_sae x d_in).
+        fused = self.device.type in ("cpu", "cuda")
+        params = [p for p in loss_fn.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.n_steps, cfg))
+        self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
+        self.step_count = self.tokens = 0
+        self.loss_fn: torch.nn.Module = loss_fn
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_fn = DistributedDataParallel(self.loss_fn, device_ids=ids, broadcast_buffers=False)
+
+    @property
+    def done(self) -> bool:
+        return self.tokens >= self.cfg.n_tokens
+
+    def step(self, x: Tensor) -> StepOutput:
+        """One optimisation step on this rank's batch ``x`` [n, d_in] (any float dtype, any device)."""
+        cfg = self.cfg
+        x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
+        dead = self.since_fired >= cfg.dead_tokens
+        l1_weight = cfg.l1_coefficient * min(1.0, (self.step_count + 1) / max(1, cfg.l1_warmup_steps))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            out = self.loss_fn(x, dead, l1_weight)
+        optimizer_step(self.sae, self.opt, out.loss, cfg.grad_clip)
+        self.sched.step()
+        fired, n = out.fired, x.shape[0]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            counts = torch.cat([fired.to(torch.long), torch.tensor([n], device=self.device)])
+            dist.all_reduce(counts)
+            fired, n = counts[:-1] > 0, int(counts[-1])
+        self.since_fired += n
+        self.since_fired[fired] = 0
+        self.step_count, self.tokens = self.step_count + 1, self.tokens + n
+        return out
+
+    def state(self, out: StepOutput) -> TrainState:
+        """What the progress callback sees after the step that returned ``out``."""
+        dead_frac = (self.since_fired >= self.cfg.dead_tokens).float().mean().item()
+        return TrainState(self.step_count, self.n_steps, self.tokens, out.loss.item(), out.l0.item(),
+                          out.fvu.item(), dead_frac)
+
+    def finish(self, eval_acts: Tensor | None = None) -> SAE:
+        """Put the SAE in eval mode and record the recipe, the training summary and held-out metrics."""
+        sae, cfg = self.sae.eval(), self.cfg
+        with torch.no_grad():
+            sae.W_enc.data = sae.W_enc.data.contiguous()  # back to the row-major layout the rest of the code knows
+        sae.W_enc.requires_grad_(True)
+        recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
+        summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe,
+                   "train_dead_fraction": (self.since_fired >= cfg.dead_tokens).float().mean().item()}
+        if self.world > 1:
+            summary["world_size"] = self.world
+        if eval_acts is not None:
+            summary.update(evaluate(sae, eval_acts, batch_size=cfg.batch_size))
+            summary["eval_tokens"] = summary.pop("n_tokens")
+        sae.cfg.training = summary
+        return sae
+
+
+def prepare(
+    batches: Iterable[Tensor], d_in: int, cfg: TrainConfig, *, init_acts: Tensor | None = None,
+    sae_config_extra: dict | None = None, sae: SAE | None = None,
+) -> tuple[Trainer, Iterator[Tensor], int]:
+    """Resolve ``cfg``, build (or check) the SAE and its :class:`Trainer`; return it, this rank's batch stream
+    (re-chunked to ``batch_size / world`` tokens) and the rank."""
+    rank, world = distributed()
+    cfg = resolve(cfg, d_in)
+    stream = rebatch(batches, max(1, cfg.batch_size // world), d_in)
+    if sae is None:
+        if init_acts is None:
+            first = next(stream, None)
+            if first is None:
+                raise SaeVitError("No training activations were given; check the activation cache.")
+            init_acts, stream = first, itertools.chain([first], stream)
+        sae = init_sae(d_in, cfg, init_acts, sae_config_extra)
+    elif sae.cfg.d_in != d_in or sae.cfg.architecture != cfg.architecture:
+        raise SaeVitError(
+            f"The SAE to fine-tune is a {sae.cfg.architecture} SAE with d_in={sae.cfg.d_in}, but training asks for "
+            f"{cfg.architecture} on d_in={d_in}; pass a matching --architecture or SAE."
+        )
+    return Trainer(sae, cfg, world), rank_slice(stream, rank, world), rank
+
+
+def train_sae(
+    batches: Iterable[Tensor],
+    d_in: int,
+    cfg: TrainConfig,
+    *,
+    eval_acts: Tensor | None = None,
+    init_acts: Tensor | None = None,
+    sae_config_extra: dict | None = None,
+    progress: Callable[[TrainState], None] | None = None,
+    sae: SAE | None = None,
+) -> SAE:
+    """Train an SAE on ``batches`` (an iterable of [n, d_in] activation tensors) and return it in eval mode.
+
+    ``init_acts`` [m, d_in] sets ``b_dec`` and the constant scale (default: the first batch).
+    ``eval_acts`` [e, d_in] are held-out tokens; their metrics (:func:`sae_vit.metrics.evaluate`) and the
+    recipe land in ``sae.cfg.training``. ``sae_config_extra`` (model, layer, site, tokens) is recorded in the
+    checkpoint config. ``sae`` continues training an existing SAE (fine-tuning) instead of a fresh one.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank must be given the same ``batches``: each trains on a
+    disjoint slice (``batch_size / world`` tokens per rank and step, so a step still sees ``batch_size``
+    tokens) with DistributedDataParallel, and only rank 0 evaluates (``progress`` is called on rank 0 only).
+    """
+    trainer, stream, rank = prepare(batches, d_in, cfg, init_acts=init_acts, sae_config_extra=sae_config_extra,
+                                    sae=sae)
+    for x in stream:
+        if trainer.done:
+            break
+        out = trainer.step(x[: math.ceil((trainer.cfg.n_tokens - trainer.tokens) / trainer.world)])
+        if progress is not None and rank == 0 and (
+                trainer.step_count % trainer.cfg.log_every == 0 or trainer.step_count == trainer.n_steps):
+            progress(trainer.state(out))
+    return trainer.finish(eval_acts if rank == 0 else None)

@@ -1,0 +1,506 @@
+"""The activation cache: a directory of sharded safetensors plus a manifest (see docs/formats.md).
+
+Writing is resumable: shard files go to a temp name and are renamed, then the manifest is rewritten
+atomically, so the manifest never counts a shard the disk lacks. Reading is memory-mapped (safetensors)
+with a shuffle buffer across shards, so a cache larger than RAM trains without being loaded whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sae_vit.core.backbone import TOKENS, Backbone, check_choice
+from sae_vit.core.dist import barrier, distributed
+from sae_vit.core.errors import SaeVitError
+from sae_vit.io.images import ImageDataset, ImageSource, collate_skip_unreadable
+
+CACHE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
+#: Held-out images: every image whose index is ``EVAL_EVERY - 1`` modulo ``EVAL_EVERY`` (5 %), split by
+#: image so no token of an evaluation image is trained on.
+EVAL_EVERY = 20
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to a temp file in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_shard(path: Path, tensors: dict[str, Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def shard_path(root: Path, layer: int, index: int) -> Path:
+    return root / f"layer_{layer}" / f"shard_{index:05d}.safetensors"
+
+
+@dataclass
+class CacheProgress:
+    """Reported after each batch: images done (of total) and images skipped as unreadable."""
+
+    done: int
+    total: int
+    skipped: int
+
+
+def write_cache(
+    backbone: Backbone,
+    source: ImageSource,
+    out: str | os.PathLike,
+    layers: list[int],
+    site: str = "resid_post",
+    tokens: str = "all",
+    dtype: str = "float16",
+    batch_size: int = 64,
+    images_per_shard: int = 1024,
+    num_workers: int = 0,
+    max_images: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[CacheProgress], None] | None = None,
+    stop_after_shards: int | None = None,
+    precision: str = "fp32",
+) -> dict:
+    """Run ``backbone`` over ``source`` and store activations of ``layers`` at ``site`` for ``tokens``.
+
+    Returns the final manifest. If ``out`` holds an unfinished cache with the same settings, it resumes;
+    a finished one or different settings need ``overwrite``. ``stop_after_shards`` stops early (for tests
+    of resumption). ``precision`` ``bf16`` runs the forward pass under bf16 autocast.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) rank r caches the shards whose index is r modulo the world size
+    and records them in ``manifest.rank{r}.json``; rank 0 merges those into the manifest at the end (and
+    at the start of a resumed run), so the result equals a single-process run.
+    """
+    if precision not in PRECISIONS:
+        raise SaeVitError(f"Unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    check_choice(tokens, TOKENS, "token selection")
+    if dtype not in DTYPES:
+        raise SaeVitError(f"Unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    layers = sorted(set(layers))
+    if not layers:
+        raise SaeVitError("No layers requested; pass --layers, e.g. --layers 4,8.")
+    for layer in layers:
+        backbone.check_layer(layer)
+    items = list(source.items[:max_images] if max_images else source.items)
+    root = Path(out)
+    settings = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "model": backbone.name,
+        "weights": backbone.weights_id,
+        "layers": layers,
+        "site": site,
+        "tokens": tokens,
+        "dtype": dtype,
+        "d_model": backbone.d_site(site),
+        "has_cls": backbone.has_cls,
+        "n_patches": backbone.n_patches,
+        "tokens_per_image": len(backbone.token_positions(tokens)),
+        "images_per_shard": images_per_shard,
+        "n_images": len(items),
+        "source": {**source.describe(), "n_images": len(items)},
+    }
+    rank, world = distributed()
+    if rank == 0:
+        manifest = _start_or_resume(root, settings, overwrite)
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+    barrier(world)
+    if rank != 0:
+        manifest = read_manifest(root)
+    token_ids = backbone.token_ids(tokens)
+    n_shards = -(-len(items) // images_per_shard)
+    done_shards = {s["index"] for s in manifest["shards"]}
+    mine: list[dict] = []
+    for index in range(n_shards):
+        if index in done_shards or index % world != rank:
+            continue
+        if stop_after_shards is not None and len(mine) >= stop_after_shards:
+            break
+        lo, hi = index * images_per_shard, min(len(items), (index + 1) * images_per_shard)
+        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
+                                 batch_size, num_workers, manifest, progress if rank == 0 else None, len(items))
+        for layer in layers:
+            _save_shard(shard_path(root, layer, index), shard["tensors"][layer])
+        # Only after every layer's file is on disk is the shard recorded.
+        mine.append(shard["entry"])
+        if world > 1:
+            write_json_atomic(root / f"manifest.rank{rank}.json", {"shards": mine})
+        else:
+            manifest["shards"].append(shard["entry"])
+            manifest["shards"].sort(key=lambda s: s["index"])
+            _refresh_totals(manifest)
+            write_json_atomic(root / MANIFEST, manifest)
+    barrier(world)
+    if rank == 0:
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+        manifest["complete"] = len(manifest["shards"]) == n_shards
+        _refresh_totals(manifest)
+        write_json_atomic(root / MANIFEST, manifest)
+    barrier(world)
+    return read_manifest(root) if rank != 0 else manifest
+
+
+def _merge_rank_manifests(root: Path, manifest: dict) -> None:
+    """Fold the shards recorded by each rank into the manifest, write it, then remove the rank files."""
+    partials = sorted(root.glob("manifest.rank*.json"))
+    known = {s["index"] for s in manifest["shards"]}
+    for path in partials:
+        for entry in json.loads(path.read_text())["shards"]:
+            if entry["index"] not in known:
+                manifest["shards"].append(entry)
+                known.add(entry["index"])
+    manifest["shards"].sort(key=lambda s: s["index"])
+    _refresh_totals(manifest)
+    write_json_atomic(root / MANIFEST, manifest)
+    for path in partials:
+        path.unlink()
+
+
+def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
+    path = root / MANIFEST
+    if path.exists() and not overwrite:
+        old = read_manifest(root)
+        same = all(old.get(k) == v for k, v in settings.items())
+        if old.get("complete"):
+            raise SaeVitError(f"{root} already holds a finished cache; pass --overwrite to replace it or "
+                              "choose another --out.")
+        if not same:
+            raise SaeVitError(f"{root} holds an unfinished cache with other settings; pass --overwrite to "
+                              "start again or use the same options to resume.")
+        return old
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise SaeVitError(f"{root} exists and is not empty; pass --overwrite or choose another --out.")
+    if overwrite and root.exists():
+        _remove_cache(root)
+    for layer in settings["layers"]:
+        (root / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
+    manifest = {**settings, "complete": False, "shards": [], "n_tokens": 0, "mean_norm": {}, "skipped": []}
+    write_json_atomic(path, manifest)
+    return manifest
+
+
+def _remove_cache(root: Path) -> None:
+    """Delete only what a cache consists of, never unrelated files in the folder."""
+    for sub in root.glob("layer_*"):
+        for f in sub.glob("*shard_*"):
+            f.unlink()
+        if not any(sub.iterdir()):
+            sub.rmdir()
+    for f in root.glob("manifest.rank*.json"):
+        f.unlink()
+    (root / MANIFEST).unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def _cache_shard(backbone, items, offset, layers, site, tokens, token_ids, dtype, batch_size, num_workers,
+                 manifest, progress, total) -> dict:
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(items, backbone.transform, offset=offset), batch_size=batch_size,
+        num_workers=num_workers, collate_fn=collate_skip_unreadable,
+    )
+    acts: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    image_index: list[Tensor] = []
+    norm_sum = {layer: 0.0 for layer in layers}
+    skipped: list[int] = []
+    n_images = 0
+    for indices, batch, bad in loader:
+        skipped.extend(bad)
+        if batch is not None:
+            out = backbone.capture(batch.to(backbone.device), layers, site, tokens)
+            for layer in layers:
+                a = out[layer].float().cpu()  # [B, T, d]
+                norm_sum[layer] += a.norm(dim=-1).sum().item()
+                acts[layer].append(a.reshape(-1, a.shape[-1]).to(dtype))
+            image_index.append(torch.tensor(indices).repeat_interleave(len(token_ids)))
+            n_images += len(indices)
+        if progress:
+            done = sum(s["n_images"] + len(s["skipped"]) for s in manifest["shards"]) + n_images + len(skipped)
+            progress(CacheProgress(done, total, len(manifest["skipped"]) + len(skipped)))
+    n_tokens = n_images * len(token_ids)
+    d = backbone.d_site(site)
+    img = torch.cat(image_index) if image_index else torch.zeros(0, dtype=torch.long)
+    tok = token_ids.repeat(n_images)
+    tensors = {
+        layer: {
+            "acts": torch.cat(acts[layer]) if acts[layer] else torch.zeros(0, d, dtype=dtype),
+            "image_index": img.to(torch.int64),
+            "token_index": tok.to(torch.int64),
+        }
+        for layer in layers
+    }
+    entry = {"index": offset // manifest["images_per_shard"], "n_images": n_images, "n_tokens": n_tokens,
+             "norm_sum": {str(k): v for k, v in norm_sum.items()},
+             "skipped": [items[i - offset].id for i in skipped]}
+    return {"tensors": tensors, "entry": entry}
+
+
+def _refresh_totals(manifest: dict) -> None:
+    shards = manifest["shards"]
+    manifest["n_tokens"] = sum(s["n_tokens"] for s in shards)
+    manifest["n_images_cached"] = sum(s["n_images"] for s in shards)
+    manifest["skipped"] = [sid for s in shards for sid in s["skipped"]]
+    n = manifest["n_tokens"]
+    manifest["mean_norm"] = {
+        str(layer): (sum(s["norm_sum"][str(layer)] for s in shards) / n if n else 0.0) for layer in manifest["layers"]
+    }
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """Read and check a cache's manifest; a missing or foreign one is a one-line :class:`SaeVitError`."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise SaeVitError(f"{root} is not an activation cache (no {MANIFEST}); create one with `saevit cache`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SaeVitError(f"{path} is corrupted (not JSON); re-run `saevit cache --overwrite`.") from exc
+    if manifest.get("format_version") != CACHE_FORMAT_VERSION:
+        raise SaeVitError(
+            f"{root} uses cache format {manifest.get('format_version')}, this sae-vit reads "
+            f"{CACHE_FORMAT_VERSION}; re-create it with `saevit cache --overwrite`."
+        )
+    return manifest
+
+
+class CacheReader:
+    """Read a cache directory: token selection, held-out split, and shuffled memory-mapped batches."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        if not self.manifest["shards"]:
+            raise SaeVitError(f"{self.root} holds no finished shard yet; run or resume `saevit cache`.")
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def d_model(self) -> int:
+        return self.manifest["d_model"]
+
+    def check(self, layer: int, tokens: str) -> None:
+        """Raise a clear error unless the cache holds ``layer`` and can serve ``tokens``."""
+        check_choice(tokens, TOKENS, "token selection")
+        if layer not in self.layers:
+            raise SaeVitError(
+                f"The cache at {self.root} has no layer {layer} (it holds {self.layers}); re-run `saevit cache` "
+                f"with --layers including {layer}."
+            )
+        stored = self.manifest["tokens"]
+        if stored != "all" and stored != tokens:
+            raise SaeVitError(
+                f"The cache at {self.root} stored --tokens {stored}, which cannot serve --tokens {tokens}; "
+                "re-run `saevit cache --tokens all`."
+            )
+
+    def mask(self, token_index: Tensor, image_index: Tensor, tokens: str, split: str) -> Tensor:
+        """Which stored tokens belong to the selection ``tokens`` (cls / patches / all) and ``split``
+        (train / eval / all: eval = every image whose index is 19 modulo 20)."""
+        if tokens == "cls":
+            keep = token_index == 0
+        elif tokens == "patches":
+            keep = token_index >= 1
+        else:
+            keep = torch.ones_like(token_index, dtype=torch.bool)
+        held_out = image_index % EVAL_EVERY == EVAL_EVERY - 1
+        if split == "train":
+            keep &= ~held_out
+        elif split == "eval":
+            keep &= held_out
+        return keep
+
+    def _shard(self, layer: int, index: int) -> Path:
+        path = shard_path(self.root, layer, index)
+        if not path.is_file():
+            raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
+        return path
+
+    def read_shard(self, layer: int, index: int, tokens: str = "all", split: str = "all") -> Tensor:
+        """Selected activations of one shard as float32 [n, d] (memory-mapped read)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._shard(layer, index)), framework="pt") as fh:
+            keep = self.mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split)
+            acts = fh.get_tensor("acts")
+        return acts[keep].float()
+
+    def count(self, layer: int, tokens: str, split: str = "train") -> int:
+        """Number of tokens the selection holds."""
+        from safetensors import safe_open
+
+        self.check(layer, tokens)
+        total = 0
+        for s in self.manifest["shards"]:  # the small index tensors only, never the activations
+            with safe_open(str(self._shard(layer, s["index"])), framework="pt") as fh:
+                total += int(self.mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split).sum())
+        return total
+
+    def load(self, layer: int, tokens: str, split: str = "eval", max_tokens: int | None = None,
+             seed: int = 0) -> Tensor:
+        """Selected tokens of ``split`` (``train``, ``eval`` or ``all``): all of them, or ``max_tokens`` drawn
+        from shards read in a random order (reading stops once enough are held, so memory stays bounded)."""
+        self.check(layer, tokens)
+        g = torch.Generator().manual_seed(seed)
+        shards = [s["index"] for s in self.manifest["shards"]]
+        if max_tokens is not None:
+            shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+        parts, have = [], 0
+        for index in shards:
+            part = self.read_shard(layer, index, tokens, split)
+            if max_tokens is not None and have + len(part) > 2 * max_tokens:
+                part = part[torch.randperm(len(part), generator=g)[: 2 * max_tokens - have]]
+            parts.append(part)
+            have += len(part)
+            if max_tokens is not None and have >= 2 * max_tokens:
+                break
+        x = torch.cat(parts) if parts else torch.zeros(0, self.d_model)
+        if max_tokens is not None and len(x) > max_tokens:
+            x = x[torch.randperm(len(x), generator=g)[:max_tokens]]
+        return x
+
+    def sample(self, layer: int, tokens: str, n: int, split: str = "train", seed: int = 0) -> Tensor:
+        """About ``n`` selected tokens from randomly chosen shards (for initialisation), without reading all."""
+        self.check(layer, tokens)
+        g = torch.Generator().manual_seed(seed)
+        shards = [self.manifest["shards"][i]["index"] for i in torch.randperm(len(self.manifest["shards"]), generator=g)]
+        parts, have = [], 0
+        for index in shards:
+            part = self.read_shard(layer, index, tokens, split)
+            parts.append(part)
+            have += len(part)
+            if have >= n:
+                break
+        x = torch.cat(parts)
+        return x[torch.randperm(len(x), generator=g)[:n]]
+
+    def batches(self, layer: int, tokens: str, batch_size: int, split: str = "train", seed: int = 0,
+                buffer_shards: int = 4, epochs: float | None = 1.0) -> Iterator[Tensor]:
+        """Shuffled float32 batches [batch_size, d]: shards in random order, ``buffer_shards`` at a time,
+        shuffled together. Runs ``epochs`` passes (fractional allowed) or forever if ``None``."""
+        self.check(layer, tokens)
+        g = torch.Generator().manual_seed(seed)
+        shards = [s["index"] for s in self.manifest["shards"]]
+        total = self.count(layer, tokens, split)
+        if total == 0:
+            raise SaeVitError(f"The cache at {self.root} has no {split} tokens for --tokens {tokens}; "
+                              "cache more images.")
+        budget = None if epochs is None else int(epochs * total)
+        carry = torch.zeros(0, self.d_model)
+        while budget is None or budget > 0:
+            order = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+            for start in range(0, len(order), buffer_shards):
+                parts = [carry] + [self.read_shard(layer, i, tokens, split) for i in order[start:start + buffer_shards]]
+                buf = torch.cat(parts)
+                buf = buf[torch.randperm(len(buf), generator=g)]
+                n_full = len(buf) // batch_size
+                for b in range(n_full):
+                    batch = buf[b * batch_size:(b + 1) * batch_size]
+                    if budget is not None:
+                        if budget <= 0:
+                            return
+                        batch = batch[:budget]
+                        budget -= len(batch)
+                    yield batch
+                carry = buf[n_full * batch_size:]
+            if budget is not None and budget > 0 and len(carry) and budget < batch_size:
+                yield carry[:budget]
+                return
+
+
+Key = tuple[int, str]
+"""A stream: (layer, token type)."""
+
+
+def _read_selections(reader, layer: int, index: int, tokens: list[str], split: str) -> dict[str, Tensor]:
+    """One shard of ``layer``, opened once, split into the selected tokens of each token type (float32)."""
+    from safetensors import safe_open
+
+    path = shard_path(reader.root, layer, index)
+    if not path.is_file():
+        raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
+    with safe_open(str(path), framework="pt") as fh:
+        token_index, image_index, acts = (fh.get_tensor(n) for n in ("token_index", "image_index", "acts"))
+    return {t: acts[reader.mask(token_index, image_index, t, split)].float() for t in tokens}
+
+
+def count_tokens(reader, keys: list[Key], split: str = "train") -> dict[Key, int]:
+    """Tokens of every stream in ``split``, in one pass over the shards (one read per shard and layer)."""
+    counts = dict.fromkeys(keys, 0)
+    for layer in sorted({k[0] for k in keys}):
+        types = [t for (lay, t) in keys if lay == layer]
+        for shard in reader.manifest["shards"]:
+            for t, part in _read_selections(reader, layer, shard["index"], types, split).items():
+                counts[(layer, t)] += len(part)
+    return counts
+
+
+def joint_batches(reader, budgets: dict[Key, int], batch_size: dict[Key, int], split: str = "train",
+                  seed: int = 0, buffer_shards: int = 4) -> Iterator[tuple[Key, Tensor]]:
+    """Shuffled ``(stream, batch)`` pairs for several streams from shared passes over the cache.
+
+    Shards come in one random order per pass, ``buffer_shards`` at a time; each stream's tokens from them are
+    shuffled together (as :meth:`CacheReader.batches` does for one stream) and cut into ``batch_size[key]``
+    batches until the stream has yielded ``budgets[key]`` tokens; passes repeat while any stream wants more,
+    and a stream that is done is no longer read. Memory: ``buffer_shards`` shards per stream.
+    """
+    g = torch.Generator().manual_seed(seed)
+    gens = {key: torch.Generator().manual_seed(seed + 1 + i) for i, key in enumerate(sorted(budgets))}
+    left = dict(budgets)
+    carry: dict[Key, Tensor] = {key: torch.zeros(0, reader.d_model) for key in budgets}
+    shards = [s["index"] for s in reader.manifest["shards"]]
+    while any(v > 0 for v in left.values()):
+        order = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+        for start in range(0, len(order), buffer_shards):
+            active = [key for key, v in left.items() if v > 0]
+            if not active:
+                return
+            parts: dict[Key, list[Tensor]] = {key: [carry[key]] for key in active}
+            for layer in sorted({lay for lay, _ in active}):
+                types = [t for lay, t in active if lay == layer]
+                for index in order[start:start + buffer_shards]:
+                    for t, part in _read_selections(reader, layer, index, types, split).items():
+                        parts[(layer, t)].append(part)
+            for key in active:
+                buf = torch.cat(parts[key])
+                buf = buf[torch.randperm(len(buf), generator=gens[key])]
+                bs = batch_size[key]
+                n_full = len(buf) // bs
+                for b in range(n_full):
+                    if left[key] <= 0:
+                        break
+                    batch = buf[b * bs:(b + 1) * bs][: left[key]]
+                    left[key] -= len(batch)
+                    yield key, batch
+                carry[key] = buf[n_full * bs:]
+        for key in list(left):  # the stream is smaller than one batch: hand out the rest
+            if 0 < left[key] < batch_size[key] and len(carry[key]) >= left[key]:
+                yield key, carry[key][: left[key]]
+                left[key] = 0

@@ -1,0 +1,490 @@
+"""Push SAE checkpoints to the Hugging Face Hub and pull them back (``hf://owner/repo[/path][@revision]``).
+
+Everything goes through ``huggingface_hub``'s own API, cache and token handling (``HF_TOKEN``, ``hf auth
+login``), so a pulled SAE loads again with ``HF_HUB_OFFLINE=1``. Foreign layouts found on the Hub (the
+paper's ViT-Prisma releases, SAELens, sparsify) are converted once into our format under
+``$HF_HOME/sae_vit/converted/<owner>--<repo>@<commit>/<path>/sae.safetensors`` (see docs/hub.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sae_vit import __version__
+from sae_vit.core.defaults import REAL_CLIP, default_sae_path
+from sae_vit.core.errors import SaeVitError
+
+#: Our model names -> Hugging Face Hub ids for the model card's ``base_model``.
+BASE_MODELS = {REAL_CLIP: "laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"}
+CARD_TAGS = ["sae-vit", "sparse-autoencoder", "sae", "interpretability", "vision-transformer", "clip"]
+_SAE_FILES = ("sae.safetensors", "cfg.json", "config.json", "sae_weights.safetensors")
+_LAYOUT_RE = re.compile(r"^layer_(\d+)/(?:(resid_post|mlp_out|mlp_hidden)/)?(cls|patches|all)$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+# -- references --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubRef:
+    """A location on the Hub: ``repo_id`` (owner/name), ``path`` inside it ('' = root), ``revision`` (None = main)."""
+
+    repo_id: str
+    path: str = ""
+    revision: str | None = None
+
+    def uri(self) -> str:
+        """The ``hf://`` form of this reference."""
+        return f"hf://{self.repo_id}{'/' + self.path if self.path else ''}{'@' + self.revision if self.revision else ''}"
+
+
+def parse_ref(text: str) -> HubRef:
+    """Parse ``[hf://]owner/repo[/path][@revision]`` (also huggingface_hub's ``owner/repo@revision/path``)."""
+    body = text[len("hf://"):] if text.startswith("hf://") else text
+    if body.startswith("models/"):
+        body = body[len("models/"):]
+    parts = body.strip("/").split("/")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise SaeVitError(f"{text!r} is not a Hub reference; write owner/repo[/path][@revision].")
+    owner, name, rest = parts[0], parts[1], "/".join(parts[2:])
+    revision = None
+    if "@" in name:  # huggingface_hub's canonical form: owner/repo@revision/path
+        name, after = name.split("@", 1)
+        after = "/".join([after, rest]) if rest else after
+        m = re.match(r"^(refs/(?:pr/\d+|convert/[\w.-]+)|[^/]+)(?:/(.*))?$", after)
+        revision, rest = (m.group(1), m.group(2) or "") if m else ("", rest)
+    elif "@" in rest:
+        rest, revision = rest.rsplit("@", 1)
+    if not re.fullmatch(r"[\w.-]+", owner) or not re.fullmatch(r"[\w.-]+", name) or revision == "":
+        raise SaeVitError(f"{text!r} is not a valid Hub reference; write owner/repo[/path][@revision].")
+    return HubRef(f"{owner}/{name}", rest.strip("/"), revision)
+
+
+# -- environment ---------------------------------------------------------------------------------------
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> Path:
+    """The huggingface_hub cache in use: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else the library default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def converted_dir() -> Path:
+    """Where foreign SAEs pulled from the Hub are kept after conversion (``$SAEVIT_CONVERTED`` overrides)."""
+    if os.environ.get("SAEVIT_CONVERTED"):
+        return Path(os.environ["SAEVIT_CONVERTED"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home).expanduser() / "sae_vit" / "converted"
+
+
+def _hub_error(exc: Exception, ref: HubRef, action: str = "download") -> SaeVitError:
+    """One clear sentence for a huggingface_hub failure."""
+    from huggingface_hub import errors
+
+    where = ref.uri()
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return SaeVitError(f"Revision {ref.revision!r} does not exist in {ref.repo_id}; check the name after '@'.")
+    if isinstance(exc, errors.GatedRepoError):
+        return SaeVitError(f"{ref.repo_id} is gated; accept its terms on huggingface.co and log in with "
+                           "`hf auth login` (or set HF_TOKEN).")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return SaeVitError(f"Repository {ref.repo_id} was not found on the Hub (or is private); check the name, or "
+                           "log in with `hf auth login` / set HF_TOKEN if it is private.")
+    if isinstance(exc, errors.EntryNotFoundError) and not isinstance(exc, errors.LocalEntryNotFoundError):
+        return SaeVitError(f"{where} has no SAE file there; list what the repo holds with `saevit list {ref.repo_id}`.")
+    if isinstance(exc, errors.LocalTokenNotFoundError) or (
+        isinstance(exc, errors.HfHubHTTPError) and getattr(exc.response, "status_code", None) in (401, 403)
+    ):
+        return SaeVitError(f"The Hub refused to {action} {ref.repo_id} without valid credentials; log in with "
+                           "`hf auth login` or set HF_TOKEN to a token with write access.")
+    if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) or _offline():
+        if _offline():
+            return SaeVitError(f"{where} is not in the local Hugging Face cache ({hub_cache_dir()}) and "
+                               f"HF_HUB_OFFLINE=1 forbids network access; unset HF_HUB_OFFLINE to {action} it.")
+        return SaeVitError(f"Could not reach the Hugging Face Hub to {action} {where}, and it is not in the local "
+                           f"cache ({hub_cache_dir()}); check the network, or pull it where there is one and set "
+                           "HF_HUB_OFFLINE=1 here.")
+    if isinstance(exc, errors.HfHubHTTPError):
+        return SaeVitError(f"The Hub answered an error for {where} ({exc}); try again later.")
+    return SaeVitError(f"Could not reach the Hugging Face Hub to {action} {where} ({type(exc).__name__}); check the "
+                       f"network, or set HF_HUB_OFFLINE=1 to use only the local cache ({hub_cache_dir()}).")
+
+
+def _hub_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean "the Hub or the cache could not answer" (network errors of whichever HTTP client
+    this huggingface_hub uses included)."""
+    import importlib
+
+    from huggingface_hub import errors
+
+    found: list[type[Exception]] = [errors.HfHubHTTPError, errors.LocalEntryNotFoundError,
+                                    errors.OfflineModeIsEnabled, errors.LocalTokenNotFoundError, OSError]
+    for client in ("httpx2", "httpx", "requests"):
+        try:
+            module = importlib.import_module(client)
+        except ImportError:
+            continue
+        found.append(module.RequestException if client == "requests" else module.HTTPError)
+    return tuple(found)
+
+
+def _download_file(ref: HubRef, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(ref.repo_id, filename, revision=ref.revision, cache_dir=hub_cache_dir(),
+                                    local_files_only=_offline(), library_name="sae-vit",
+                                    library_version=__version__))
+    except _hub_errors() as exc:
+        raise _hub_error(exc, HubRef(ref.repo_id, filename, ref.revision)) from exc
+
+
+def _download_folder(ref: HubRef, patterns: list[str] | None) -> Path:
+    """The snapshot folder of ``ref`` (only ``patterns`` are fetched; offline, the cached snapshot)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=hub_cache_dir(),
+                                      allow_patterns=patterns, local_files_only=_offline(),
+                                      library_name="sae-vit", library_version=__version__))
+    except _hub_errors() as exc:
+        raise _hub_error(exc, ref) from exc
+
+
+def _commit_of(local: Path) -> str:
+    """The commit hash of a file inside a huggingface_hub snapshot folder."""
+    parts = local.parts
+    for i, part in enumerate(parts[:-1]):
+        if part == "snapshots" and _COMMIT_RE.match(parts[i + 1]):
+            return parts[i + 1]
+    return "local"
+
+
+# -- resolve -------------------------------------------------------------------------------------------
+def _folder_patterns(path: str) -> list[str]:
+    prefix = f"{path}/" if path else ""
+    return [prefix + name for name in _SAE_FILES] + [prefix + "*.pt", prefix + "*.pth"]
+
+
+def _ours(path: Path) -> bool:
+    from sae_vit.io.interop import detect_format
+
+    try:
+        return detect_format(path) == "sae_vit"
+    except SaeVitError:
+        return False
+
+
+def _local_sae(ref: HubRef, folder: Path, commit: str) -> Path:
+    """Our checkpoint for the SAE in ``folder`` of a snapshot: the file itself, or a converted copy (cached)."""
+    from sae_vit.io.interop import detect_format, load_any
+
+    if (folder / "sae.safetensors").is_file() and _ours(folder / "sae.safetensors"):
+        return folder / "sae.safetensors"
+    fmt = detect_format(folder)
+    target = converted_dir() / f"{ref.repo_id.replace('/', '--')}@{commit}" / ref.path / "sae.safetensors"
+    if target.is_file():
+        return target
+    sae = load_any(folder, fmt)
+    sae.cfg.training = {**sae.cfg.training, "source": ref.uri() if commit == "local"
+                        else HubRef(ref.repo_id, ref.path, commit).uri()}
+    # Atomic write; a concurrent converter writing the same bytes may win the rename, which is fine.
+    return sae.save(target, overwrite=True)
+
+
+def resolve_hf_uri(uri: str) -> Path:
+    """Turn ``hf://owner/repo[/path][@revision]`` into a local sae-vit checkpoint, through the Hub cache.
+
+    ``path`` may name a checkpoint file or a folder holding ``sae.safetensors``; a ViT-Prisma, SAELens or
+    sparsify folder (or a Prisma repo root) is converted once and the converted file is returned.
+    """
+    ref = parse_ref(uri)
+    if ref.path.endswith(".safetensors") or ref.path.endswith((".pt", ".pth")):
+        local = _download_file(ref, ref.path)
+        if local.suffix == ".safetensors" and _ours(local):
+            return local
+        parent = "/".join(ref.path.split("/")[:-1])
+        snap = _download_folder(HubRef(ref.repo_id, parent, ref.revision), _folder_patterns(parent))
+        return _local_sae(HubRef(ref.repo_id, parent, ref.revision), snap / parent, _commit_of(local))
+    prefix = f"{ref.path}/" if ref.path else ""
+    try:
+        local = _download_file(ref, prefix + "sae.safetensors")
+        if _ours(local):
+            return local
+    except SaeVitError:
+        pass  # not our layout (or not cached): look at the whole folder below
+    snap = _download_folder(ref, _folder_patterns(ref.path))
+    folder = snap / ref.path if ref.path else snap
+    if not folder.is_dir():
+        where = f"the cached snapshot ({hub_cache_dir()})" if _offline() else "the repo"
+        raise SaeVitError(f"{ref.uri()} holds no SAE (no such folder in {where}); see `saevit list {ref.repo_id}`.")
+    return _local_sae(ref, folder, _commit_of(snap / "x"))
+
+
+# -- list / pull ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubSAE:
+    """One SAE found in a repo: its folder (``path``, '' = root), the library that wrote it, and where it sits."""
+
+    path: str
+    format: str
+    layer: int | None = None
+    site: str | None = None
+    tokens: str | None = None
+
+
+def sae_entries(files: list[str]) -> list[HubSAE]:
+    """The SAEs a repo holds, read from its file list alone (folder layout and file names)."""
+    by_dir: dict[str, set[str]] = {}
+    for f in files:
+        d, _, name = f.rpartition("/")
+        by_dir.setdefault(d, set()).add(name)
+    found = []
+    for d, names in sorted(by_dir.items()):
+        if "cfg.json" in names and "sae_weights.safetensors" in names:
+            fmt = "saelens"
+        elif "cfg.json" in names and "sae.safetensors" in names:
+            fmt = "sparsify"
+        elif "sae.safetensors" in names:
+            fmt = "sae_vit"
+        elif "config.json" in names and any(n.endswith((".pt", ".pth")) for n in names):
+            fmt = "prisma"
+        else:
+            continue
+        m = _LAYOUT_RE.match(d)
+        found.append(HubSAE(d, fmt, int(m.group(1)), m.group(2) or "resid_post", m.group(3)) if m
+                     else HubSAE(d, fmt))
+    return found
+
+
+def _cached_files(ref: HubRef) -> list[str] | None:
+    """Files of ``ref``'s revision in the local cache (None when that revision was never downloaded)."""
+    storage = hub_cache_dir() / f"models--{ref.repo_id.replace('/', '--')}"
+    rev = ref.revision or "main"
+    commit = rev if _COMMIT_RE.match(rev) else None
+    if commit is None and (storage / "refs" / rev).is_file():
+        commit = (storage / "refs" / rev).read_text().strip()
+    snap = storage / "snapshots" / commit if commit else None
+    if snap is None or not snap.is_dir():
+        return None
+    return sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def list_repo(spec: str) -> tuple[list[HubSAE], bool]:
+    """The SAEs in ``owner/repo[@revision]`` and whether the listing came from the local cache (offline)."""
+    from huggingface_hub import HfApi
+
+    ref = parse_ref(spec)
+    if not _offline():
+        try:
+            files = HfApi().list_repo_files(ref.repo_id, revision=ref.revision)
+            return sae_entries(files), False
+        except _hub_errors() as exc:
+            from huggingface_hub import errors
+
+            if isinstance(exc, (errors.RepositoryNotFoundError, errors.RevisionNotFoundError)):
+                raise _hub_error(exc, ref, "list") from exc
+            cached = _cached_files(ref)
+            if cached is None:
+                raise _hub_error(exc, ref, "list") from exc
+            return sae_entries(cached), True
+    cached = _cached_files(ref)
+    if cached is None:
+        raise SaeVitError(f"{ref.repo_id} (revision {ref.revision or 'main'}) is not in the local Hugging Face cache "
+                          f"({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids listing it on the Hub; unset "
+                          "HF_HUB_OFFLINE or pull it first.")
+    return sae_entries(cached), True
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """One pulled SAE: its folder in the repo and the local sae-vit checkpoint to load."""
+
+    path: str
+    local: Path
+
+
+def pull(spec: str, out: str | os.PathLike | None = None, overwrite: bool = False) -> list[Pulled]:
+    """Download the SAE(s) at ``owner/repo[/path][@revision]`` into the Hub cache (converting foreign layouts).
+
+    With ``out``, also copy each as ``out/<path>/sae.safetensors`` (atomic; no overwrite without ``overwrite``).
+    """
+    ref = parse_ref(spec)
+    if ref.path.endswith((".safetensors", ".pt", ".pth")):
+        parent = "/".join(ref.path.split("/")[:-1])
+        pulled = [Pulled(parent, resolve_hf_uri(ref.uri()))]
+    else:
+        snap = _download_folder(ref, [f"{ref.path}/*"] if ref.path else None)
+        base = snap / ref.path if ref.path else snap
+        if not base.is_dir():
+            raise SaeVitError(f"{ref.uri()} is not a folder of the repo; see `saevit list {ref.repo_id}`.")
+        files = [p.relative_to(snap).as_posix() for p in base.rglob("*") if p.is_file()]
+        entries = sae_entries(files)
+        if not entries:
+            raise SaeVitError(f"{ref.uri()} holds no SAE files sae-vit can read; see `saevit list {ref.repo_id}`.")
+        commit = _commit_of(snap / "x")
+        pulled = [Pulled(e.path, _local_sae(HubRef(ref.repo_id, e.path, ref.revision), snap / e.path, commit))
+                  for e in entries]
+    if out is not None:
+        out = Path(out)
+        targets = [(p, out / p.path[len(ref.path):].strip("/") / "sae.safetensors") for p in pulled]
+        clash = [t for _, t in targets if t.exists()]
+        if clash and not overwrite:
+            raise SaeVitError(f"{clash[0]} already exists; pass --overwrite to replace it or choose another --out.")
+        result = []
+        for p, target in targets:
+            _atomic_copy(p.local, target)
+            result.append(Pulled(p.path, target))
+        pulled = result
+    return pulled
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -- push ----------------------------------------------------------------------------------------------
+def base_model_id(model: str) -> str | None:
+    """The Hub id of a backbone for the card's ``base_model`` (None for the built-in toy model)."""
+    if model in ("", "toy"):
+        return None
+    return BASE_MODELS.get(model, model if "/" in model else f"timm/{model}")
+
+
+def collect_checkpoints(src: str | os.PathLike) -> dict[str, Path]:
+    """Our checkpoints under ``src`` (a file or a folder), keyed by their path in the Hub layout."""
+    from sae_vit.core.sae import read_checkpoint
+
+    src = Path(src)
+    if src.is_file():
+        files = [src]
+    elif src.is_dir():
+        files = sorted(p for p in src.rglob("*.safetensors") if _ours(p))
+    else:
+        raise SaeVitError(f"{src} does not exist; pass an SAE checkpoint or a folder of them.")
+    if not files:
+        raise SaeVitError(f"{src} holds no sae-vit checkpoints; train some with `saevit train` first.")
+    layout: dict[str, Path] = {}
+    for f in files:
+        cfg, _ = read_checkpoint(f)
+        if cfg.layer is None:
+            raise SaeVitError(f"{f} records no layer, so it has no place in the Hub layout; re-save it with a layer.")
+        key = default_sae_path(cfg.layer, cfg.tokens, cfg.site, root=Path(".")).as_posix()
+        if key in layout:
+            raise SaeVitError(f"{layout[key]} and {f} both belong at {key}; push them to separate repos or revisions.")
+        layout[key] = f
+    return layout
+
+
+def model_card(repo_id: str, checkpoints: dict[str, Path]) -> str:
+    """README.md for a repo of SAEs: YAML header (library, tags, base model) and a table read from the metadata."""
+    from sae_vit.core.sae import read_checkpoint
+
+    rows, models = [], []
+    for key, f in sorted(checkpoints.items()):
+        cfg, _ = read_checkpoint(f)
+        t = cfg.training or {}
+
+        def num(name, fmt, t=t):
+            return format(t[name], fmt) if isinstance(t.get(name), (int, float)) else "–"
+
+        rows.append(f"| `{key.rsplit('/', 1)[0]}` | {cfg.layer} | {cfg.tokens} | {cfg.site} | {cfg.architecture} | "
+                    f"{cfg.d_sae} | {cfg.k if cfg.k is not None else '–'} | {num('l0', '.1f')} | {num('fvu', '.4f')} |")
+        if cfg.model not in models:
+            models.append(cfg.model)
+    bases = [b for b in (base_model_id(m) for m in models) if b]
+    header = ["---", "library_name: sae-vit", "tags:"] + [f"- {t}" for t in CARD_TAGS]
+    if len(bases) == 1:
+        header.append(f"base_model: {bases[0]}")
+    elif bases:
+        header += ["base_model:"] + [f"- {b}" for b in bases]
+    header += ["# license: set the license of these weights here (e.g. apache-2.0, mit)", "---", ""]
+    names = ", ".join("sae-vit toy CLIP" if m in ("", "toy") else f"`{m}`" for m in models)
+    example = sorted(checkpoints)[0].rsplit("/", 1)[0]
+    body = [
+        f"# Sparse autoencoders for {names}",
+        "",
+        f"{len(checkpoints)} sparse autoencoder(s) trained with sae-vit on the vision "
+        "transformer's activations. Each `sae.safetensors` is one SAE in sae-vit's checkpoint format "
+        "(tensors `W_enc`, `b_enc`, `W_dec`, `b_dec`; metadata under the key `sae_vit`).",
+        "",
+        "| path | layer | tokens | site | architecture | d_sae | k | L0 | FVU |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        "L0 and FVU are the held-out values recorded at the end of training.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"saevit pull {repo_id}                       # all SAEs, into the Hugging Face cache",
+        f"saevit sparsity hf://{repo_id}/{example}    # any command takes hf:// paths",
+        "```",
+        "",
+        "```python",
+        "from sae_vit.sae import SAE",
+        f'sae = SAE.load("hf://{repo_id}/{example}")',
+        "```",
+        "",
+    ]
+    return "\n".join(header + body)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What :func:`push` uploaded: the repo URL, the revision, and the files in the commit."""
+
+    url: str
+    revision: str | None
+    files: list[str]
+
+
+def push(src: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
+         message: str | None = None) -> PushResult:
+    """Upload the checkpoint(s) at ``src`` to ``repo_id`` in the Hub layout, with a generated model card."""
+    from huggingface_hub import HfApi
+
+    ref = parse_ref(repo_id)
+    if ref.path:
+        raise SaeVitError(f"{repo_id!r} has a path; push takes owner/repo (the layout inside it is automatic).")
+    revision = revision or ref.revision
+    checkpoints = collect_checkpoints(src)
+    with tempfile.TemporaryDirectory(prefix="saevit-push-") as tmp:
+        tmp = Path(tmp)
+        for key, f in checkpoints.items():
+            (tmp / key).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, tmp / key)
+        (tmp / "README.md").write_text(model_card(ref.repo_id, checkpoints))
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        api = HfApi(library_name="sae-vit", library_version=__version__)
+        try:
+            url = api.create_repo(ref.repo_id, private=private, exist_ok=True, repo_type="model")
+            if revision:
+                api.create_branch(ref.repo_id, branch=revision, exist_ok=True, repo_type="model")
+            api.upload_folder(repo_id=ref.repo_id, folder_path=str(tmp), revision=revision, repo_type="model",
+                              commit_message=message or f"Upload {len(checkpoints)} SAE(s) with sae-vit {__version__}")
+        except _hub_errors() as exc:
+            raise _hub_error(exc, ref, "push to") from exc
+    return PushResult(str(url), revision, files)
+
+
+__all__ = ["HubRef", "HubSAE", "Pulled", "PushResult", "base_model_id", "collect_checkpoints", "converted_dir",
+           "hub_cache_dir", "list_repo", "model_card", "parse_ref", "pull", "push", "resolve_hf_uri", "sae_entries"]

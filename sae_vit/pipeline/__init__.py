@@ -1,0 +1,208 @@
+"""What ``saevit cache``, ``train``, ``sparsity --grid``, ``demo`` and ``defend-typo --make-assets`` do end to end.
+
+The pipeline strings the layers together (a backbone from :mod:`sae_vit.core`, images and caches from
+:mod:`sae_vit.io` and :mod:`sae_vit.world`, tables from :mod:`sae_vit.analysis`); only the CLI imports it.
+Every function is callable from a notebook with the CLI's arguments; layers are ``list[int]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from sae_vit.core.defaults import DEFAULT_MODEL, default_cache_dir, default_layers, default_sae_path
+from sae_vit.core.errors import SaeVitError
+
+#: Images the default (synthetic world) cache renders.
+DEFAULT_WORLD_IMAGES = 4096
+
+
+def cache(
+    images: str | os.PathLike | None = None,
+    world: str | None = None,
+    out: str | os.PathLike | None = None,
+    model: str = DEFAULT_MODEL,
+    weights: str | os.PathLike | None = None,
+    layers: list[int] | str | None = None,
+    site: str = "resid_post",
+    tokens: str = "all",
+    dtype: str = "float16",
+    batch_size: int = 64,
+    images_per_shard: int = 1024,
+    num_workers: int = 0,
+    max_images: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: Callable | None = None,
+    precision: str = "fp32",
+) -> dict:
+    """Cache activations of ``model`` at ``layers`` (``"all"``: every block; default:
+    :func:`~sae_vit.core.defaults.default_layers`) over
+    images (a folder or CSV), or over the synthetic world when ``images`` is None. Returns the manifest (with
+    ``path`` added)."""
+    from sae_vit.core.backbone import load_backbone
+    from sae_vit.io.cache import write_cache
+    from sae_vit.world.sources import open_source
+
+    out = Path(out) if out is not None else default_cache_dir()
+    backbone = load_backbone(model, weights, device)
+    layer_list = (list(range(backbone.n_layers)) if layers == "all" else
+                  list(layers) if layers is not None else default_layers(backbone.n_layers))
+    source = open_source(images, world, n=max_images or DEFAULT_WORLD_IMAGES, seed=seed)
+    manifest = write_cache(
+        backbone, source, out, layer_list, site=site, tokens=tokens, dtype=dtype, batch_size=batch_size,
+        images_per_shard=images_per_shard, num_workers=num_workers, max_images=max_images,
+        overwrite=overwrite, progress=progress, precision=precision,
+    )
+    return {**manifest, "path": str(out)}
+
+
+def train(
+    layer: int | list[int] | None,
+    tokens: str | list[str] = "all",
+    cache_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    config=None,
+    n_tokens: int | None = None,
+    epochs: float | None = None,
+    overwrite: bool = False,
+    progress: Callable | None = None,
+):
+    """Train one SAE on ``layer`` / ``tokens`` of a cache and save it. Returns ``(sae, path)``.
+
+    ``config`` is a :class:`sae_vit.core.train.TrainConfig`; the training length follows
+    :func:`sae_vit.core.train.training_length` (``n_tokens``, ``epochs``, or the default rule).
+
+    Several layers (a list; ``None`` = every cached layer) and/or token types (a list) train one SAE per
+    combination from one pass over the cache (:func:`sae_vit.pipeline.training.train_many`) and return a list
+    of ``(sae, path)``; ``out`` is then a folder (default: the working folder's ``saes``) holding
+    ``layer_{L}/{tokens}/...``, and ``progress`` receives ``(index, state)`` (one SAE: ``(state)``). Under
+    ``torchrun`` every rank trains (DistributedDataParallel on disjoint slices of the batches) and rank 0
+    evaluates and saves.
+    """
+    from sae_vit.core.train import TrainConfig
+    from sae_vit.io.cache import CacheReader
+    from sae_vit.pipeline.training import Job, train_many
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    reader = CacheReader(cache_dir)
+    layers = reader.layers if layer is None else [layer] if isinstance(layer, int) else list(layer)
+    token_types = [tokens] if isinstance(tokens, str) else list(tokens)
+    if not layers or not token_types:
+        raise SaeVitError("Give at least one --layer and one --tokens type, e.g. --layer 8 --tokens cls.")
+    cfg = config or TrainConfig()
+    site = reader.manifest["site"]
+    single = len(layers) * len(token_types) == 1
+    root = Path(out) if out is not None and not single else None
+    jobs = [Job(lay, t, cfg, Path(out) if single and out is not None else default_sae_path(lay, t, site, root))
+            for lay in layers for t in token_types]
+    report = progress if not single or progress is None else (lambda _i, state: progress(state))
+    results = train_many(cache_dir, jobs, n_tokens, epochs, overwrite, report)
+    return results[0] if single else results
+
+
+def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tokens: int | None,
+               progress: Callable[[str], None] | None = None, config=None, sae_dir: Path | None = None,
+               train_progress: Callable | None = None) -> list[Path]:
+    """Train the SAEs of a layer x token-type grid that do not exist yet under ``sae_dir`` (default: the
+    working folder's ``saes``), with the :class:`~sae_vit.core.train.TrainConfig` ``config``, all from one pass
+    over the cache; return all paths. ``train_progress(index, state)``."""
+    from sae_vit.core.train import TrainConfig
+    from sae_vit.io.cache import CacheReader
+    from sae_vit.pipeline.training import Job, train_many
+
+    reader = CacheReader(cache_dir)
+    site = reader.manifest["site"]
+    paths, jobs = [], []
+    for layer in layers:
+        for tokens in token_types:
+            path = default_sae_path(layer, tokens, site, sae_dir)
+            if not path.exists():
+                if progress:
+                    progress(f"training layer {layer} / {tokens} -> {path}")
+                jobs.append(Job(layer, tokens, config or TrainConfig(), path))
+            paths.append(path)
+    if jobs:
+        train_many(cache_dir, jobs, n_tokens=n_tokens, progress=train_progress)
+    return paths
+
+
+def sparsity(
+    saes: list[str | os.PathLike] | None = None,
+    cache: str | os.PathLike | None = None,
+    grid: bool = False,
+    layers: list[int] | None = None,
+    tokens: list[str] = ("cls", "patches", "all"),
+    n_tokens: int | None = None,
+    out: str | os.PathLike | None = None,
+    plot: bool = True,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    config=None,
+    sae_dir: str | os.PathLike | None = None,
+):
+    """The sparsity table (:func:`sae_vit.analysis.sparsity.run`), training the grid of ``layers`` (default:
+    every cached layer) x ``tokens`` first with ``grid``, with the TrainConfig ``config``, into ``sae_dir``."""
+    from sae_vit.analysis import sparsity as table
+    from sae_vit.core.backbone import TOKENS, check_choice
+    from sae_vit.io.cache import CacheReader
+
+    if not grid:
+        return table.run(saes, cache, out, plot, overwrite)
+    cache_dir = Path(cache) if cache is not None else default_cache_dir()
+    if not (cache_dir / "manifest.json").exists():
+        raise SaeVitError("--grid needs a cache; run `saevit cache` first or pass --cache DIR.")
+    for t in tokens:
+        check_choice(t, TOKENS, "token type")
+    table.check_out(out, overwrite)
+    layer_list = list(layers) if layers else CacheReader(cache_dir).layers
+    paths = train_grid(cache_dir, layer_list, list(tokens), n_tokens, progress, config,
+                       Path(sae_dir) if sae_dir is not None else None)
+    return table.run(paths + list(saes or []), cache_dir, out, plot, overwrite)
+
+
+def make_typo_assets(bundle, out_dir: str | os.PathLike, work: str | os.PathLike, cfg=None, eval_cfg=None,
+                     overwrite: bool = False, progress: Callable[[str], None] | None = None):
+    """Cache activations, train one SAE per layer, run the world protocol, and write the chosen SAE and its
+    feature file to ``out_dir`` as ``typo_sae.safetensors`` and ``typo_features.json``."""
+    import json
+
+    from sae_vit.analysis import typo
+    from sae_vit.core.atomic import atomic_copy
+    from sae_vit.core.sae import SAE
+    from sae_vit.core.train import TrainConfig
+    from sae_vit.io.cache import write_cache
+
+    cfg = cfg or typo.AssetConfig()
+    eval_cfg = eval_cfg or typo.EvalConfig()
+    say = progress or (lambda _m: None)
+    out_dir, work = Path(out_dir), Path(work)
+    targets = (out_dir / typo.ASSET_SAE, out_dir / typo.ASSET_FEATURES)
+    if any(t.exists() for t in targets) and not overwrite:
+        raise SaeVitError(f"{targets[0]} already exists; pass --overwrite to replace it or choose another --out.")
+    manifest = work / "cache" / "manifest.json"
+    done = manifest.is_file() and json.loads(manifest.read_text()).get("complete")
+    if done and not overwrite:
+        say(f"reusing the finished cache in {work / 'cache'}")
+    else:
+        say(f"caching {cfg.n_images} images at layers {list(cfg.layers)} into {work / 'cache'}")
+        write_cache(bundle.backbone, typo.sae_training_images(cfg.n_images, cfg.seed), work / "cache",
+                    list(cfg.layers), tokens=cfg.tokens, overwrite=overwrite)
+    saes = []
+    for layer in cfg.layers:
+        path = work / f"sae_layer{layer}.safetensors"
+        if path.exists() and not overwrite:
+            say(f"reusing {path}")
+        else:
+            say(f"training the layer-{layer} SAE ({cfg.n_tokens:,} tokens)")
+            tc = TrainConfig(expansion=cfg.expansion, k=cfg.k, seed=cfg.seed, device="cpu")
+            train(layer, cfg.tokens, work / "cache", path, tc, n_tokens=cfg.n_tokens, overwrite=True)
+        saes.append((path, SAE.load(path)))
+    report = typo.run_world_eval(bundle, saes, eval_cfg, progress)
+    chosen = next(s for p, s in saes if str(p) == report.sae_path)
+    atomic_copy(Path(report.sae_path), targets[0])
+    report.sae_path = str(targets[0])
+    typo.write_report_features(report, chosen, targets[1], eval_cfg, overwrite=True)
+    return report, targets[0], targets[1]

@@ -1,0 +1,1 @@
+"""The built-in synthetic world (scenes, tasks, export) and the toy CLIP (model, file, training recipe)."""
