@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -18,12 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "sae_vit"
 ARCHITECTURES = ("topk", "relu")
 NORMALIZATIONS = ("none", "layer_norm", "constant")
+#: The tensors of every checkpoint, in file order.
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 LN_EPS = 1e-5  # the paper's SAEs: x <- (x - mu) / (sigma + 1e-5)
 
 
@@ -180,31 +182,18 @@ class SAE(nn.Module):
 
     # -- checkpoint --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the checkpoint atomically (temp file + rename); refuse to replace a file unless ``overwrite``."""
+        """Write the checkpoint atomically (:func:`~sae_vit.core.atomic.atomic_write`); refuse to replace a file
+        unless ``overwrite``."""
         from safetensors.torch import save_file
 
         path = Path(path)
         if path.exists() and not overwrite:
             raise SaeVitError(f"{path} already exists; pass --overwrite to replace it or choose another --out.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "package_version": __version__, **asdict(self.cfg)}
-        tensors = {
-            "W_enc": self.W_enc.detach().float().contiguous().cpu(),
-            "b_enc": self.b_enc.detach().float().contiguous().cpu(),
-            "W_dec": self.W_dec.detach().float().contiguous().cpu(),
-            "b_dec": self.b_dec.detach().float().contiguous().cpu(),
-        }
+        tensors = {name: getattr(self, name).detach().float().contiguous().cpu() for name in WEIGHTS}
         if self.cfg.normalization == "constant":
             tensors["scale"] = self.scale.detach().float().reshape(()).cpu()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
@@ -215,7 +204,7 @@ class SAE(nn.Module):
         cfg, tensors = read_checkpoint(path)
         sae = cls(cfg)
         with torch.no_grad():
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            for name in WEIGHTS:
                 getattr(sae, name).copy_(tensors[name])
             if "scale" in tensors:
                 sae.scale.copy_(tensors["scale"])

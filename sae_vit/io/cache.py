@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write, write_json
 from sae_vit.core.backbone import TOKENS, Backbone, check_choice
 from sae_vit.core.dist import barrier, distributed
 from sae_vit.core.errors import SaeVitError
@@ -31,29 +31,13 @@ PRECISIONS = ("fp32", "bf16")
 EVAL_EVERY = 20
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+write_json_atomic = write_json  # the name sae_vit.analysis.suppress and the benchmarks import
 
 
 def _save_shard(path: Path, tensors: dict[str, Tensor]) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def shard_path(root: Path, layer: int, index: int) -> Path:
@@ -150,19 +134,19 @@ def write_cache(
         # Only after every layer's file is on disk is the shard recorded.
         mine.append(shard["entry"])
         if world > 1:
-            write_json_atomic(root / f"manifest.rank{rank}.json", {"shards": mine})
+            write_json(root / f"manifest.rank{rank}.json", {"shards": mine})
         else:
             manifest["shards"].append(shard["entry"])
             manifest["shards"].sort(key=lambda s: s["index"])
             _refresh_totals(manifest)
-            write_json_atomic(root / MANIFEST, manifest)
+            write_json(root / MANIFEST, manifest)
     barrier(world)
     if rank == 0:
         if world > 1:
             _merge_rank_manifests(root, manifest)
         manifest["complete"] = len(manifest["shards"]) == n_shards
         _refresh_totals(manifest)
-        write_json_atomic(root / MANIFEST, manifest)
+        write_json(root / MANIFEST, manifest)
     barrier(world)
     return read_manifest(root) if rank != 0 else manifest
 
@@ -178,7 +162,7 @@ def _merge_rank_manifests(root: Path, manifest: dict) -> None:
                 known.add(entry["index"])
     manifest["shards"].sort(key=lambda s: s["index"])
     _refresh_totals(manifest)
-    write_json_atomic(root / MANIFEST, manifest)
+    write_json(root / MANIFEST, manifest)
     for path in partials:
         path.unlink()
 
@@ -202,7 +186,7 @@ def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
     for layer in settings["layers"]:
         (root / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
     manifest = {**settings, "complete": False, "shards": [], "n_tokens": 0, "mean_norm": {}, "skipped": []}
-    write_json_atomic(path, manifest)
+    write_json(path, manifest)
     return manifest
 
 

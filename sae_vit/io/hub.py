@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_copy
 from sae_vit.core.defaults import REAL_CLIP, default_sae_path
 from sae_vit.core.errors import SaeVitError
 
@@ -343,22 +344,10 @@ def pull(spec: str, out: str | os.PathLike | None = None, overwrite: bool = Fals
             raise SaeVitError(f"{clash[0]} already exists; pass --overwrite to replace it or choose another --out.")
         result = []
         for p, target in targets:
-            _atomic_copy(p.local, target)
+            atomic_copy(p.local, target)
             result.append(Pulled(p.path, target))
         pulled = result
     return pulled
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- push ----------------------------------------------------------------------------------------------

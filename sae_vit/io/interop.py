@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from torch import Tensor
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig
@@ -282,6 +281,8 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
     """
     from safetensors.torch import save_file
 
+    if Path(folder).exists() and not overwrite:
+        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
     cfg = sae.cfg
     W_enc, b_enc = sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu()
     W_dec, b_dec = sae.W_dec.detach().float().cpu(), sae.b_dec.detach().float().cpu()
@@ -315,31 +316,10 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
                "b_dec": b_dec.contiguous()}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / "sae_weights.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps(saelens_cfg, indent=2))
+        atomic_write(tmp / "sae_weights.safetensors", lambda f: save_file(tensors, str(f)))
+        write_json(tmp / "cfg.json", saelens_cfg)
 
-    return _write_folder(Path(folder), write, overwrite)
-
-
-def _write_folder(folder: Path, write, overwrite: bool) -> Path:
-    """Build a folder in a temporary sibling and rename it into place (atomic for readers)."""
-    if folder.exists() and not overwrite:
-        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return atomic_folder(folder, write)
 
 
 # -- sparsify --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
 from sae_vit.world import scenes as world
 
@@ -231,16 +231,10 @@ def save_toy_clip(clip: ToyClip, path: str | os.PathLike, *, overwrite: bool = F
         "format_version": FORMAT_VERSION,
         "architecture": asdict(clip.config),
         "vocab": clip.vocab,
-        "logit_scale": float(clip.logit_scale.exp()),
+        "logit_scale": math.exp(clip.logit_scale.item()),
         **{k: v for k, v in clip.metadata.items() if k not in ("architecture", "vocab", "format_version")},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
 
 def is_toy_clip_file(path: str | os.PathLike) -> bool:
