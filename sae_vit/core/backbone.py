@@ -166,9 +166,6 @@ class Backbone:
         cfg = timm.data.resolve_data_config({}, model=model)
         return cls(model, name, weights_id, timm.data.create_transform(**cfg, is_training=False))
 
-    def weights_summary(self) -> dict:
-        return {"model": self.name, "weights": self.weights_id, "n_layers": self.n_layers, "d_model": self.d_model}
-
 
 def _capture_into(out: dict[int, Tensor], layer: int, pos: Tensor) -> Edit:
     def capture(x: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 A reference is a checkpoint file, a folder holding ``sae.safetensors``, a SAELens / sparsify / ViT-Prisma folder
 (converted once into the converted-SAE cache), or ``hf://owner/repo[/path][@revision]`` (through the Hub cache).
-:meth:`sae_vit.core.sae.SAE.load`, :func:`load_sae` and every command take references through here.
+:meth:`sae_vit.core.sae.SAE.load` and every command take references through here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from sae_vit.core import sae as _sae
 from sae_vit.core.defaults import default_sae_dir
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import SAE
 
 
 def _is_hf(ref: str | os.PathLike) -> bool:
@@ -59,11 +58,6 @@ def resolve_sae_path(ref: str | os.PathLike) -> Path:
     if fmt == "sae_vit":
         return _sae.local_checkpoint(p)
     return _converted_local(p if p.is_dir() or fmt == "prisma" else p.parent, fmt)
-
-
-def load_sae(ref: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Load any SAE reference (file, folder in any supported format, ``hf://...``) as an :class:`SAE`."""
-    return SAE.load(resolve_sae_path(ref), device)
 
 
 def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:

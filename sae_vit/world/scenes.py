@@ -663,17 +663,6 @@ def make_task(task: str, split: str, n: int, seed: int = 0):
     return pd.DataFrame(rows), [render(s) for s in scenes]
 
 
-def task_classes(task: str) -> tuple[str, ...]:
-    """Zero-shot class names of a task, in label order."""
-    if task in ("shapes", "typographic"):
-        return SHAPES
-    if task == "waterbirds":
-        return VEHICLES
-    if task == "celeba":
-        return ("not yellow", "yellow")
-    raise SaeVitError(f"Unknown world task {task!r}; use one of {', '.join(TASKS)}.")
-
-
 def world_images(
     task: str = "shapes", split: str = "test", n: int = 1000, seed: int = 0
 ) -> list[tuple[str, Image.Image]]:
