@@ -228,6 +228,18 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
     return p
 
 
+def is_checkpoint(path: str | os.PathLike, key: str = METADATA_KEY) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata holds ``key`` (by default: an sae-vit checkpoint).
+    Never raises: an unreadable file is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return key in (fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - whatever is wrong with the file, it is not a checkpoint
+        return False
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tensor]]:
     """Read and validate a checkpoint file; every failure is a one-line :class:`SaeVitError`."""
     from safetensors import SafetensorError, safe_open

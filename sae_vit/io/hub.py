@@ -177,20 +177,12 @@ def _folder_patterns(path: str) -> list[str]:
     return [prefix + name for name in _SAE_FILES] + [prefix + "*.pt", prefix + "*.pth"]
 
 
-def _ours(path: Path) -> bool:
-    from sae_vit.io.interop import detect_format
-
-    try:
-        return detect_format(path) == "sae_vit"
-    except SaeVitError:
-        return False
-
-
 def _local_sae(ref: HubRef, folder: Path, commit: str) -> Path:
     """Our checkpoint for the SAE in ``folder`` of a snapshot: the file itself, or a converted copy (cached)."""
+    from sae_vit.core.sae import is_checkpoint
     from sae_vit.io.interop import detect_format, load_any
 
-    if (folder / "sae.safetensors").is_file() and _ours(folder / "sae.safetensors"):
+    if is_checkpoint(folder / "sae.safetensors"):
         return folder / "sae.safetensors"
     fmt = detect_format(folder)
     target = converted_dir() / f"{ref.repo_id.replace('/', '--')}@{commit}" / ref.path / "sae.safetensors"
@@ -209,10 +201,12 @@ def resolve_hf_uri(uri: str) -> Path:
     ``path`` may name a checkpoint file or a folder holding ``sae.safetensors``; a ViT-Prisma, SAELens or
     sparsify folder (or a Prisma repo root) is converted once and the converted file is returned.
     """
+    from sae_vit.core.sae import is_checkpoint
+
     ref = parse_ref(uri)
     if ref.path.endswith(".safetensors") or ref.path.endswith((".pt", ".pth")):
         local = _download_file(ref, ref.path)
-        if local.suffix == ".safetensors" and _ours(local):
+        if local.suffix == ".safetensors" and is_checkpoint(local):
             return local
         parent = "/".join(ref.path.split("/")[:-1])
         snap = _download_folder(HubRef(ref.repo_id, parent, ref.revision), _folder_patterns(parent))
@@ -220,7 +214,7 @@ def resolve_hf_uri(uri: str) -> Path:
     prefix = f"{ref.path}/" if ref.path else ""
     try:
         local = _download_file(ref, prefix + "sae.safetensors")
-        if _ours(local):
+        if is_checkpoint(local):
             return local
     except SaeVitError:
         pass  # not our layout (or not cached): look at the whole folder below
@@ -360,13 +354,13 @@ def base_model_id(model: str) -> str | None:
 
 def collect_checkpoints(src: str | os.PathLike) -> dict[str, Path]:
     """Our checkpoints under ``src`` (a file or a folder), keyed by their path in the Hub layout."""
-    from sae_vit.core.sae import read_checkpoint
+    from sae_vit.core.sae import is_checkpoint, read_checkpoint
 
     src = Path(src)
     if src.is_file():
         files = [src]
     elif src.is_dir():
-        files = sorted(p for p in src.rglob("*.safetensors") if _ours(p))
+        files = sorted(p for p in src.rglob("*.safetensors") if is_checkpoint(p))
     else:
         raise SaeVitError(f"{src} does not exist; pass an SAE checkpoint or a folder of them.")
     if not files:

@@ -21,7 +21,7 @@ from sae_vit import __version__
 from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig
+from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint
 
 FORMATS = ("sae_vit", "saelens", "sparsify", "prisma")
 EXPORT_FORMATS = ("saelens",)
@@ -135,19 +135,9 @@ def _int(value, what: str, where: Path) -> int:
 
 
 # -- format detection ------------------------------------------------------------------------------
-def _is_ours(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return METADATA_KEY in (fh.metadata() or {})
-    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
-        return False
-
-
 def _prisma_weights(folder: Path) -> Path | None:
     candidates = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
-    candidates += [p for p in sorted(folder.glob("*.safetensors")) if not _is_ours(p)]
+    candidates += [p for p in sorted(folder.glob("*.safetensors")) if not is_checkpoint(p)]
     return candidates[0] if candidates else None
 
 
@@ -155,14 +145,14 @@ def detect_format(src: str | os.PathLike) -> str:
     """Which library wrote ``src`` (a file or a folder): ``sae_vit``, ``saelens``, ``sparsify`` or ``prisma``."""
     src = Path(src)
     if src.is_file():
-        if src.suffix == ".safetensors" and _is_ours(src):
+        if src.suffix == ".safetensors" and is_checkpoint(src):
             return "sae_vit"
         if src.suffix in (".pt", ".pth") and (src.parent / "config.json").is_file():
             return "prisma"
         src = src.parent
     if not src.is_dir():
         raise SaeVitError(f"{src} does not exist; check the path.")
-    if (src / "sae.safetensors").is_file() and _is_ours(src / "sae.safetensors"):
+    if is_checkpoint(src / "sae.safetensors"):
         return "sae_vit"
     if (src / "cfg.json").is_file() and (src / "sae_weights.safetensors").is_file():
         return "saelens"

@@ -73,7 +73,7 @@ def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:
     for ref in refs:
         p = Path(str(ref))
         if not _is_hf(ref) and p.is_dir() and not _is_one_sae(p):
-            found = sorted(f for f in p.rglob("*.safetensors") if _sae_file(f))
+            found = sorted(f for f in p.rglob("*.safetensors") if _sae.is_checkpoint(f))
             if not found:
                 raise SaeVitError(f"No SAE checkpoints in {p}; train some with `saevit train` or pass a file.")
             paths.extend(found)
@@ -90,15 +90,6 @@ def _is_one_sae(folder: Path) -> bool:
     except SaeVitError:
         return False
     return True
-
-
-def _sae_file(path: Path) -> bool:
-    from sae_vit.io.interop import detect_format
-
-    try:
-        return detect_format(path) == "sae_vit"
-    except SaeVitError:
-        return False
 
 
 _sae.REF_RESOLVER[:] = [resolve_sae_path]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import is_checkpoint
 from sae_vit.world import scenes as world
 
 FORMAT_VERSION = 1
@@ -237,17 +238,6 @@ def save_toy_clip(clip: ToyClip, path: str | os.PathLike, *, overwrite: bool = F
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
 
-def is_toy_clip_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a whole toy-CLIP file (image and text towers) as :func:`save_toy_clip` writes."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return METADATA_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors toy file: the caller's loader reports what is wrong
-        return False
-
-
 def load_toy_clip(path: str | os.PathLike | None = None) -> ToyClip:
     """Load a toy CLIP (the shipped one when ``path`` is None), in eval mode, float32, on CPU."""
     from safetensors import safe_open
@@ -287,7 +277,7 @@ def toy_backbone(weights: str | os.PathLike | None = None) -> tuple[nn.Module, s
     that of ``weights`` (a whole toy-CLIP file, or an image-tower state dict). Returns (model, weights id)."""
     from sae_vit.core.backbone import file_sha256, load_weights, read_state_dict
 
-    if weights is None or is_toy_clip_file(weights):
+    if weights is None or is_checkpoint(weights, METADATA_KEY):
         path = weights if weights is not None else default_path()
         return load_toy_clip(path).image, file_sha256(path)[:16]
     model = build_toy_vit()
@@ -300,7 +290,7 @@ def toy_text_head(weights: str | os.PathLike | None = None):
     that is a whole toy-CLIP file, else the shipped one); any words or prompts made of the world vocabulary."""
     from sae_vit.core.text import TextHead
 
-    path = weights if weights is not None and is_toy_clip_file(weights) else None
+    path = weights if weights is not None and is_checkpoint(weights, METADATA_KEY) else None
     clip = load_toy_clip(path)
     return TextHead(encode=clip.encode_text, source=f"toy:{path or 'shipped'}", vocab=clip.vocab,
                     concept_prompts=world.concept_prompts)
