@@ -201,14 +201,16 @@ class SAE(nn.Module):
         :func:`sae_vit.io.resolve.resolve_sae_path`) ``hf://owner/repo[/path][@revision]`` or a SAELens, sparsify or
         ViT-Prisma folder."""
         path = REF_RESOLVER[0](path) if REF_RESOLVER else local_checkpoint(path)
-        cfg, tensors = read_checkpoint(path)
+        return cls.from_tensors(*read_checkpoint(path)).to(device)
+
+    @classmethod
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:
+        """An SAE (eval mode) with the weights in ``tensors`` (:data:`WEIGHTS`, and ``scale`` when present)."""
         sae = cls(cfg)
         with torch.no_grad():
-            for name in WEIGHTS:
+            for name in WEIGHTS + (("scale",) if "scale" in tensors else ()):
                 getattr(sae, name).copy_(tensors[name])
-            if "scale" in tensors:
-                sae.scale.copy_(tensors["scale"])
-        return sae.to(device).eval()
+        return sae.eval()
 
 
 #: Turns an SAE reference that is not a local sae-vit checkpoint (``hf://...``, a SAELens / sparsify / ViT-Prisma
@@ -226,6 +228,11 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise SaeVitError(f"SAE checkpoint {p} does not exist; check the path or train one with `saevit train`.")
     return p
+
+
+def weight_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of :data:`WEIGHTS` for an SAE of these sizes."""
+    return {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
 
 
 def is_checkpoint(path: str | os.PathLike, key: str = METADATA_KEY) -> bool:
@@ -273,13 +280,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
         cfg.validate()
     except TypeError as exc:
         raise SaeVitError(f"{path} has incomplete sae-vit metadata ({exc}); re-train it.") from exc
-    expected = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "b_enc": (cfg.d_sae,),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-    }
-    for name, shape in expected.items():
+    for name, shape in weight_shapes(cfg.d_in, cfg.d_sae).items():
         if name not in tensors:
             raise SaeVitError(f"{path} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
         if tuple(tensors[name].shape) != shape:

@@ -431,10 +431,7 @@ def _read_selections(reader, layer: int, index: int, tokens: list[str], split: s
     """One shard of ``layer``, opened once, split into the selected tokens of each token type (float32)."""
     from safetensors import safe_open
 
-    path = shard_path(reader.root, layer, index)
-    if not path.is_file():
-        raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
-    with safe_open(str(path), framework="pt") as fh:
+    with safe_open(str(reader._shard(layer, index)), framework="pt") as fh:
         token_index, image_index, acts = (fh.get_tensor(n) for n in ("token_index", "image_index", "acts"))
     return {t: acts[reader.mask(token_index, image_index, t, split)].float() for t in tokens}
 

@@ -21,7 +21,7 @@ from sae_vit import __version__
 from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint
+from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint, weight_shapes
 
 FORMATS = ("sae_vit", "saelens", "sparsify", "prisma")
 EXPORT_FORMATS = ("saelens",)
@@ -118,11 +118,7 @@ def _need(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], where:
 
 
 def _build(cfg: SAEConfig, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor) -> SAE:
-    sae = SAE(cfg)
-    with torch.no_grad():
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
-            getattr(sae, name).copy_(value)
-    return sae.eval()
+    return SAE.from_tensors(cfg, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
 
 
 def _int(value, what: str, where: Path) -> int:
@@ -212,7 +208,7 @@ def from_saelens(folder: str | os.PathLike) -> SAE:
         raise SaeVitError(f"{folder}: SAELens normalize_activations={norm!r} (a per-token rescale) has no sae-vit "
                           "equivalent; sae-vit reads 'none', 'expected_average_only_in' and 'layer_norm'.")
 
-    _need(tensors, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, weights_path)
+    _need(tensors, weight_shapes(d_in, d_sae), weights_path)
     W_enc, b_enc, W_dec, b_dec = tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
     if not raw.get("apply_b_dec_to_input", True):
         # SAELens encodes n(x) @ W_enc + b_enc; ours subtracts b_dec first, so fold b_dec @ W_enc into b_enc.
@@ -378,7 +374,7 @@ def from_prisma(src: str | os.PathLike) -> SAE:
         _int(raw.get("hook_point_layer"), "hook_point_layer", cfg_path) if "hook_point_layer" in raw else None,
         raw.get("layer_subtype", "hook_resid_post"), str(folder))
     tokens = "cls" if raw.get("cls_token_only") else "patches" if raw.get("use_patches_only") else "all"
-    _need(tensors, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, weights)
+    _need(tensors, weight_shapes(d_in, d_sae), weights)
     cfg = SAEConfig(
         d_in=d_in, d_sae=d_sae, architecture="topk" if k else "relu", k=k,
         l1_coefficient=None if k else raw.get("l1_coefficient"), normalization=norm,
