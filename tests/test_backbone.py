@@ -137,6 +137,25 @@ def test_real_clip_architecture_from_local_file(tmp_path):
     assert acts.shape == (1, 50, 768) and emb.shape == (1, 512)
 
 
+def test_headless_timm_state_dict_loads(tmp_path):
+    """A state dict saved from ``timm.create_model(name, num_classes=0)`` has no classifier, which activations
+    never use: it loads, and the backbone computes what the headless model computes."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    headless = timm.create_model("test_vit", pretrained=False, num_classes=0).eval()
+    path = tmp_path / "headless.safetensors"
+    save_file({k: v.contiguous() for k, v in headless.state_dict().items()}, str(path))
+    bb = load_backbone("test_vit", path)
+    x = _images(bb, 2)
+    with torch.no_grad():
+        last = bb.capture(x, [5])[5]
+        torch.testing.assert_close(headless.norm(last), headless.forward_features(x))
+        torch.testing.assert_close(bb.image_embedding(x), headless(x))
+    assert last.shape == (2, 101, 64)
+
+
 def test_pytorch_weights_read_with_weights_only(tmp_path, tiny_vit):
     state = read_state_dict(tiny_vit[1])
     pt = tmp_path / "w.pt"

@@ -1,4 +1,4 @@
-"""The toy CLIP: architecture interface, save/load, a few training steps, and the shipped weights."""
+"""The toy CLIP: architecture interface, save/load, a few training steps (toyclip_train), and the shipped weights."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import torch
 
 from sae_vit.core.errors import SaeVitError
 from sae_vit.world import scenes as world
-from sae_vit.world import toyclip
+from sae_vit.world import toyclip, toyclip_train
 
 torch.set_num_threads(2)
 
@@ -52,26 +52,26 @@ def test_contrastive_loss_treats_identical_captions_as_positives():
     text = torch.nn.functional.normalize(clip.text(clip.tokenize(["a star.", "a circle."])), dim=-1)
     clip.logit_scale.data.fill_(torch.log(torch.tensor(100.0)))
     # images exactly at their caption's embedding: duplicates must not count as negatives
-    perfect = toyclip.contrastive_loss(text[[0, 0, 1]] * 5, ["a star.", "a star.", "a circle."], clip)
-    wrong = toyclip.contrastive_loss(text[[1, 1, 0]] * 5, ["a star.", "a star.", "a circle."], clip)
+    perfect = toyclip_train.contrastive_loss(text[[0, 0, 1]] * 5, ["a star.", "a star.", "a circle."], clip)
+    wrong = toyclip_train.contrastive_loss(text[[1, 1, 0]] * 5, ["a star.", "a star.", "a circle."], clip)
     assert perfect < 0.75 < wrong  # log(2) is the floor of the caption→image term with two positives
 
 
 def test_a_few_training_steps_reduce_the_loss():
     recipe = dataclasses.replace(
-        toyclip.TrainRecipe(), steps=40, batch_size=32, workers=0, lr=3e-3, warmup=0.1
+        toyclip_train.TrainRecipe(), steps=40, batch_size=32, workers=0, lr=3e-3, warmup=0.1
     )
     small = toyclip.ToyClipConfig(width=32, heads=2, text_width=32)
-    images, captions, _ = next(iter(toyclip._CaptionedImages(seed=99, batch_size=64, mix=recipe.mix)))
+    images, captions, _ = next(iter(toyclip_train._CaptionedImages(seed=99, batch_size=64, mix=recipe.mix)))
 
     @torch.no_grad()
     def held_out_loss(clip):
-        return toyclip.contrastive_loss(clip.image(toyclip.preprocess(images)), captions, clip).item()
+        return toyclip_train.contrastive_loss(clip.image(toyclip.preprocess(images)), captions, clip).item()
 
     torch.manual_seed(recipe.seed)  # train_toy_clip starts from this same initialisation
     before = held_out_loss(toyclip.ToyClip(small).eval())
     curve = []
-    clip = toyclip.train_toy_clip(recipe, small, progress=curve.append, eval_n=0)
+    clip = toyclip_train.train_toy_clip(recipe, small, progress=curve.append, eval_n=0)
     assert clip.metadata["steps"] == 40 and not clip.training
     assert [p["step"] for p in curve] == [1, 20, 40]
     assert held_out_loss(clip) < before - 0.05
@@ -134,7 +134,7 @@ def test_shipped_toy_clip_meets_the_acceptance_targets(shipped_accuracies):
 @pytest.mark.slow
 def test_train_clip_reproduces_the_shipped_quality(tmp_path):
     """The full recipe (about 25 minutes on 2 cores) reproduces weights of the shipped quality."""
-    clip = toyclip.train_toy_clip(toyclip.TrainRecipe(), eval_n=0)
+    clip = toyclip_train.train_toy_clip(toyclip_train.TrainRecipe(), eval_n=0)
     acc = toyclip.evaluate(clip, n=600, seed=515151)
     assert acc["shapes"] >= 0.85 and acc["typographic"] < 0.5
     assert acc["waterbirds_worst"] <= acc["waterbirds"] - 0.10

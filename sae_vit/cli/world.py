@@ -62,7 +62,7 @@ def train_clip(
     from rich.console import Console
     from rich.table import Table
 
-    from sae_vit.world import toyclip
+    from sae_vit.world import toyclip, toyclip_train
 
     console = Console()
     path = out if out is not None else toyclip.default_path()
@@ -70,7 +70,7 @@ def train_clip(
         raise SaeVitError(f"{path} exists; choose another --out or pass --overwrite.")
     if threads:
         torch.set_num_threads(threads)
-    recipe = dataclasses.replace(toyclip.TrainRecipe(), seed=seed, minutes=minutes, steps=steps, bf16=bf16)
+    recipe = dataclasses.replace(toyclip_train.TrainRecipe(), seed=seed, minutes=minutes, steps=steps, bf16=bf16)
     if batch_size:
         recipe = dataclasses.replace(recipe, batch_size=batch_size)
 
@@ -79,7 +79,7 @@ def train_clip(
             f"step {point['step']:>6}  {point['seconds']:>7.1f}s  loss {point['loss']:.4f}  lr {point['lr']:.2e}"
         )
 
-    clip = toyclip.train_toy_clip(recipe, progress=progress, eval_n=eval_n)
+    clip = toyclip_train.train_toy_clip(recipe, progress=progress, eval_n=eval_n)
     toyclip.save_toy_clip(clip, path, overwrite=overwrite)
     meta = clip.metadata
     table = Table(

@@ -1,4 +1,5 @@
-"""The one atomic writer: every file sae-vit writes goes through :func:`atomic_write`.
+"""The one atomic writer: every file sae-vit writes goes through :func:`atomic_write` (a folder written as a
+whole, through :func:`atomic_folder`).
 
 A file is written to a temporary name in its own folder, flushed to disk, given the permissions the umask
 allows (``mkstemp`` would leave 0600), and renamed over the destination, so a reader sees the old file or the
@@ -36,6 +37,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_folder(path: str | os.PathLike, fill: Callable[[Path], object]) -> Path:
+    """Call ``fill(tmp)`` to fill a temporary folder beside ``path`` (write its files with :func:`atomic_write`),
+    then rename it to ``path``, moving an existing ``path`` aside first and deleting it after: a reader sees the
+    old folder or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -166,9 +166,6 @@ class Backbone:
         cfg = timm.data.resolve_data_config({}, model=model)
         return cls(model, name, weights_id, timm.data.create_transform(**cfg, is_training=False))
 
-    def weights_summary(self) -> dict:
-        return {"model": self.name, "weights": self.weights_id, "n_layers": self.n_layers, "d_model": self.d_model}
-
 
 def _capture_into(out: dict[int, Tensor], layer: int, pos: Tensor) -> Edit:
     def capture(x: Tensor) -> Tensor:
@@ -279,7 +276,8 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
 
 
 def load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:
-    """Load a state dict, converting OpenCLIP / OpenAI CLIP layouts with timm's own filter when needed."""
+    """Load a state dict, converting OpenCLIP / OpenAI CLIP layouts with timm's own filter when needed; a state dict
+    without the classifier head leaves the model headless (``image_embedding`` is then the pooled features)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     own = model.state_dict()
@@ -289,6 +287,10 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> None
         except Exception:  # noqa: BLE001 - fall through to the clear mismatch error below
             pass
     missing = sorted(set(own) - set(state))
+    if missing and not any(k.startswith("head.") for k in state) and all(k.startswith("head.") for k in missing):
+        # Saved from ``timm.create_model(name, num_classes=0)``: no classifier, which activations never need.
+        model.reset_classifier(0)
+        own, missing = model.state_dict(), []
     if missing:
         raise SaeVitError(
             f"{path} does not match the architecture ({len(missing)} missing tensors, e.g. {missing[0]!r}); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -18,12 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "sae_vit"
 ARCHITECTURES = ("topk", "relu")
 NORMALIZATIONS = ("none", "layer_norm", "constant")
+#: The tensors of every checkpoint, in file order.
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 LN_EPS = 1e-5  # the paper's SAEs: x <- (x - mu) / (sigma + 1e-5)
 
 
@@ -180,31 +182,18 @@ class SAE(nn.Module):
 
     # -- checkpoint --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the checkpoint atomically (temp file + rename); refuse to replace a file unless ``overwrite``."""
+        """Write the checkpoint atomically (:func:`~sae_vit.core.atomic.atomic_write`); refuse to replace a file
+        unless ``overwrite``."""
         from safetensors.torch import save_file
 
         path = Path(path)
         if path.exists() and not overwrite:
             raise SaeVitError(f"{path} already exists; pass --overwrite to replace it or choose another --out.")
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format_version": FORMAT_VERSION, "package_version": __version__, **asdict(self.cfg)}
-        tensors = {
-            "W_enc": self.W_enc.detach().float().contiguous().cpu(),
-            "b_enc": self.b_enc.detach().float().contiguous().cpu(),
-            "W_dec": self.W_dec.detach().float().contiguous().cpu(),
-            "b_dec": self.b_dec.detach().float().contiguous().cpu(),
-        }
+        tensors = {name: getattr(self, name).detach().float().contiguous().cpu() for name in WEIGHTS}
         if self.cfg.normalization == "constant":
             tensors["scale"] = self.scale.detach().float().reshape(()).cpu()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
@@ -212,14 +201,16 @@ class SAE(nn.Module):
         :func:`sae_vit.io.resolve.resolve_sae_path`) ``hf://owner/repo[/path][@revision]`` or a SAELens, sparsify or
         ViT-Prisma folder."""
         path = REF_RESOLVER[0](path) if REF_RESOLVER else local_checkpoint(path)
-        cfg, tensors = read_checkpoint(path)
+        return cls.from_tensors(*read_checkpoint(path)).to(device)
+
+    @classmethod
+    def from_tensors(cls, cfg: SAEConfig, tensors: dict[str, Tensor]) -> SAE:
+        """An SAE (eval mode) with the weights in ``tensors`` (:data:`WEIGHTS`, and ``scale`` when present)."""
         sae = cls(cfg)
         with torch.no_grad():
-            for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            for name in WEIGHTS + (("scale",) if "scale" in tensors else ()):
                 getattr(sae, name).copy_(tensors[name])
-            if "scale" in tensors:
-                sae.scale.copy_(tensors["scale"])
-        return sae.to(device).eval()
+        return sae.eval()
 
 
 #: Turns an SAE reference that is not a local sae-vit checkpoint (``hf://...``, a SAELens / sparsify / ViT-Prisma
@@ -237,6 +228,23 @@ def local_checkpoint(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise SaeVitError(f"SAE checkpoint {p} does not exist; check the path or train one with `saevit train`.")
     return p
+
+
+def weight_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of :data:`WEIGHTS` for an SAE of these sizes."""
+    return {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+
+
+def is_checkpoint(path: str | os.PathLike, key: str = METADATA_KEY) -> bool:
+    """Whether ``path`` is a safetensors file whose metadata holds ``key`` (by default: an sae-vit checkpoint).
+    Never raises: an unreadable file is not one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return key in (fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - whatever is wrong with the file, it is not a checkpoint
+        return False
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tensor]]:
@@ -272,13 +280,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
         cfg.validate()
     except TypeError as exc:
         raise SaeVitError(f"{path} has incomplete sae-vit metadata ({exc}); re-train it.") from exc
-    expected = {
-        "W_enc": (cfg.d_in, cfg.d_sae),
-        "b_enc": (cfg.d_sae,),
-        "W_dec": (cfg.d_sae, cfg.d_in),
-        "b_dec": (cfg.d_in,),
-    }
-    for name, shape in expected.items():
+    for name, shape in weight_shapes(cfg.d_in, cfg.d_sae).items():
         if name not in tensors:
             raise SaeVitError(f"{path} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
         if tuple(tensors[name].shape) != shape:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
@@ -171,12 +172,5 @@ class TextHead:
         """Write an embeddings file that :meth:`from_file` reads (atomic)."""
         from safetensors.torch import save_file
 
-        p = Path(path)
-        tmp = p.with_name(f".{p.name}.tmp")
-        save_file(
-            {"embeddings": embeddings.detach().float().contiguous()},
-            str(tmp),
-            metadata={"names": json.dumps(list(names))},
-        )
-        os.replace(tmp, p)
-        return p
+        tensors, meta = {"embeddings": embeddings.detach().float().contiguous()}, {"names": json.dumps(list(names))}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))

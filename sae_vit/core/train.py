@@ -228,12 +228,6 @@ def lr_factor(step: int, n_steps: int, cfg: TrainConfig) -> float:
     return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def sparse_decode(W_dec: Tensor, idx: Tensor, vals: Tensor) -> Tensor:
-    """``sum_j vals[:, j] * W_dec[idx[:, j]]``, [n, d_in], from ``idx``, ``vals`` [n, k]: O(n k d_in) forward and
-    backward instead of the O(n d_sae d_in) of a dense ``f @ W_dec`` (TopK latents are k-sparse)."""
-    return kernels.decode(idx, vals, W_dec)
-
-
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The matmul dtype the caller asked for: bf16 inside a bf16 ``torch.autocast`` on ``device``, else fp32."""
     if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.bfloat16:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write, write_json
 from sae_vit.core.backbone import TOKENS, Backbone, check_choice
 from sae_vit.core.dist import barrier, distributed
 from sae_vit.core.errors import SaeVitError
@@ -31,29 +31,13 @@ PRECISIONS = ("fp32", "bf16")
 EVAL_EVERY = 20
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+write_json_atomic = write_json  # the name sae_vit.analysis.suppress and the benchmarks import
 
 
 def _save_shard(path: Path, tensors: dict[str, Tensor]) -> None:
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def shard_path(root: Path, layer: int, index: int) -> Path:
@@ -96,19 +80,63 @@ def write_cache(
     and records them in ``manifest.rank{r}.json``; rank 0 merges those into the manifest at the end (and
     at the start of a resumed run), so the result equals a single-process run.
     """
-    if precision not in PRECISIONS:
-        raise SaeVitError(f"Unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    layers = _check_request(backbone, layers, tokens, dtype, precision)
+    items = list(source.items[:max_images] if max_images else source.items)
+    root = Path(out)
+    rank, world = distributed()
+    if rank == 0:
+        manifest = _start_or_resume(root, _settings(backbone, source, items, layers, site, tokens, dtype,
+                                                    images_per_shard), overwrite)
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+    barrier(world)
+    if rank != 0:
+        manifest = read_manifest(root)
+    token_ids = backbone.token_ids(tokens)
+    n_shards = -(-len(items) // images_per_shard)
+    done = {s["index"] for s in manifest["shards"]}
+    mine: list[dict] = []
+    for index in [i for i in range(n_shards) if i not in done and i % world == rank][:stop_after_shards]:
+        lo, hi = index * images_per_shard, min(len(items), (index + 1) * images_per_shard)
+        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
+                                 batch_size, num_workers, manifest, progress if rank == 0 else None, len(items))
+        for layer in layers:
+            _save_shard(shard_path(root, layer, index), shard["tensors"][layer])
+        # Only after every layer's file is on disk is the shard recorded.
+        mine.append(shard["entry"])
+        if world > 1:
+            write_json(root / f"manifest.rank{rank}.json", {"shards": mine})
+        else:
+            _add_shards(root, manifest, [shard["entry"]])
+    barrier(world)
+    if rank == 0:
+        if world > 1:
+            _merge_rank_manifests(root, manifest)
+        manifest["complete"] = len(manifest["shards"]) == n_shards
+        _refresh_totals(manifest)
+        write_json(root / MANIFEST, manifest)
+    barrier(world)
+    return read_manifest(root) if rank != 0 else manifest
+
+
+def _check_request(backbone: Backbone, layers: list[int], tokens: str, dtype: str, precision: str) -> list[int]:
+    """The requested layers, sorted and checked, after checking the other options; one clear error otherwise."""
+    check_choice(precision, PRECISIONS, "--precision")
     check_choice(tokens, TOKENS, "token selection")
-    if dtype not in DTYPES:
-        raise SaeVitError(f"Unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    check_choice(dtype, tuple(DTYPES), "--dtype")
     layers = sorted(set(layers))
     if not layers:
         raise SaeVitError("No layers requested; pass --layers, e.g. --layers 4,8.")
     for layer in layers:
         backbone.check_layer(layer)
-    items = list(source.items[:max_images] if max_images else source.items)
-    root = Path(out)
-    settings = {
+    return layers
+
+
+def _settings(backbone: Backbone, source: ImageSource, items: list, layers: list[int], site: str, tokens: str,
+              dtype: str, images_per_shard: int) -> dict:
+    """What a cache records about how it was made; a resumed run must match it."""
+    return {
         "format_version": CACHE_FORMAT_VERSION,
         "model": backbone.name,
         "weights": backbone.weights_id,
@@ -124,61 +152,21 @@ def write_cache(
         "n_images": len(items),
         "source": {**source.describe(), "n_images": len(items)},
     }
-    rank, world = distributed()
-    if rank == 0:
-        manifest = _start_or_resume(root, settings, overwrite)
-        if world > 1:
-            _merge_rank_manifests(root, manifest)
-    barrier(world)
-    if rank != 0:
-        manifest = read_manifest(root)
-    token_ids = backbone.token_ids(tokens)
-    n_shards = -(-len(items) // images_per_shard)
-    done_shards = {s["index"] for s in manifest["shards"]}
-    mine: list[dict] = []
-    for index in range(n_shards):
-        if index in done_shards or index % world != rank:
-            continue
-        if stop_after_shards is not None and len(mine) >= stop_after_shards:
-            break
-        lo, hi = index * images_per_shard, min(len(items), (index + 1) * images_per_shard)
-        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
-                                 batch_size, num_workers, manifest, progress if rank == 0 else None, len(items))
-        for layer in layers:
-            _save_shard(shard_path(root, layer, index), shard["tensors"][layer])
-        # Only after every layer's file is on disk is the shard recorded.
-        mine.append(shard["entry"])
-        if world > 1:
-            write_json_atomic(root / f"manifest.rank{rank}.json", {"shards": mine})
-        else:
-            manifest["shards"].append(shard["entry"])
-            manifest["shards"].sort(key=lambda s: s["index"])
-            _refresh_totals(manifest)
-            write_json_atomic(root / MANIFEST, manifest)
-    barrier(world)
-    if rank == 0:
-        if world > 1:
-            _merge_rank_manifests(root, manifest)
-        manifest["complete"] = len(manifest["shards"]) == n_shards
-        _refresh_totals(manifest)
-        write_json_atomic(root / MANIFEST, manifest)
-    barrier(world)
-    return read_manifest(root) if rank != 0 else manifest
+
+
+def _add_shards(root: Path, manifest: dict, entries: list[dict]) -> None:
+    """Add the shard entries whose index the manifest lacks (the first of an index wins), keep the shards in index
+    order, and write the manifest."""
+    by_index = {e["index"]: e for e in [*entries[::-1], *manifest["shards"]]}
+    manifest["shards"] = sorted(by_index.values(), key=lambda s: s["index"])
+    _refresh_totals(manifest)
+    write_json(root / MANIFEST, manifest)
 
 
 def _merge_rank_manifests(root: Path, manifest: dict) -> None:
     """Fold the shards recorded by each rank into the manifest, write it, then remove the rank files."""
     partials = sorted(root.glob("manifest.rank*.json"))
-    known = {s["index"] for s in manifest["shards"]}
-    for path in partials:
-        for entry in json.loads(path.read_text())["shards"]:
-            if entry["index"] not in known:
-                manifest["shards"].append(entry)
-                known.add(entry["index"])
-    manifest["shards"].sort(key=lambda s: s["index"])
-    _refresh_totals(manifest)
-    write_json_atomic(root / MANIFEST, manifest)
+    _add_shards(root, manifest, [e for path in partials for e in json.loads(path.read_text())["shards"]])
     for path in partials:
         path.unlink()
 
@@ -202,7 +190,7 @@ def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
     for layer in settings["layers"]:
         (root / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
     manifest = {**settings, "complete": False, "shards": [], "n_tokens": 0, "mean_norm": {}, "skipped": []}
-    write_json_atomic(path, manifest)
+    write_json(path, manifest)
     return manifest
 
 
@@ -443,10 +431,7 @@ def _read_selections(reader, layer: int, index: int, tokens: list[str], split: s
     """One shard of ``layer``, opened once, split into the selected tokens of each token type (float32)."""
     from safetensors import safe_open
 
-    path = shard_path(reader.root, layer, index)
-    if not path.is_file():
-        raise SaeVitError(f"Shard {path} is listed in the manifest but missing; re-run `saevit cache`.")
-    with safe_open(str(path), framework="pt") as fh:
+    with safe_open(str(reader._shard(layer, index)), framework="pt") as fh:
         token_index, image_index, acts = (fh.get_tensor(n) for n in ("token_index", "image_index", "acts"))
     return {t: acts[reader.mask(token_index, image_index, t, split)].float() for t in tokens}
 

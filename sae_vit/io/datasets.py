@@ -16,7 +16,6 @@ import pandas as pd
 
 from sae_vit.core.errors import SaeVitError
 
-SPLIT_NAMES = {0: "train", 1: "val", 2: "test"}
 _SPLIT_ALIASES = {
     "0": "train",
     "1": "val",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_copy
 from sae_vit.core.defaults import REAL_CLIP, default_sae_path
 from sae_vit.core.errors import SaeVitError
 
@@ -176,20 +177,12 @@ def _folder_patterns(path: str) -> list[str]:
     return [prefix + name for name in _SAE_FILES] + [prefix + "*.pt", prefix + "*.pth"]
 
 
-def _ours(path: Path) -> bool:
-    from sae_vit.io.interop import detect_format
-
-    try:
-        return detect_format(path) == "sae_vit"
-    except SaeVitError:
-        return False
-
-
 def _local_sae(ref: HubRef, folder: Path, commit: str) -> Path:
     """Our checkpoint for the SAE in ``folder`` of a snapshot: the file itself, or a converted copy (cached)."""
+    from sae_vit.core.sae import is_checkpoint
     from sae_vit.io.interop import detect_format, load_any
 
-    if (folder / "sae.safetensors").is_file() and _ours(folder / "sae.safetensors"):
+    if is_checkpoint(folder / "sae.safetensors"):
         return folder / "sae.safetensors"
     fmt = detect_format(folder)
     target = converted_dir() / f"{ref.repo_id.replace('/', '--')}@{commit}" / ref.path / "sae.safetensors"
@@ -208,10 +201,12 @@ def resolve_hf_uri(uri: str) -> Path:
     ``path`` may name a checkpoint file or a folder holding ``sae.safetensors``; a ViT-Prisma, SAELens or
     sparsify folder (or a Prisma repo root) is converted once and the converted file is returned.
     """
+    from sae_vit.core.sae import is_checkpoint
+
     ref = parse_ref(uri)
     if ref.path.endswith(".safetensors") or ref.path.endswith((".pt", ".pth")):
         local = _download_file(ref, ref.path)
-        if local.suffix == ".safetensors" and _ours(local):
+        if local.suffix == ".safetensors" and is_checkpoint(local):
             return local
         parent = "/".join(ref.path.split("/")[:-1])
         snap = _download_folder(HubRef(ref.repo_id, parent, ref.revision), _folder_patterns(parent))
@@ -219,7 +214,7 @@ def resolve_hf_uri(uri: str) -> Path:
     prefix = f"{ref.path}/" if ref.path else ""
     try:
         local = _download_file(ref, prefix + "sae.safetensors")
-        if _ours(local):
+        if is_checkpoint(local):
             return local
     except SaeVitError:
         pass  # not our layout (or not cached): look at the whole folder below
@@ -343,22 +338,10 @@ def pull(spec: str, out: str | os.PathLike | None = None, overwrite: bool = Fals
             raise SaeVitError(f"{clash[0]} already exists; pass --overwrite to replace it or choose another --out.")
         result = []
         for p, target in targets:
-            _atomic_copy(p.local, target)
+            atomic_copy(p.local, target)
             result.append(Pulled(p.path, target))
         pulled = result
     return pulled
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- push ----------------------------------------------------------------------------------------------
@@ -371,13 +354,13 @@ def base_model_id(model: str) -> str | None:
 
 def collect_checkpoints(src: str | os.PathLike) -> dict[str, Path]:
     """Our checkpoints under ``src`` (a file or a folder), keyed by their path in the Hub layout."""
-    from sae_vit.core.sae import read_checkpoint
+    from sae_vit.core.sae import is_checkpoint, read_checkpoint
 
     src = Path(src)
     if src.is_file():
         files = [src]
     elif src.is_dir():
-        files = sorted(p for p in src.rglob("*.safetensors") if _ours(p))
+        files = sorted(p for p in src.rglob("*.safetensors") if is_checkpoint(p))
     else:
         raise SaeVitError(f"{src} does not exist; pass an SAE checkpoint or a folder of them.")
     if not files:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,9 +18,10 @@ import torch
 from torch import Tensor
 
 from sae_vit import __version__
+from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig
+from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint, weight_shapes
 
 FORMATS = ("sae_vit", "saelens", "sparsify", "prisma")
 EXPORT_FORMATS = ("saelens",)
@@ -119,11 +118,7 @@ def _need(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], where:
 
 
 def _build(cfg: SAEConfig, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor) -> SAE:
-    sae = SAE(cfg)
-    with torch.no_grad():
-        for name, value in (("W_enc", W_enc), ("b_enc", b_enc), ("W_dec", W_dec), ("b_dec", b_dec)):
-            getattr(sae, name).copy_(value)
-    return sae.eval()
+    return SAE.from_tensors(cfg, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
 
 
 def _int(value, what: str, where: Path) -> int:
@@ -136,19 +131,9 @@ def _int(value, what: str, where: Path) -> int:
 
 
 # -- format detection ------------------------------------------------------------------------------
-def _is_ours(path: Path) -> bool:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return METADATA_KEY in (fh.metadata() or {})
-    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
-        return False
-
-
 def _prisma_weights(folder: Path) -> Path | None:
     candidates = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
-    candidates += [p for p in sorted(folder.glob("*.safetensors")) if not _is_ours(p)]
+    candidates += [p for p in sorted(folder.glob("*.safetensors")) if not is_checkpoint(p)]
     return candidates[0] if candidates else None
 
 
@@ -156,14 +141,14 @@ def detect_format(src: str | os.PathLike) -> str:
     """Which library wrote ``src`` (a file or a folder): ``sae_vit``, ``saelens``, ``sparsify`` or ``prisma``."""
     src = Path(src)
     if src.is_file():
-        if src.suffix == ".safetensors" and _is_ours(src):
+        if src.suffix == ".safetensors" and is_checkpoint(src):
             return "sae_vit"
         if src.suffix in (".pt", ".pth") and (src.parent / "config.json").is_file():
             return "prisma"
         src = src.parent
     if not src.is_dir():
         raise SaeVitError(f"{src} does not exist; check the path.")
-    if (src / "sae.safetensors").is_file() and _is_ours(src / "sae.safetensors"):
+    if is_checkpoint(src / "sae.safetensors"):
         return "sae_vit"
     if (src / "cfg.json").is_file() and (src / "sae_weights.safetensors").is_file():
         return "saelens"
@@ -223,7 +208,7 @@ def from_saelens(folder: str | os.PathLike) -> SAE:
         raise SaeVitError(f"{folder}: SAELens normalize_activations={norm!r} (a per-token rescale) has no sae-vit "
                           "equivalent; sae-vit reads 'none', 'expected_average_only_in' and 'layer_norm'.")
 
-    _need(tensors, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, weights_path)
+    _need(tensors, weight_shapes(d_in, d_sae), weights_path)
     W_enc, b_enc, W_dec, b_dec = tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
     if not raw.get("apply_b_dec_to_input", True):
         # SAELens encodes n(x) @ W_enc + b_enc; ours subtracts b_dec first, so fold b_dec @ W_enc into b_enc.
@@ -282,6 +267,8 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
     """
     from safetensors.torch import save_file
 
+    if Path(folder).exists() and not overwrite:
+        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
     cfg = sae.cfg
     W_enc, b_enc = sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu()
     W_dec, b_dec = sae.W_dec.detach().float().cpu(), sae.b_dec.detach().float().cpu()
@@ -315,31 +302,10 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
                "b_dec": b_dec.contiguous()}
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / "sae_weights.safetensors"))
-        (tmp / "cfg.json").write_text(json.dumps(saelens_cfg, indent=2))
+        atomic_write(tmp / "sae_weights.safetensors", lambda f: save_file(tensors, str(f)))
+        write_json(tmp / "cfg.json", saelens_cfg)
 
-    return _write_folder(Path(folder), write, overwrite)
-
-
-def _write_folder(folder: Path, write, overwrite: bool) -> Path:
-    """Build a folder in a temporary sibling and rename it into place (atomic for readers)."""
-    if folder.exists() and not overwrite:
-        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            tmp.rename(folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return atomic_folder(folder, write)
 
 
 # -- sparsify --------------------------------------------------------------------------------------
@@ -408,7 +374,7 @@ def from_prisma(src: str | os.PathLike) -> SAE:
         _int(raw.get("hook_point_layer"), "hook_point_layer", cfg_path) if "hook_point_layer" in raw else None,
         raw.get("layer_subtype", "hook_resid_post"), str(folder))
     tokens = "cls" if raw.get("cls_token_only") else "patches" if raw.get("use_patches_only") else "all"
-    _need(tensors, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}, weights)
+    _need(tensors, weight_shapes(d_in, d_sae), weights)
     cfg = SAEConfig(
         d_in=d_in, d_sae=d_sae, architecture="topk" if k else "relu", k=k,
         l1_coefficient=None if k else raw.get("l1_coefficient"), normalization=norm,

@@ -2,7 +2,7 @@
 
 A reference is a checkpoint file, a folder holding ``sae.safetensors``, a SAELens / sparsify / ViT-Prisma folder
 (converted once into the converted-SAE cache), or ``hf://owner/repo[/path][@revision]`` (through the Hub cache).
-:meth:`sae_vit.core.sae.SAE.load`, :func:`load_sae` and every command take references through here.
+:meth:`sae_vit.core.sae.SAE.load` and every command take references through here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from sae_vit.core import sae as _sae
 from sae_vit.core.defaults import default_sae_dir
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import SAE
 
 
 def _is_hf(ref: str | os.PathLike) -> bool:
@@ -61,11 +60,6 @@ def resolve_sae_path(ref: str | os.PathLike) -> Path:
     return _converted_local(p if p.is_dir() or fmt == "prisma" else p.parent, fmt)
 
 
-def load_sae(ref: str | os.PathLike, device: str = "cpu") -> SAE:
-    """Load any SAE reference (file, folder in any supported format, ``hf://...``) as an :class:`SAE`."""
-    return SAE.load(resolve_sae_path(ref), device)
-
-
 def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:
     """SAE arguments -> local checkpoint paths. A folder that is not itself one SAE is searched recursively for
     sae-vit checkpoints; no arguments means every SAE in the working folder's ``saes``."""
@@ -79,7 +73,7 @@ def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:
     for ref in refs:
         p = Path(str(ref))
         if not _is_hf(ref) and p.is_dir() and not _is_one_sae(p):
-            found = sorted(f for f in p.rglob("*.safetensors") if _sae_file(f))
+            found = sorted(f for f in p.rglob("*.safetensors") if _sae.is_checkpoint(f))
             if not found:
                 raise SaeVitError(f"No SAE checkpoints in {p}; train some with `saevit train` or pass a file.")
             paths.extend(found)
@@ -96,15 +90,6 @@ def _is_one_sae(folder: Path) -> bool:
     except SaeVitError:
         return False
     return True
-
-
-def _sae_file(path: Path) -> bool:
-    from sae_vit.io.interop import detect_format
-
-    try:
-        return detect_format(path) == "sae_vit"
-    except SaeVitError:
-        return False
 
 
 _sae.REF_RESOLVER[:] = [resolve_sae_path]

@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sae_vit.core.atomic import atomic_write, write_text
 from sae_vit.core.errors import SaeVitError
 
 IMAGE_SIZE = 64
@@ -663,17 +663,6 @@ def make_task(task: str, split: str, n: int, seed: int = 0):
     return pd.DataFrame(rows), [render(s) for s in scenes]
 
 
-def task_classes(task: str) -> tuple[str, ...]:
-    """Zero-shot class names of a task, in label order."""
-    if task in ("shapes", "typographic"):
-        return SHAPES
-    if task == "waterbirds":
-        return VEHICLES
-    if task == "celeba":
-        return ("not yellow", "yellow")
-    raise SaeVitError(f"Unknown world task {task!r}; use one of {', '.join(TASKS)}.")
-
-
 def world_images(
     task: str = "shapes", split: str = "test", n: int = 1000, seed: int = 0
 ) -> list[tuple[str, Image.Image]]:
@@ -685,19 +674,8 @@ def world_images(
 # --------------------------------------------------------------------------------------------- export
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_save_image(path: Path, image: Image.Image) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _save_image(path: Path, image: Image.Image) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def export_task(
@@ -732,22 +710,22 @@ def export_task(
         lines = ["img_id,img_filename,y,split,place,place_filename"]
         for i, r in enumerate(frames, 1):
             fname = f"{r['y']:03d}.{VEHICLES[r['y']]}/{r['id']}.png"
-            _atomic_save_image(out / fname, r["image"])
+            _save_image(out / fname, r["image"])
             place_name = ("/l/land", "/w/water")[r["place"]]
             lines.append(
                 f"{i},{fname},{r['y']},{SPLITS.index(r['split'])},{r['place']},{place_name}/{i:08d}.png"
             )
-        _atomic_write_text(out / "metadata.csv", "\n".join(lines) + "\n")
+        write_text(out / "metadata.csv", "\n".join(lines) + "\n")
     elif task == "celeba":
         attr_lines = [str(len(frames)), " ".join(CELEBA_ATTRIBUTES)]
         part_lines = []
         for i, r in enumerate(frames, 1):
             fname = f"{i:06d}.png"
-            _atomic_save_image(out / "img_align_celeba" / fname, r["image"])
+            _save_image(out / "img_align_celeba" / fname, r["image"])
             attr_lines.append(fname + " " + " ".join(" 1" if r[a] else "-1" for a in CELEBA_ATTRIBUTES))
             part_lines.append(f"{fname} {SPLITS.index(r['split'])}")
-        _atomic_write_text(out / "list_attr_celeba.txt", "\n".join(attr_lines) + "\n")
-        _atomic_write_text(out / "list_eval_partition.txt", "\n".join(part_lines) + "\n")
+        write_text(out / "list_attr_celeba.txt", "\n".join(attr_lines) + "\n")
+        write_text(out / "list_eval_partition.txt", "\n".join(part_lines) + "\n")
     elif task in ("shapes", "typographic"):
         header = "path,label,split,class_name,shape,colour,background" + (
             ",text" if task == "typographic" else ""
@@ -758,10 +736,10 @@ def export_task(
                 fname = f"images/{r['split']}/label={r['class_name']}_text={r['text']}_{i:06d}.png"
             else:
                 fname = f"images/{r['split']}/{r['id']}.png"
-            _atomic_save_image(out / fname, r["image"])
+            _save_image(out / fname, r["image"])
             line = f"{fname},{r['label']},{r['split']},{r['class_name']},{r['shape']},{r['colour']},{r['background']}"
             lines.append(line + (f",{r['text']}" if task == "typographic" else ""))
-        _atomic_write_text(out / "metadata.csv", "\n".join(lines) + "\n")
+        write_text(out / "metadata.csv", "\n".join(lines) + "\n")
     else:
         raise SaeVitError(f"Unknown world task {task!r}; use one of {', '.join(TASKS)}.")
     return out

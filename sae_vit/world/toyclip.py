@@ -1,5 +1,6 @@
 """The toy CLIP: a 12-block timm ViT image tower and a small text tower, trained contrastively on the
-captions of the synthetic world (:mod:`sae_vit.world`). Its weights ship in ``sae_vit/assets``.
+captions of the synthetic world (:mod:`sae_vit.world.scenes`; the recipe is in :mod:`sae_vit.world.toyclip_train`).
+Its weights ship in ``sae_vit/assets``.
 
 File layout (one safetensors file): tensors ``image.<timm state-dict key>`` and ``text.<key>`` (stored as
 float16, loaded as float32); ``__metadata__["sae_vit_toyclip"]`` is a JSON string with ``format_version``,
@@ -12,10 +13,8 @@ import json
 import math
 import os
 import re
-import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,9 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.errors import SaeVitError
+from sae_vit.core.sae import is_checkpoint
 from sae_vit.world import scenes as world
 
 FORMAT_VERSION = 1
@@ -231,27 +232,10 @@ def save_toy_clip(clip: ToyClip, path: str | os.PathLike, *, overwrite: bool = F
         "format_version": FORMAT_VERSION,
         "architecture": asdict(clip.config),
         "vocab": clip.vocab,
-        "logit_scale": float(clip.logit_scale.exp()),
+        "logit_scale": math.exp(clip.logit_scale.item()),
         **{k: v for k, v in clip.metadata.items() if k not in ("architecture", "vocab", "format_version")},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
-    os.replace(tmp, path)
-    return path
-
-
-def is_toy_clip_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a whole toy-CLIP file (image and text towers) as :func:`save_toy_clip` writes."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return METADATA_KEY in (f.metadata() or {})
-    except Exception:  # noqa: BLE001 - not a safetensors toy file: the caller's loader reports what is wrong
-        return False
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
 
 def load_toy_clip(path: str | os.PathLike | None = None) -> ToyClip:
@@ -293,7 +277,7 @@ def toy_backbone(weights: str | os.PathLike | None = None) -> tuple[nn.Module, s
     that of ``weights`` (a whole toy-CLIP file, or an image-tower state dict). Returns (model, weights id)."""
     from sae_vit.core.backbone import file_sha256, load_weights, read_state_dict
 
-    if weights is None or is_toy_clip_file(weights):
+    if weights is None or is_checkpoint(weights, METADATA_KEY):
         path = weights if weights is not None else default_path()
         return load_toy_clip(path).image, file_sha256(path)[:16]
     model = build_toy_vit()
@@ -306,7 +290,7 @@ def toy_text_head(weights: str | os.PathLike | None = None):
     that is a whole toy-CLIP file, else the shipped one); any words or prompts made of the world vocabulary."""
     from sae_vit.core.text import TextHead
 
-    path = weights if weights is not None and is_toy_clip_file(weights) else None
+    path = weights if weights is not None and is_checkpoint(weights, METADATA_KEY) else None
     clip = load_toy_clip(path)
     return TextHead(encode=clip.encode_text, source=f"toy:{path or 'shipped'}", vocab=clip.vocab,
                     concept_prompts=world.concept_prompts)
@@ -366,216 +350,3 @@ def evaluate(clip: ToyClip, n: int = 1200, seed: int = 10_000) -> dict[str, floa
     out["waterbirds_worst"] = min(groups.values())
     clip.train(was_training)
     return out
-
-
-# --------------------------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How the shipped toy CLIP was trained; every field is recorded in the weights' metadata."""
-
-    seed: int = 0
-    """Seeds the initialisation and the training images."""
-    steps: int | None = None
-    """Optimiser steps; when None, train for ``minutes`` of wall-clock time."""
-    minutes: float = 27.0
-    """Wall-clock budget when ``steps`` is None (the learning-rate schedule follows elapsed time)."""
-    batch_size: int = 64
-    """Images per step (small batches learn more per second of compute here)."""
-    lr: float = 2e-3
-    """Peak AdamW learning rate."""
-    weight_decay: float = 0.05
-    """AdamW weight decay (not on norms, biases, embeddings)."""
-    warmup: float = 0.03
-    """Fraction of the run spent warming up the learning rate."""
-    aux_weight: float = 1.0
-    """Weight of the auxiliary loss: predict the scene's shape, colour, background and written word from the
-    image embedding with a linear head (discarded after training). Dense labels make learning much faster
-    than captions alone, which mention only some attributes."""
-    aux_patch_weight: float = 1.0
-    """Weight of the same auxiliary loss read from the mean of the final patch tokens (a second linear head,
-    also discarded): a short gradient path that makes the patch features learn shapes sooner."""
-    bf16: bool = False
-    """bf16 autocast for the forward pass."""
-    workers: int = 1
-    """Processes rendering training images."""
-    mix: world.TrainingMix = field(default_factory=world.TrainingMix)
-    """The training distribution of the world."""
-
-
-class _CaptionedImages(torch.utils.data.IterableDataset):
-    """An endless stream of (uint8 images [b, 64, 64, 3], captions) batches, rendered in worker processes;
-    each worker has its own seed stream."""
-
-    def __init__(self, seed: int, batch_size: int, mix: world.TrainingMix):
-        self.seed, self.batch_size, self.mix = seed, batch_size, mix
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        wid = info.id if info is not None else 0
-        torch.set_num_threads(1)
-        rng = np.random.default_rng([self.seed, 0x7EA1, wid])
-        while True:
-            scenes = [world.training_scene(rng, self.mix) for _ in range(self.batch_size)]
-            yield (
-                torch.from_numpy(np.stack([world.render_array(s) for s in scenes])),
-                [s.caption for s in scenes],
-                torch.tensor([scene_labels(s) for s in scenes]),
-            )
-
-
-#: The attributes of the auxiliary loss and their number of classes (the last class of shape and word
-#: is "none").
-AUX_HEADS = {
-    "shape": len(world.OBJECTS) + 1,
-    "colour": len(world.COLOURS),
-    "background": len(world.BACKGROUNDS),
-    "word": len(world.WRITABLE) + 1,
-}
-
-
-def scene_labels(scene: world.Scene) -> list[int]:
-    """Class indices of a scene for :data:`AUX_HEADS` (colour is ignored, -100, without a shape)."""
-    return [
-        # car and boat share a class: which vehicle it is comes only from the captions, where the background
-        # is a shortcut (boats are on water 95 % of the time): the bias the waterbirds task measures
-        world.OBJECTS.index("car" if scene.shape in world.VEHICLES else scene.shape)
-        if scene.shape
-        else len(world.OBJECTS),
-        list(world.COLOURS).index(scene.colour) if scene.shape else -100,
-        world.BACKGROUNDS.index(scene.background),
-        world.WRITABLE.index(scene.word) if scene.word else len(world.WRITABLE),
-    ]
-
-
-def aux_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Sum of the cross-entropies of the attribute heads: logits [b, sum(AUX_HEADS)], labels [b, 4]."""
-    parts = logits.split(list(AUX_HEADS.values()), dim=1)
-    return sum(F.cross_entropy(p, labels[:, i], ignore_index=-100) for i, p in enumerate(parts))
-
-
-def contrastive_loss(image_emb: Tensor, captions: Sequence[str], clip: ToyClip) -> Tensor:
-    """Symmetric InfoNCE in which images with identical captions are all positives: each image is matched
-    to its caption among the batch's distinct captions, and each distinct caption to the uniform
-    distribution over its images."""
-    unique = sorted(set(captions))
-    index = {c: i for i, c in enumerate(unique)}
-    target = torch.tensor([index[c] for c in captions])
-    text_emb = F.normalize(clip.text(clip.tokenize(unique)), dim=-1)
-    logits = clip.logit_scale.exp().clamp(max=100) * F.normalize(image_emb, dim=-1) @ text_emb.T  # [b, u]
-    loss_i = F.cross_entropy(logits, target)
-    pos = F.one_hot(target, len(unique)).T.float()  # [u, b]
-    loss_t = -(pos / pos.sum(1, keepdim=True) * F.log_softmax(logits.T, dim=1)).sum(1).mean()
-    return (loss_i + loss_t) / 2
-
-
-def _hardware() -> str:
-    """CPU model, core count and torch threads, for the model card."""
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def train_toy_clip(
-    recipe: TrainRecipe = TrainRecipe(),
-    config: ToyClipConfig | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
-    eval_n: int = 1200,
-) -> ToyClip:
-    """Train a toy CLIP from scratch on fresh world images and evaluate it on held-out ones.
-
-    Returns the model (eval mode) with ``.metadata`` holding the recipe, the time taken, the hardware,
-    the loss curve and the accuracies of :func:`evaluate`. ``progress`` is called at the first step, every
-    20 steps and at the last with ``{"step", "seconds", "loss", "lr"}`` (loss smoothed over ~20 steps).
-    """
-    torch.manual_seed(recipe.seed)
-    clip = ToyClip(config)
-    aux = nn.Linear(clip.config.embed_dim, sum(AUX_HEADS.values()))
-    aux_patch = nn.Linear(clip.config.width, sum(AUX_HEADS.values()))
-    decay, no_decay = [], []
-    for name, p in (
-        list(clip.named_parameters())
-        + [("aux." + n, p) for n, p in aux.named_parameters()]
-        + [("aux_patch." + n, p) for n, p in aux_patch.named_parameters()]
-    ):
-        (no_decay if p.ndim < 2 or "embed" in name or "token" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    loader = torch.utils.data.DataLoader(
-        _CaptionedImages(recipe.seed, recipe.batch_size, recipe.mix),
-        batch_size=None,
-        num_workers=recipe.workers,
-        prefetch_factor=4 if recipe.workers else None,
-        persistent_workers=False,
-    )
-    clip.train()
-    start, step, curve = time.perf_counter(), 0, []
-    budget = recipe.minutes * 60
-    ema = None
-    for images, captions, labels in loader:
-        elapsed = time.perf_counter() - start
-        frac = step / recipe.steps if recipe.steps else elapsed / budget
-        if frac >= 1:
-            break
-        lr = recipe.lr * (
-            frac / recipe.warmup
-            if frac < recipe.warmup
-            else 0.5 * (1 + math.cos(math.pi * (frac - recipe.warmup) / (1 - recipe.warmup)))
-        )
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = preprocess(images)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-            tokens = clip.image.forward_features(x)
-            image_emb = clip.image.forward_head(tokens)
-            loss = contrastive_loss(image_emb.float(), captions, clip)
-            if recipe.aux_weight:
-                loss = loss + recipe.aux_weight * aux_loss(aux(image_emb).float(), labels)
-            if recipe.aux_patch_weight:
-                patch_mean = tokens[:, clip.image.num_prefix_tokens :].mean(1)
-                loss = loss + recipe.aux_patch_weight * aux_loss(aux_patch(patch_mean).float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        opt.step()
-        step += 1
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if step % 20 == 0 or step == 1:
-            point = {
-                "step": step,
-                "seconds": round(time.perf_counter() - start, 1),
-                "loss": round(ema, 4),
-                "lr": lr,
-            }
-            curve.append(point)
-            if progress is not None:
-                progress(point)
-    seconds = time.perf_counter() - start
-    if step and (not curve or curve[-1]["step"] != step):
-        curve.append({"step": step, "seconds": round(seconds, 1), "loss": round(ema, 4), "lr": 0.0})
-        if progress is not None:
-            progress(curve[-1])
-    clip.eval().requires_grad_(False)
-    clip.metadata = {
-        "recipe": {**asdict(recipe), "mix": asdict(recipe.mix)},
-        "steps": step,
-        "images_seen": step * recipe.batch_size,
-        "train_seconds": round(seconds, 1),
-        "hardware": _hardware(),
-        "final_loss": ema,
-        "loss_curve": curve[-50:],
-    }
-    if eval_n:
-        clip.metadata["accuracies"] = evaluate(clip, n=eval_n)
-    return clip
