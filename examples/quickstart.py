@@ -16,7 +16,7 @@ import sae_vit.pipeline as api
 from sae_vit.analysis import sparsity
 from sae_vit.core.backbone import load_backbone, splice
 from sae_vit.core.train import TrainConfig
-from sae_vit.io.images import world_source
+from sae_vit.world.sources import world_source
 
 
 def main() -> None:
