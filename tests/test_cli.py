@@ -125,3 +125,55 @@ def test_world_subcommand_errors_are_one_line(tmp_path):
     (tmp_path / "full" / "mine.txt").write_text("keep")
     assert_user_error(["world", "export", "--task", "shapes", "--out", tmp_path / "full", "--n", "4"], "not empty")
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep"
+
+
+def command_paths(typer_app, prefix=()):
+    """Every command and sub-command of a Typer app, as the words that name it on the command line."""
+    for info in typer_app.registered_commands:
+        yield (*prefix, info.name or info.callback.__name__.replace("_", "-"))
+    for group in typer_app.registered_groups:
+        name = group.name or group.typer_instance.info.name
+        yield (*prefix, name)
+        yield from command_paths(group.typer_instance, (*prefix, name))
+
+
+@pytest.mark.parametrize("words", sorted(command_paths(app)), ids=" ".join)
+def test_every_command_help_exits_0(words):
+    code, text = run(*words, "--help")
+    assert code == 0, text
+    assert "Usage:" in text
+    if words == ("pull",):  # help text that looks like rich markup is shown as written
+        assert "owner/repo[/path][@revision]" in text
+
+
+def test_help_walk_covers_sub_commands():
+    words = set(command_paths(app))
+    assert {("world", "export"), ("defend-typo", "classify"), ("defend-typo", "attack"), ("pull",)} <= words
+
+
+def test_train_lr_auto_and_bad_lr(cli_cache, tmp_path):
+    out = tmp_path / "auto.safetensors"
+    code, text = run("train", "--cache", cli_cache, "--layer", "1", "--tokens", "cls", "--out", out, "--lr", "auto",
+                     "--n-tokens", "2000", "--expansion", "2", "--k", "4")
+    assert code == 0, text
+    from sae_vit.core.sae import SAE
+
+    sae = SAE.load(out)
+    assert sae.cfg.d_sae == 128  # expansion 2 x width 64
+    assert sae.cfg.training["recipe"]["lr"] == pytest.approx(2e-4 / (128 / 2**14) ** 0.5)
+    assert_user_error(["train", "--cache", cli_cache, "--layer", "1", "--out", tmp_path / "x.safetensors",
+                       "--lr", "fast"], "--lr")
+    assert_user_error(["train", "--cache", cli_cache, "--layer", "1", "--out", tmp_path / "x.safetensors",
+                       "--lr", "-1"], "--lr")
+
+
+def test_user_paths_are_printed_as_written(tmp_path):
+    """A path such as ``run[bold]1[/bold]`` is data, never rich markup: results and errors show it verbatim."""
+    from sae_vit.core.sae import SAE, SAEConfig
+
+    folder = tmp_path / "run[bold]1[/bold]"
+    sae = SAE(SAEConfig(d_in=8, d_sae=16, k=2, model="toy", layer=1)).save(folder / "sae.safetensors")
+    code, text = run("sparsity", sae, "--out", folder / "s.csv", "--no-plot")
+    assert code == 0, text
+    assert f"table -> {folder / 's.csv'}" in text
+    assert_user_error(["sparsity", folder / "[red]missing.safetensors"], "[red]missing.safetensors")

@@ -79,10 +79,10 @@ def run(
     from sae_vit.io.cache import CacheReader
     from sae_vit.io.resolve import find_saes
 
-    out = check_out(out, overwrite)
     cache_dir = Path(cache) if cache is not None else default_cache_dir()
     reader = CacheReader(cache_dir) if (cache is not None or (cache_dir / "manifest.json").exists()) else None
     paths = find_saes(saes)
+    out = check_out(out, overwrite)
     rows = [evaluate_checkpoint(p, reader) for p in paths]
     order = {t: i for i, t in enumerate(TOKENS)}
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -1,6 +1,8 @@
-"""What every command shares: the consoles, the one error printer, progress bars and list parsers.
+"""What every command shares: the consoles and plain-text printers, the one error printer, the ``command``
+decorator, input checks, progress bars and list parsers.
 
-Nothing heavy is imported here (``saevit --help`` must not import torch).
+User data (paths, words, messages) is always printed as plain text, never read as rich markup. Nothing heavy is
+imported here (``saevit --help`` must not import torch).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ def note_default(what: str, value) -> None:
     note(f"using default {what}: {value}")
 
 
+def say(message: str) -> None:
+    """Print one result line on stdout as plain text (paths, names and words are never read as rich markup)."""
+    out_console.print(Text(str(message)), highlight=False, soft_wrap=True)
+
+
+def plain(*cells) -> list[Text]:
+    """Table cells (or a title) as plain text: a user's path or word such as ``a[b]`` is shown as written."""
+    return [Text(str(c)) for c in cells]
+
+
 def guard(fn):
     """Turn a :class:`SaeVitError` raised by a command into one red line and exit code 2."""
 
@@ -52,6 +64,37 @@ def guard(fn):
     return run
 
 
+def command(app: typer.Typer, name: str, **kwargs):
+    """``app.command(name)`` whose :class:`SaeVitError` prints one red line and exits with code 2."""
+
+    def register(fn):
+        return app.command(name, **kwargs)(guard(fn))
+
+    return register
+
+
+def check_inputs(**paths) -> None:
+    """Raise for the first given input path that does not exist, named by its option (``text_embeddings`` ->
+    ``--text-embeddings``). Commands call this before the library looks at their outputs, so a typo in an input
+    is reported rather than "already exists; pass --overwrite"."""
+    from pathlib import Path
+
+    for option, path in paths.items():
+        if path is not None and not Path(path).exists():
+            raise SaeVitError(f"--{option.replace('_', '-')} {path} does not exist; check the path.")
+
+
+def check_images(images, world: str | None) -> None:
+    """``--images`` / ``--world``: at most one, an existing path or a known synthetic-world task."""
+    from sae_vit.world.scenes import TASKS
+
+    if images is not None and world is not None:
+        raise SaeVitError("Pass either --images or --world, not both.")
+    if world is not None and world not in TASKS:
+        raise SaeVitError(f"Unknown --world {world!r}; use one of: {', '.join(TASKS)}.")
+    check_inputs(images=images)
+
+
 class LazyProgress:
     """A rich progress bar that appears on the first update, so errors raised before any work starts
     print as one clean line."""
@@ -60,7 +103,7 @@ class LazyProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = [TextColumn(label), BarColumn(), MofNCompleteColumn()]
-        columns += [TextColumn("{task.fields[" + f + "]}") for f in fields]
+        columns += [TextColumn("{task.fields[" + f + "]}", markup=False) for f in fields]
         self.bar = Progress(*columns, TimeRemainingColumn(), console=console)
         self.task = self.bar.add_task(label, total=None, **{f: "" for f in fields})
         self.started = False

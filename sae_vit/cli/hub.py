@@ -1,8 +1,6 @@
-"""CLI commands for the Hugging Face Hub and other SAE libraries: push, pull, list, convert, export.
+"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE libraries).
 
-``register(app, command)`` adds them to the main ``saevit`` app; ``command`` is cli.py's decorator, which
-turns a :class:`~sae_vit.errors.SaeVitError` into one red line and exit code 2. Nothing heavy is imported
-until a command runs.
+Nothing heavy is imported until a command runs.
 """
 
 from __future__ import annotations
@@ -12,98 +10,101 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._ui import console, out_console
+from sae_vit.cli._options import SAE_HELP, OverwriteOpt
+from sae_vit.cli._ui import note, out_console, plain, say
+from sae_vit.core.errors import SaeVitError
 
 
-def register(app: typer.Typer, command) -> None:
-    """Add ``push``, ``pull``, ``list``, ``convert`` and ``export`` to ``app``."""
+def push_cmd(
+    sae: Annotated[Path, typer.Argument(help="An SAE checkpoint, or a folder of them (e.g. <workdir>/saes).")],
+    repo: Annotated[str, typer.Argument(help="Target repo, owner/name (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", "--branch", help="Branch to push to (created if missing). Default: main.")] = None,
+    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+) -> None:
+    """Upload SAEs to the Hugging Face Hub as layer_{L}/{tokens}/sae.safetensors with a model card.
 
-    @command("push")
-    def push_cmd(
-        sae: Annotated[Path, typer.Argument(help="An SAE checkpoint, or a folder of them (e.g. <workdir>/saes).")],
-        repo: Annotated[str, typer.Argument(help="Target repo, owner/name (created if missing).")],
-        private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
-        revision: Annotated[str | None, typer.Option(
-            "--revision", "--branch", help="Branch to push to (created if missing). Default: main.")] = None,
-        message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
-    ) -> None:
-        """Upload SAEs to the Hugging Face Hub as layer_{L}/{tokens}/sae.safetensors with a model card.
+    Uses huggingface_hub's credentials: `hf auth login` or HF_TOKEN.
+    """
+    from sae_vit.io.hub import push
 
-        Uses huggingface_hub's credentials: `hf auth login` or HF_TOKEN.
-        """
-        from sae_vit.io.hub import push
+    result = push(sae, repo, private, revision, message)
+    n = sum(f.endswith(".safetensors") for f in result.files)
+    say(f"pushed {n} SAE(s) + README.md to {result.url}" + (f" (branch {result.revision})" if result.revision else ""))
+    for f in result.files:
+        say(f"  {f}")
 
-        result = push(sae, repo, private, revision, message)
-        n = sum(f.endswith(".safetensors") for f in result.files)
-        out_console.print(f"pushed {n} SAE(s) + README.md to {result.url}"
-                          + (f" (branch {result.revision})" if result.revision else ""))
-        for f in result.files:
-            out_console.print(f"  {f}", highlight=False)
 
-    @command("pull")
-    def pull_cmd(
-        ref: Annotated[str, typer.Argument(help="owner/repo[/path][@revision] (hf:// prefix optional).")],
-        out: Annotated[Path | None, typer.Option(
-            "--out", help="Also copy the checkpoints here as <path>/sae.safetensors. Default: only the HF cache.")] = None,
-        list_only: Annotated[bool, typer.Option("--list", help="Only list the SAEs the repo holds.")] = False,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files in --out.")] = False,
-    ) -> None:
-        """Download SAEs from the Hub into its cache; works offline once cached (HF_HUB_OFFLINE=1).
+def pull_cmd(
+    ref: Annotated[str, typer.Argument(help="owner/repo[/path][@revision] (hf:// prefix optional).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Also copy the checkpoints here as <path>/sae.safetensors. Default: only the HF cache.")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Only list the SAEs the repo holds.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Download SAEs from the Hub into its cache; works offline once cached (HF_HUB_OFFLINE=1).
 
-        ViT-Prisma, SAELens and sparsify repos are converted to sae-vit checkpoints on the way.
-        """
-        if list_only:
-            _print_list(ref)
-            return
-        from sae_vit.io.hub import pull
+    ViT-Prisma, SAELens and sparsify repos are converted to sae-vit checkpoints on the way.
+    """
+    if list_only:
+        _print_list(ref)
+        return
+    from sae_vit.io.hub import pull
 
-        pulled = pull(ref, out, overwrite)
-        for p in pulled:
-            out_console.print(f"{p.path or '.'} -> {p.local}", highlight=False)
-        out_console.print(f"pulled {len(pulled)} SAE(s); load them by path or as hf://{ref.removeprefix('hf://')}")
+    pulled = pull(ref, out, overwrite)
+    for p in pulled:
+        say(f"{p.path or '.'} -> {p.local}")
+    say(f"pulled {len(pulled)} SAE(s); load them by path or as hf://{ref.removeprefix('hf://')}")
 
-    @command("list")
-    def list_cmd(
-        repo: Annotated[str, typer.Argument(help="owner/repo[@revision].")],
-    ) -> None:
-        """List the SAEs a Hub repo holds (from its file list; offline, from the local cache)."""
-        _print_list(repo)
 
-    @command("convert")
-    def convert_cmd(
-        src: Annotated[Path, typer.Argument(help="A foreign SAE: its folder (or weights file).")],
-        to: Annotated[Path, typer.Option("--to", help="Output checkpoint (.safetensors) or folder.")],
-        fmt: Annotated[str, typer.Option(
-            "--from", help="saelens, sparsify, prisma, or auto (detect from the files).")] = "auto",
-        layer: Annotated[int | None, typer.Option("--layer", help="Set the layer when the source lacks it.")] = None,
-        site: Annotated[str | None, typer.Option("--site", help="Set the hook site: resid_post, mlp_out, "
-                                                                 "mlp_hidden.")] = None,
-        tokens: Annotated[str | None, typer.Option("--tokens", help="Set the token type: cls, patches, all.")] = None,
-        model: Annotated[str | None, typer.Option("--model", help="Set the backbone name.")] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    ) -> None:
-        """Convert an SAE saved by SAELens, EleutherAI sparsify or ViT-Prisma into an sae-vit checkpoint."""
-        from sae_vit.core.sae import read_checkpoint
-        from sae_vit.io.interop import convert
+def list_cmd(
+    repo: Annotated[str, typer.Argument(help="owner/repo[@revision].")],
+) -> None:
+    """List the SAEs a Hub repo holds (from its file list; offline, from the local cache)."""
+    _print_list(repo)
 
-        path = convert(src, to, fmt, overwrite, layer=layer, site=site, tokens=tokens, model=model)
-        cfg, _ = read_checkpoint(path)
-        out_console.print(f"converted {cfg.architecture} SAE d_in={cfg.d_in} d_sae={cfg.d_sae} "
-                          f"(layer {cfg.layer}, {cfg.site}, tokens={cfg.tokens}, normalization={cfg.normalization}) "
-                          f"-> {path}", highlight=False)
 
-    @command("export")
-    def export_cmd(
-        sae: Annotated[str, typer.Argument(help="An sae-vit checkpoint (path or hf://).")],
-        to: Annotated[Path, typer.Option("--to", help="Output folder.")],
-        fmt: Annotated[str, typer.Option("--format", help="Target layout: saelens.")] = "saelens",
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    ) -> None:
-        """Write an sae-vit checkpoint in another library's layout (SAELens: cfg.json + sae_weights.safetensors)."""
-        from sae_vit.io.interop import export
+def convert_cmd(
+    src: Annotated[str, typer.Argument(
+        help="A foreign SAE: its folder (or weights file), or hf://owner/repo[/path][@revision].")],
+    to: Annotated[Path, typer.Option("--to", help="Output checkpoint (.safetensors) or folder.")],
+    fmt: Annotated[str, typer.Option(
+        "--from", help="saelens, sparsify, prisma, or auto (detect from the files).")] = "auto",
+    layer: Annotated[int | None, typer.Option("--layer", help="Set the layer when the source lacks it.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Set the hook site: resid_post, mlp_out, "
+                                                             "mlp_hidden.")] = None,
+    tokens: Annotated[str | None, typer.Option(
+        "--tokens", help="Set the token selection: cls, patches, all.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Set the backbone name.")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Convert an SAE saved by SAELens, EleutherAI sparsify or ViT-Prisma into an sae-vit checkpoint."""
+    from sae_vit.core.sae import read_checkpoint
+    from sae_vit.io.interop import convert
+    from sae_vit.io.resolve import resolve_sae_path
 
-        folder = export(sae, to, fmt, overwrite)
-        out_console.print(f"exported {sae} as {fmt} -> {folder}", highlight=False)
+    if src.startswith("hf://"):  # the Hub cache converts a foreign repo once; --from is for local files
+        if fmt != "auto":
+            raise SaeVitError("--from applies to local folders; an hf:// repo's format is detected from its files.")
+        src = resolve_sae_path(src)
+    path = convert(src, to, fmt, overwrite, layer=layer, site=site, tokens=tokens, model=model)
+    cfg, _ = read_checkpoint(path)
+    say(f"converted {cfg.architecture} SAE d_in={cfg.d_in} d_sae={cfg.d_sae} (layer {cfg.layer}, {cfg.site}, "
+        f"tokens={cfg.tokens}, normalization={cfg.normalization}) -> {path}")
+
+
+def export_cmd(
+    sae: Annotated[str, typer.Argument(help=f"The SAE: {SAE_HELP}.")],
+    to: Annotated[Path, typer.Option("--to", help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="Target layout: saelens.")] = "saelens",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write an sae-vit checkpoint in another library's layout (SAELens: cfg.json + sae_weights.safetensors)."""
+    from sae_vit.io.interop import export
+
+    folder = export(sae, to, fmt, overwrite)
+    say(f"exported {sae} as {fmt} -> {folder}")
 
 
 def _print_list(spec: str) -> None:
@@ -116,15 +117,14 @@ def _print_list(spec: str) -> None:
     title = f"SAEs in {ref.repo_id}" + (f"@{ref.revision}" if ref.revision else "")
     if from_cache:
         title += " (local cache; may be partial)"
-    table = Table(title=title)
+    table = Table(title=plain(title)[0])
     for col in ("path", "format", "layer", "site", "tokens"):
         table.add_column(col, overflow="fold")
     for e in entries:
-        table.add_row(e.path or ".", e.format, "" if e.layer is None else str(e.layer), e.site or "", e.tokens or "")
+        table.add_row(*plain(e.path or ".", e.format, "" if e.layer is None else e.layer, e.site or "", e.tokens or ""))
     out_console.print(table)
     if not entries:
-        console.print(f"[yellow]no SAE files found in {ref.repo_id}[/]")
+        note(f"no SAE files found in {ref.repo_id}", "yellow")
         return
     rev = f"@{ref.revision}" if ref.revision else ""
-    out_console.print(f"load one as hf://{ref.repo_id}/<path>{rev}, or all with `saevit pull {ref.repo_id}{rev}`",
-                      highlight=False, soft_wrap=True)
+    say(f"load one as hf://{ref.repo_id}/<path>{rev}, or all with `saevit pull {ref.repo_id}{rev}`")

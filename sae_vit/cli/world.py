@@ -1,7 +1,7 @@
 """``saevit world``: export the synthetic world's task splits, retrain the toy CLIP, show samples.
 
-Parsing and printing only; the work is done by :mod:`sae_vit.world` and :mod:`sae_vit.toyclip`. Torch is
-imported inside the commands so ``saevit --help`` stays instant. User errors raise ``SaeVitError``.
+Parsing and printing only; the work is done by :mod:`sae_vit.world.scenes` and :mod:`sae_vit.world.toyclip`.
+Torch is imported inside the commands so ``saevit --help`` stays instant. User errors raise ``SaeVitError``.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from pathlib import Path
 
 import typer
 
+from sae_vit.cli._ui import command, out_console, plain, say
 from sae_vit.core.errors import SaeVitError
 
-world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", no_args_is_help=True)
+world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", no_args_is_help=True,
+                        rich_markup_mode=None)
 
 
-@world_app.command("export")
+@command(world_app, "export")
 def export(
     task: str = typer.Option(..., "--task", help="shapes | typographic | waterbirds | celeba."),
     out: Path = typer.Option(..., "--out", help="Folder to write (real-dataset layout)."),
@@ -25,15 +27,13 @@ def export(
 ) -> None:
     """Write a task's train/val/test images in the layout of the real dataset (Waterbirds metadata.csv,
     CelebA list_attr_celeba.txt, or a path,label CSV)."""
-    from rich.console import Console
-
     from sae_vit.world import scenes as world
 
     path = world.export_task(task, out, n=n, seed=seed, overwrite=overwrite)
-    Console().print(f"[green]Wrote[/] {3 * n} {task} images to {path}")
+    say(f"wrote {3 * n} {task} images to {path}")
 
 
-@world_app.command("train-clip")
+@command(world_app, "train-clip")
 def train_clip(
     out: Path = typer.Option(None, "--out", help="Weights file (default: the shipped sae_vit/assets one)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training images."),
@@ -59,12 +59,10 @@ def train_clip(
     import dataclasses
 
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from sae_vit.world import toyclip, toyclip_train
 
-    console = Console()
     path = out if out is not None else toyclip.default_path()
     if path.exists() and not overwrite:
         raise SaeVitError(f"{path} exists; choose another --out or pass --overwrite.")
@@ -75,9 +73,7 @@ def train_clip(
         recipe = dataclasses.replace(recipe, batch_size=batch_size)
 
     def progress(point: dict) -> None:
-        console.print(
-            f"step {point['step']:>6}  {point['seconds']:>7.1f}s  loss {point['loss']:.4f}  lr {point['lr']:.2e}"
-        )
+        say(f"step {point['step']:>6}  {point['seconds']:>7.1f}s  loss {point['loss']:.4f}  lr {point['lr']:.2e}")
 
     clip = toyclip_train.train_toy_clip(recipe, progress=progress, eval_n=eval_n)
     toyclip.save_toy_clip(clip, path, overwrite=overwrite)
@@ -88,12 +84,12 @@ def train_clip(
     table.add_column("zero-shot on held-out world images")
     table.add_column("accuracy", justify="right")
     for key, value in meta.get("accuracies", {}).items():
-        table.add_row(key, f"{100 * value:.1f}%")
-    console.print(table)
-    console.print(f"[green]Wrote[/] {path}")
+        table.add_row(*plain(key, f"{100 * value:.1f}%"))
+    out_console.print(table)
+    say(f"wrote {path}")
 
 
-@world_app.command("show")
+@command(world_app, "show")
 def show(
     out: Path = typer.Option(Path("world_samples.png"), "--out", help="PNG file to write."),
     task: str = typer.Option(None, "--task", help="A task's test split instead of the CLIP training mix."),
@@ -104,8 +100,6 @@ def show(
     """Save a grid of sample images (and print their captions)."""
     import os
 
-    from rich.console import Console
-
     from sae_vit.world import scenes as world
 
     if out.exists() and not overwrite:
@@ -114,7 +108,6 @@ def show(
     tmp = out.with_name(f".{out.name}.tmp")
     world.sample_grid(scenes).save(tmp, format="PNG")
     os.replace(tmp, out)
-    console = Console()
     for i, s in enumerate(scenes[:16]):
-        console.print(f"{i:>3}  {s.caption}")
-    console.print(f"[green]Wrote[/] {out}")
+        say(f"{i:>3}  {s.caption}")
+    say(f"wrote {out}")

@@ -156,8 +156,8 @@ def sparsity(
         raise SaeVitError("--grid needs a cache; run `saevit cache` first or pass --cache DIR.")
     for t in tokens:
         check_choice(t, TOKENS, "token type")
-    table.check_out(out, overwrite)
     layer_list = list(layers) if layers else CacheReader(cache_dir).layers
+    table.check_out(out, overwrite)
     paths = train_grid(cache_dir, layer_list, list(tokens), n_tokens, progress, config,
                        Path(sae_dir) if sae_dir is not None else None)
     return table.run(paths + list(saes or []), cache_dir, out, plot, overwrite)

@@ -1,0 +1,162 @@
+"""``saevit cache`` (activations of a ViT on disk) and ``saevit train`` (SAEs on a cache)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sae_vit.cli._options import DeviceOpt, ModelOpt, OverwriteOpt, WeightsOpt
+from sae_vit.cli._ui import (
+    LazyProgress,
+    check_images,
+    check_inputs,
+    note,
+    note_default,
+    parse_layers,
+    parse_names,
+    say,
+)
+from sae_vit.core.defaults import DEFAULT_MODEL, REAL_CLIP, default_cache_dir
+from sae_vit.core.errors import SaeVitError
+
+
+def cache_cmd(
+    images: Annotated[Path | None, typer.Option(
+        "--images", help="Folder of images (recursive) or a CSV index with a 'path' column. "
+                         "Default: the built-in synthetic world.")] = None,
+    world: Annotated[str | None, typer.Option(
+        "--world", help="Synthetic-world task to render when no --images: shapes, typographic, waterbirds, "
+                        "celeba.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Cache directory. Default: <workdir>/cache.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    weights: WeightsOpt = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", help="Comma-separated 0-based blocks, or 'all'. Default: 0,2,4,6,8,10,11.")] = None,
+    site: Annotated[str, typer.Option("--site", help="resid_post, mlp_out or mlp_hidden.")] = "resid_post",
+    tokens: Annotated[str, typer.Option("--tokens", help="Token selection: cls, patches or all.")] = "all",
+    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16, float32.")] = "float16",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1)] = 1024,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader workers.")] = 0,
+    max_images: Annotated[int | None, typer.Option(
+        "--max-images", min=1, help="Cache at most this many images (world default: 4096).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="Forward pass in fp32, or under bf16 autocast (faster on AMX CPUs and GPUs).")] = "fp32",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run a ViT over images and store activations (layers x token selection) on disk; resumable.
+
+    Scale out with PyTorch's launcher: torchrun --nproc-per-node N -m sae_vit.cli cache ...
+    """
+    import sae_vit.pipeline as api
+    from sae_vit.core.backbone import SITES, check_choice
+
+    check_choice(site, SITES, "hook site")
+    check_images(images, world)
+    check_inputs(weights=weights)
+    if images is None:
+        note_default("images", f"synthetic world '{world or 'shapes'}' (pass --images DIR for real images)")
+    if out is None:
+        note_default("output", default_cache_dir())
+    if model == DEFAULT_MODEL and model == "toy":
+        note_default("model", f"toy CLIP (pass --model {REAL_CLIP} for real CLIP)")
+    start = time.perf_counter()
+    with LazyProgress("caching", "rate", "skipped") as bar:
+
+        def progress(p):
+            rate = p.done / max(time.perf_counter() - start, 1e-9)
+            bar.update(completed=p.done, total=p.total, rate=f"{rate:,.0f} images/s",
+                       skipped=f"{p.skipped} unreadable" if p.skipped else "")
+
+        manifest = api.cache(images, world, out, model, weights, parse_layers(layers), site, tokens, dtype, batch_size,
+                             images_per_shard, num_workers, max_images, seed, device, overwrite, progress,
+                             precision)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if manifest["skipped"]:
+        note(f"warning: skipped {len(manifest['skipped'])} unreadable images, e.g. {manifest['skipped'][0]}",
+             "yellow")
+    say(f"cached {manifest['n_images_cached']} images, {manifest['n_tokens']:,} tokens per layer, layers "
+        f"{manifest['layers']} ({manifest['site']}, tokens={manifest['tokens']}) -> {manifest['path']}")
+
+
+def parse_lr(text: str) -> float | str:
+    """``--lr``: a positive number, or ``auto`` (the learning rate scaled with d_sae, see TrainConfig.lr)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        lr = float(text)
+    except ValueError:
+        lr = float("nan")
+    if not lr > 0:
+        raise SaeVitError(f"Could not read --lr {text!r}; give a positive number like 4e-4, or 'auto'.")
+    return lr
+
+
+def train_cmd(
+    layer: Annotated[str, typer.Option(
+        "--layer", help="0-based block to train on; several (2,5,8 or all) train one SAE each in one pass.")],
+    tokens: Annotated[str, typer.Option(
+        "--tokens", help="Token selection: cls, patches or all; several (cls,patches) train one SAE each in one "
+                         "pass.")] = "all",
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache directory. Default: <workdir>/cache.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Checkpoint path (a folder with several layers/tokens). "
+        "Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
+    architecture: Annotated[str, typer.Option("--architecture", help="topk or relu (ReLU + L1).")] = "topk",
+    k: Annotated[int, typer.Option("--k", min=1, help="Active latents per token (topk).")] = 32,
+    expansion: Annotated[int, typer.Option("--expansion", min=1, help="d_sae = expansion x d_in.")] = 16,
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="L1 weight (relu).")] = 8e-5,
+    normalization: Annotated[str, typer.Option(
+        "--normalization", help="none, layer_norm (per token, as the paper's SAEs) or constant.")] = "none",
+    lr: Annotated[str, typer.Option(
+        "--lr", help="Peak learning rate, or 'auto': 2e-4 / sqrt(d_sae / 2^14) for topk, 4e-4 for relu.")] = "4e-4",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
+    n_tokens: Annotated[int | None, typer.Option(
+        "--n-tokens", min=1, help="Training tokens. Default: 10 epochs, at least 1M tokens.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = 200,
+    grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
+    b_dec_init: Annotated[str, typer.Option("--b-dec-init", help="mean, geometric_median or zeros.")] = "mean",
+    precision: Annotated[str, typer.Option("--precision", help="bf16 autocast or fp32.")] = "bf16",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train an SAE on one layer and token selection of a cache (e.g. --layer 8 --tokens cls), or one per layer
+    and token selection (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""
+    import sae_vit.pipeline as api
+    from sae_vit.core.train import TrainConfig
+
+    if cache is None:
+        note_default("cache", default_cache_dir())
+    cfg = TrainConfig(architecture=architecture, k=k, expansion=expansion, l1_coefficient=l1_coefficient,
+                      normalization=normalization, lr=parse_lr(lr), batch_size=batch_size, warmup_steps=warmup_steps,
+                      grad_clip=grad_clip, b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
+    cfg.validate()
+    if epochs is not None and not epochs > 0:
+        raise SaeVitError(f"--epochs must be positive (got {epochs}).")
+    layer_list = parse_layers(layer)
+    with LazyProgress("training", "stats") as bar:
+
+        def progress(*args):
+            s = args[-1]  # (state) for one SAE, (index, state) for several
+            name = f"SAE {args[0] + 1}  " if len(args) == 2 else ""
+            bar.update(completed=s.step, total=s.n_steps, stats=f"{name}loss {s.loss:.4g}  L0 {s.l0:.1f}  "
+                       f"FVU {s.fvu:.3f}  dead {100 * s.dead_fraction:.1f}%")
+
+        result = api.train(None if layer_list == "all" else layer_list, parse_names(tokens), cache, out, cfg,
+                           n_tokens, epochs, overwrite, progress)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
+    for sae, path in result if isinstance(result, list) else [result]:
+        t = sae.cfg.training
+        say(f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {sae.cfg.layer} ({sae.cfg.tokens}): "
+            f"held-out L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
+            f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}")

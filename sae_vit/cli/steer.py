@@ -1,0 +1,105 @@
+"""``saevit steer-score``: how precisely each SAE feature (and each neuron, each random direction) steers CLIP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sae_vit.cli._options import SAE_HELP, DeviceOpt, OverwriteOpt, TextEmbeddingsOpt, WeightsOpt
+from sae_vit.cli._ui import (
+    LazyProgress,
+    check_images,
+    check_inputs,
+    note_default,
+    out_console,
+    parse_floats,
+    parse_ints,
+    plain,
+    say,
+)
+from sae_vit.core.errors import SaeVitError
+
+STEER_TOKENS = ("sae", "all", "patches", "cls")
+
+
+def steer_score_cmd(
+    sae: Annotated[list[str] | None, typer.Option(
+        "--sae", help=f"Repeatable: {SAE_HELP}, or a folder of checkpoints. Default: every SAE in "
+                      "<workdir>/saes.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Backbone; default: the model the SAE was trained on (toy by default).")] = None,
+    weights: WeightsOpt = None,
+    vocab: Annotated[Path | None, typer.Option("--vocab", help="Concept words, one per line.")] = None,
+    text_embeddings: TextEmbeddingsOpt = None,
+    images: Annotated[Path | None, typer.Option("--images", help="Probe images (folder or CSV).")] = None,
+    world: Annotated[str | None, typer.Option("--world", help="Synthetic-world task for probe images.")] = None,
+    n_images: Annotated[int, typer.Option("--n-images", min=1, help="Probe images (paper: 192).")] = 64,
+    alphas: Annotated[str, typer.Option("--alphas", help="Strengths (paper's sweep).")] = "-20,-5,0,5,10,20,50,150",
+    strength_unit: Annotated[str, typer.Option(
+        "--strength-unit", help="auto (absolute for CLIP ViT-B/32, relative to the activation norm otherwise), "
+                                "absolute or relative.")] = "auto",
+    threshold: Annotated[float, typer.Option("--threshold", help="Steerable if S exceeds it.")] = 0.10,
+    temperature: Annotated[float, typer.Option("--temperature")] = 100.0,
+    tokens: Annotated[str, typer.Option(
+        "--tokens", help="Token selection to clamp: sae (the SAE's own), all, patches or cls.")] = "sae",
+    features: Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 3,17; default: all.")] = None,
+    max_features: Annotated[int, typer.Option("--max-features", help="Sample this many features (quick estimate).")] = 256,
+    full: Annotated[bool, typer.Option("--full", help="Score every feature (ignores --max-features).")] = False,
+    neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Residual-basis neuron baseline.")] = True,
+    mlp_neurons: Annotated[bool, typer.Option("--mlp-neurons", help="Also the MLP hidden units.")] = False,
+    random_control: Annotated[int, typer.Option("--random-control", help="Random unit directions as a control.")] = 256,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 for the steered passes.")] = "fp32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/steer.")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
+    from sae_vit.analysis.steer import SteerConfig, score_saes
+    from sae_vit.core.defaults import workdir
+    from sae_vit.io.resolve import find_saes
+
+    alpha_list = parse_floats(alphas, "--alphas")
+    feature_list = parse_ints(features, "--features")
+    if tokens not in STEER_TOKENS:
+        raise SaeVitError(f"Unknown --tokens {tokens!r}; use {', '.join(STEER_TOKENS)}.")
+    check_images(images, world)
+    check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
+    if not sae:
+        note_default("SAEs", "every checkpoint in <workdir>/saes")
+    paths = find_saes(sae)  # resolved (hf://, SAELens, sparsify) before the library checks --out
+    cfg = SteerConfig(alphas=alpha_list, threshold=threshold, temperature=temperature, tokens=tokens,
+                      strength_unit=strength_unit, precision=precision)
+    with LazyProgress("steering", "what") as bar:
+        reports = score_saes(
+            paths, model, weights, vocab, text_embeddings, images, world, n_images, cfg, feature_list,
+            None if full else max_features, neurons, mlp_neurons, random_control, seed, out, overwrite, device,
+            progress=lambda kind, done, total: bar.update(completed=done, total=total, what=kind),
+        )
+    print_steer(reports)
+    if reports:
+        st = reports[0].summary
+        say(f"strength unit {st['strength_unit']}; feature strengths {st['strengths'].get('feature')}; "
+            f"{st['n_images']} probe images, {st['vocabulary']} words; results in {out or workdir() / 'steer'}")
+
+
+def print_steer(reports) -> None:
+    """The steerability table of :class:`~sae_vit.analysis.steer.SteerReport` s and their top features."""
+    from rich.table import Table
+
+    table = Table(title="Steerability (S > threshold at the largest strength)")
+    for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets"):
+        table.add_column(col)
+    tops = []
+    for r in reports:
+        s = r.summary
+        feats = r.units[(r.units.kind == "feature")].head(3)
+        tops.append(f"layer {s['layer']} ({s['steer_tokens']}): " + ", ".join(
+            f"{int(i)} -> {t} (S {v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"], strict=True)))
+        for kind, k in s["kinds"].items():
+            table.add_row(*plain(s["layer"], s["steer_tokens"], kind, k["scored"], k["steerable"],
+                                 f"{100 * k['fraction']:.1f}", k["distinct_targets"]))
+    out_console.print(table)
+    say("top features: " + "; ".join(tops))
