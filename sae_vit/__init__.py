@@ -1,2 +1,88 @@
-"""sae-vit: sparse autoencoders on CLIP vision transformers."""
+"""sae-vit: sparse autoencoders on CLIP vision transformers.
+
+The Python API, one import away (each name is loaded on first use, so ``import sae_vit`` and ``saevit --help``
+do not import torch)::
+
+    from sae_vit import SAE, load_backbone, splice, cache, train, TrainConfig
+
+    sae = SAE.from_pretrained("clip-b32/resid_post/layer_8")      # or a file, a folder, hf://owner/repo/path
+    f, norm = sae.encode(x, return_norm=True); x_hat = sae.decode(f, norm)
+
+SAEs: :class:`SAE` (``from_pretrained``, ``encode``, ``decode``, ``edit``, ``save``), :class:`SAEConfig`,
+:class:`SAEOutput`, :class:`TokenNorm`, :func:`load_sae`, :func:`list_released` (the paper's SAEs on the Hub, as
+:class:`ReleasedSAE` rows).
+Models: :func:`load_backbone` (``toy`` or a timm ViT), :class:`Backbone`, :func:`splice` (edit activations at a
+hook during the forward pass), :class:`TextHead`.
+The steps of the command line, same arguments: :func:`cache`, :func:`train` (with :class:`TrainConfig`),
+:func:`sparsity`, :func:`score_saes` (``steer-score``, with :class:`SteerConfig`), :func:`inspect_sae`,
+:func:`suppress` (with :class:`SuppressConfig`), :func:`run_demo` (with :class:`DemoConfig`).
+The synthetic world: :func:`world_images` (``(id, PIL image)`` pairs of a task split), :func:`export_task` (a task
+written in its real dataset's layout, e.g. Waterbirds).
+Errors a user can cause: :class:`SaeVitError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+#: Public name -> module that defines it.
+_HOMES = {
+    "SAE": "sae_vit.core.sae",
+    "SAEConfig": "sae_vit.core.sae",
+    "SAEOutput": "sae_vit.core.sae",
+    "TokenNorm": "sae_vit.core.sae",
+    "load_sae": "sae_vit.io.resolve",
+    "list_released": "sae_vit.io.released",
+    "ReleasedSAE": "sae_vit.io.released",
+    "load_backbone": "sae_vit.core.backbone",
+    "Backbone": "sae_vit.core.backbone",
+    "splice": "sae_vit.core.backbone",
+    "TextHead": "sae_vit.core.text",
+    "TrainConfig": "sae_vit.core.train",
+    "cache": "sae_vit.pipeline",
+    "train": "sae_vit.pipeline",
+    "sparsity": "sae_vit.pipeline",
+    "run_demo": "sae_vit.pipeline.demo",
+    "DemoConfig": "sae_vit.pipeline.demo",
+    "score_saes": "sae_vit.analysis.steer",
+    "SteerConfig": "sae_vit.analysis.steer",
+    "inspect_sae": "sae_vit.analysis.inspect",
+    "suppress": "sae_vit.analysis.suppress",
+    "SuppressConfig": "sae_vit.analysis.suppress",
+    "world_images": "sae_vit.world.scenes",
+    "export_task": "sae_vit.world.scenes",
+    "SaeVitError": "sae_vit.core.errors",
+}
+
+#: Names whose use may load an SAE: the one resolver (hf://, foreign folders, released names) is installed into
+#: ``sae_vit.core.sae.REF_RESOLVER`` before they are handed out.
+_NEED_RESOLVER = {"SAE", "SAEConfig", "SAEOutput", "TokenNorm", "load_sae"}
+
+__all__ = [
+    "SAE", "SAEConfig", "SAEOutput", "TokenNorm", "load_sae", "list_released", "ReleasedSAE",
+    "load_backbone", "Backbone", "splice", "TextHead",
+    "TrainConfig", "cache", "train", "sparsity", "run_demo", "DemoConfig",
+    "score_saes", "SteerConfig", "inspect_sae", "suppress", "SuppressConfig",
+    "world_images", "export_task",
+    "SaeVitError",
+]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'sae_vit' has no attribute {name!r}")
+    if name in _NEED_RESOLVER:
+        importlib.import_module("sae_vit.io.resolve")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+# No ``if TYPE_CHECKING:`` imports here: the core imports ``sae_vit.__version__``, and import-linter would read
+# them as every layer importing every other through this package.
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

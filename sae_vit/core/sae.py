@@ -79,10 +79,30 @@ class SAEOutput(NamedTuple):
     """Latent activations f, [..., d_sae] (dense; at most k non-zero per token for TopK)."""
 
 
+class TokenNorm(NamedTuple):
+    """Per-token statistics a ``layer_norm`` SAE normalised its input with; :meth:`SAE.decode` needs them to map
+    a reconstruction back to the input's space (``x = x_n * sigma + mu``)."""
+
+    mu: Tensor
+    """Mean of each token over d_in, [..., 1]."""
+    sigma: Tensor
+    """Standard deviation (unbiased) of each token over d_in, [..., 1]."""
+
+
 class SAE(nn.Module):
     """A sparse autoencoder ``x -> f = act(W_enc^T (n(x) - b_dec) + b_enc) -> x_hat = n^-1(W_dec^T f + b_dec)``.
 
     ``n`` is the input normalisation recorded in the config. Decoder rows are kept at unit norm by the trainer.
+
+    Usage, for readers coming from SAELens or sparsify::
+
+        sae = SAE.from_pretrained("clip-b32/resid_post/layer_8")   # or a file, a folder, hf://owner/repo/path
+        f, norm = sae.encode(x, return_norm=True)   # latents [..., d_sae]; norm: per-token stats (layer_norm)
+        x_hat = sae.decode(f, norm)                 # back in x's own space; equals sae(x).x_hat
+        x_hat, f = sae(x)                           # SAEOutput(x_hat, latents)
+        x_edit = sae.edit(x, lambda f: f.index_fill(-1, torch.tensor([12]), 0.0))   # error term kept
+
+    ``x`` is [..., d_in] at the SAE's hook (``cfg.layer``, ``cfg.site``) for the tokens in ``cfg.tokens``.
     """
 
     def __init__(self, cfg: SAEConfig):
@@ -147,13 +167,45 @@ class SAE(nn.Module):
         return f @ self.W_dec + self.b_dec
 
     # -- public API in the input's own space --------------------------------------------------------
-    def encode(self, x: Tensor) -> Tensor:
-        """Latents f [..., d_sae] of activations ``x`` [..., d_in]."""
-        xn, _ = self.normalize(x)
-        return self.activate(self.pre_activations(xn))
+    def encode(self, x: Tensor, return_norm: bool = False) -> Tensor | tuple[Tensor, TokenNorm | None]:
+        """Latents f [..., d_sae] of activations ``x`` [..., d_in] (as SAELens's and sparsify's ``encode``).
+
+        With ``return_norm``, returns ``(f, norm)``: ``norm`` is the :class:`TokenNorm` of each token for a
+        ``layer_norm`` SAE (what :meth:`decode` needs to return to ``x``'s space) and ``None`` otherwise.
+        """
+        xn, ctx = self.normalize(x)
+        f = self.activate(self.pre_activations(xn))
+        if not return_norm:
+            return f
+        return f, TokenNorm(*ctx) if ctx is not None else None
+
+    def decode(self, f: Tensor, norm: TokenNorm | None = None) -> Tensor:
+        """Reconstruction [..., d_in] of latents ``f`` [..., d_sae] in the input's own space (normalisation undone).
+
+        A ``layer_norm`` SAE normalises every token by its own mean and standard deviation, which the latents do
+        not carry: pass the ``norm`` that ``encode(x, return_norm=True)`` returned for the same tokens, and
+        ``decode(*sae.encode(x, return_norm=True))`` equals ``sae(x).x_hat``. ``constant`` and ``none`` SAEs need
+        no ``norm``. For the normalised space itself, use :meth:`decode_normalized`.
+        """
+        if self.cfg.normalization == "layer_norm":
+            if norm is None:
+                raise SaeVitError(
+                    "This SAE layer-normalises each token, so decode needs the tokens' statistics: "
+                    "f, norm = sae.encode(x, return_norm=True); x_hat = sae.decode(f, norm) "
+                    "(or sae.decode_normalized(f) for the normalised space)."
+                )
+            return self.denormalize(self.decode_normalized(f), tuple(norm))
+        return self.denormalize(self.decode_normalized(f), None)
 
     def forward(self, x: Tensor) -> SAEOutput:
-        """Encode and decode ``x`` [..., d_in]; the reconstruction is de-normalised."""
+        """Encode and decode ``x`` [..., d_in]: ``sae(x)`` is ``SAEOutput(x_hat, latents)``, the reconstruction
+        de-normalised into ``x``'s space and the latents f.
+
+        Both at once, because steering and suppression need both. SAELens's ``sae(x)`` returns only the
+        reconstruction (here ``sae(x).x_hat``); sparsify's returns a ``ForwardOutput`` with the reconstruction,
+        the top-k values and indices and the training losses (here the latents are dense, at most k non-zero per
+        token for TopK, and metrics live in :mod:`sae_vit.core.metrics`).
+        """
         xn, ctx = self.normalize(x)
         f = self.activate(self.pre_activations(xn))
         return SAEOutput(self.denormalize(self.decode_normalized(f), ctx), f)
@@ -174,6 +226,26 @@ class SAE(nn.Module):
         elif self.cfg.normalization == "constant":
             delta = delta / self.scale
         return x + delta.to(x.dtype)
+
+    @classmethod
+    def from_pretrained(cls, ref: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+        """Load an SAE from any reference, in eval mode on ``device``:
+
+        - a checkpoint file or a folder holding ``sae.safetensors`` (ours);
+        - a SAELens, sparsify or ViT-Prisma folder (converted once, cached);
+        - ``hf://owner/repo[/path][@revision]`` (through the Hugging Face cache; ``HF_HUB_OFFLINE=1`` works);
+        - a released SAE's name, e.g. ``clip-b32/resid_post/layer_8`` (``sae_vit.list_released()``).
+
+        One reference instead of SAELens's ``(release, sae_id)`` pair: a released name or an ``hf://`` path says
+        both. Everything but a local sae-vit checkpoint goes through :func:`sae_vit.io.resolve.resolve_sae_path`,
+        which ``from sae_vit import SAE`` installs (the core does not import the Hub or foreign formats).
+        """
+        if not REF_RESOLVER and not os.path.exists(ref):
+            raise SaeVitError(
+                f"{str(ref)!r} is not a local file, and no SAE resolver is installed for Hub URIs, foreign folders "
+                "and released names; import the SAE as `from sae_vit import SAE` (or import sae_vit.io.resolve)."
+            )
+        return cls.load(ref, device)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -1,8 +1,10 @@
 """The one SAE resolver: any SAE reference a user can give, as a local sae-vit checkpoint.
 
 A reference is a checkpoint file, a folder holding ``sae.safetensors``, a SAELens / sparsify / ViT-Prisma folder
-(converted once into the converted-SAE cache), or ``hf://owner/repo[/path][@revision]`` (through the Hub cache).
-:meth:`sae_vit.core.sae.SAE.load` and every command take references through here.
+(converted once into the converted-SAE cache), ``hf://owner/repo[/path][@revision]`` (through the Hub cache), or
+the name of a released SAE such as ``clip-b32/resid_post/layer_8`` (:mod:`sae_vit.io.released`; its ``hf://`` URI;
+a local path spelled the same wins).
+:meth:`sae_vit.core.sae.SAE.load`, :func:`load_sae` and every command take references through here.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ def _converted_local(src: Path, fmt: str) -> Path:
 def resolve_sae_path(ref: str | os.PathLike) -> Path:
     """A local sae-vit checkpoint for ``ref`` (see the module docstring); every failure is one line."""
     from sae_vit.io.interop import detect_format
+    from sae_vit.io.released import is_released_name, released_uri
 
+    if is_released_name(ref) and not Path(ref).exists():
+        ref = released_uri(str(ref))
     if _is_hf(ref):
         from sae_vit.io.hub import resolve_hf_uri
 
@@ -58,6 +63,12 @@ def resolve_sae_path(ref: str | os.PathLike) -> Path:
     if fmt == "sae_vit":
         return _sae.local_checkpoint(p)
     return _converted_local(p if p.is_dir() or fmt == "prisma" else p.parent, fmt)
+
+
+def load_sae(ref: str | os.PathLike, device: str = "cpu") -> SAE:
+    """Load any SAE reference (file, folder in any supported format, ``hf://...``, released name) as an
+    :class:`SAE`; the same as :meth:`SAE.from_pretrained`."""
+    return SAE.load(resolve_sae_path(ref), device)
 
 
 def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:
