@@ -65,10 +65,10 @@ def resolve_sae_path(ref: str | os.PathLike) -> Path:
     return _converted_local(p if p.is_dir() or fmt == "prisma" else p.parent, fmt)
 
 
-def load_sae(ref: str | os.PathLike, device: str = "cpu") -> SAE:
+def load_sae(ref: str | os.PathLike, device: str = "cpu") -> _sae.SAE:
     """Load any SAE reference (file, folder in any supported format, ``hf://...``, released name) as an
     :class:`SAE`; the same as :meth:`SAE.from_pretrained`."""
-    return SAE.load(resolve_sae_path(ref), device)
+    return _sae.SAE.load(resolve_sae_path(ref), device)
 
 
 def find_saes(refs: list[str | os.PathLike] | None) -> list[Path]:
