@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import check_sae_matches
+from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -248,15 +249,9 @@ def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: 
                 strength: float, tokens: str = "all", temperature: float = PAPER_TEMPERATURE) -> Tensor:
     """Reference implementation: one feature, one strength, full forward passes through :func:`splice`.
     Returns Δp [V]. Slow and obviously correct; the tests check :func:`steer_batched` against it."""
-
-    def clamp(f: Tensor) -> Tensor:
-        f = f.clone()
-        f[..., feature] = strength
-        return f
-
     with torch.no_grad():
         base = F.normalize(backbone.image_embedding(images).float(), dim=-1)
-        with splice(backbone, layer, lambda x: sae.edit(x, clamp), site=sae.cfg.site, tokens=tokens):
+        with splice(backbone, layer, edits.clamp(sae, feature, strength), site=sae.cfg.site, tokens=tokens):
             steered = F.normalize(backbone.image_embedding(images).float(), dim=-1)
     p0 = torch.softmax(temperature * base @ text.T, dim=-1)
     p1 = torch.softmax(temperature * steered @ text.T, dim=-1)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -410,8 +411,7 @@ def feature_effects(backbone: Backbone, sae: SAE, layer: int, prev: Tensor, feat
             idx, s = features[start:start + per], strengths[start:start + per]
             add = torch.zeros(len(idx) * n, 1, sae.cfg.d_sae)
             add[torch.arange(len(idx) * n), 0, idx.repeat_interleave(n)] = s.repeat_interleave(n)
-            with splice(backbone, layer, lambda x, a=add: sae.edit(x, lambda f: f + a), sae.cfg.site,
-                        sae.cfg.tokens):
+            with splice(backbone, layer, edits.add(sae, add), sae.cfg.site, sae.cfg.tokens):
                 emb = backbone.forward_from(layer - 1, prev.repeat(len(idx), 1, 1))
             out.append((F.normalize(emb.float(), dim=-1).view(len(idx), n, -1) - base).mean(1))
     return torch.cat(out)
@@ -581,21 +581,14 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + layer * 10_007 + n * 101 + draw)
         return alive[torch.randperm(len(alive), generator=g)[: min(n, len(alive))]]
 
-    def edits(c: Condition):
+    def condition_edit(c: Condition):
         sae = saes[c.layer][0]
         if c.method == "projection":
             w, mean = spur_dirs[c.layer]
             w = w.to(backbone.device)
-            return (lambda x: x - ((x @ w) - mean)[..., None] * w), sae.cfg.site, sae.cfg.tokens
+            return edits.project(w, mean), sae.cfg.site, sae.cfg.tokens
         idx = rankings[c.layer][: c.n] if c.method == "sae" else alive_random(c.layer, c.n, c.draw)
-        idx = idx.to(backbone.device)
-
-        def zero(f: Tensor) -> Tensor:
-            f = f.clone()
-            f[..., idx] = 0
-            return f
-
-        return (lambda x: sae.edit(x, zero)), sae.cfg.site, sae.cfg.tokens
+        return edits.zero(sae, idx), sae.cfg.site, sae.cfg.tokens
 
     def predict(emb: Tensor, how: str) -> Tensor:
         if how == "zero_shot":
@@ -617,7 +610,7 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
     conds = [Condition("none")]
     conds += [Condition("sae", layer, n) for layer in layers for n in cfg.n_features]
     conds += [Condition("projection", layer) for layer in layers]
-    record(run_conditions(backbone, ImageBatches(vpaths, backbone.transform, cfg.batch_size), conds, edits,
+    record(run_conditions(backbone, ImageBatches(vpaths, backbone.transform, cfg.batch_size), conds, condition_edit,
                           progress, "val"), "val", vlab, vgrp)
     val = pd.DataFrame(rows)
     chosen = {how: _choose(val[(val["eval"] == how) & (val["method"] == "sae")]) for how in evals}
@@ -633,7 +626,7 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
     for layer, n in chosen.values():
         tconds |= {Condition("random", layer, n, d) for d in range(cfg.n_random)}
     tconds = sorted(tconds)
-    record(run_conditions(backbone, ImageBatches(tpaths, backbone.transform, cfg.batch_size), tconds, edits,
+    record(run_conditions(backbone, ImageBatches(tpaths, backbone.transform, cfg.batch_size), tconds, condition_edit,
                           progress, "test"), "test", tlab, tgrp)
     sweep = pd.DataFrame(rows)
 

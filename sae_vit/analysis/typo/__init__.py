@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -313,20 +314,6 @@ class Defence:
         return "no defence"
 
 
-def suppression_edit(sae: SAE, features: Sequence[int]) -> Callable[[Tensor], Tensor]:
-    """The defence's one edit: zero ``features`` of ``sae`` at every token, decode only the change."""
-    idx = torch.as_tensor(list(features), dtype=torch.long)
-
-    def zero(f: Tensor) -> Tensor:
-        if idx.numel() == 0:
-            return f
-        f = f.clone()
-        f[..., idx.to(f.device)] = 0
-        return f
-
-    return lambda x: sae.edit(x, zero)
-
-
 class SaeDefence(Defence):
     """Zero the top-``n`` text features of an SAE during the forward pass (one ``splice`` edit)."""
 
@@ -336,7 +323,7 @@ class SaeDefence(Defence):
         self.sae, self.features = sae, [int(i) for i in features]
 
     def context(self, backbone: Backbone):
-        return splice(backbone, self.sae.cfg.layer, suppression_edit(self.sae, self.features), self.sae.cfg.site,
+        return splice(backbone, self.sae.cfg.layer, edits.zero(self.sae, self.features), self.sae.cfg.site,
                       self.sae.cfg.tokens)
 
     def describe(self) -> str:
@@ -390,11 +377,7 @@ class ProbeDefence(Defence):
         self.clean_mean = float(clean_mean)
 
     def context(self, backbone: Backbone):
-        d = self.direction.to(backbone.device)
-
-        def edit(x: Tensor) -> Tensor:
-            return x - ((x @ d) - self.clean_mean)[..., None] * d
-
+        edit = edits.project(self.direction.to(backbone.device), self.clean_mean)
         return splice(backbone, self.layer, edit, "resid_post", self.tokens)
 
     def describe(self) -> str:
