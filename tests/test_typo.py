@@ -33,7 +33,7 @@ def text_file(tmp_path_factory, tiny_backbone):
 
 @pytest.fixture(scope="module")
 def bundle(tiny_backbone, text_file):
-    return typo.ModelBundle(tiny_backbone, TextHead.from_file(text_file), None, "tiny test_vit")
+    return typo.ModelBundle(tiny_backbone, TextHead.from_file(text_file), "tiny test_vit")
 
 
 def _sae(layer: int = 2, d_sae: int = 256, seed: int = 0) -> SAE:

@@ -245,9 +245,8 @@ def inspect_sae(
     import pandas as pd
     import torch
 
-    from sae_vit.analysis.common import check_sae_matches, load_probe_images, text_head_and_vocabulary
+    from sae_vit.analysis.common import check_sae_matches, concept_vocabulary, load_model, load_probe_images
     from sae_vit.core.atomic import write_csv
-    from sae_vit.core.backbone import load_backbone
     from sae_vit.core.defaults import DEFAULT_MODEL, workdir
     from sae_vit.core.dist import resolve_device
     from sae_vit.io.images import ImageDataset, collate_skip_unreadable
@@ -258,7 +257,8 @@ def inspect_sae(
     path = find_saes([sae] if sae else None)[0]
     model_sae = SAE.load(path, device)
     c = model_sae.cfg
-    backbone = load_backbone(model or c.model or DEFAULT_MODEL, weights, device)
+    bundle = load_model(model or c.model or DEFAULT_MODEL, weights, text_embeddings, device)
+    backbone = bundle.backbone
     check_sae_matches(model_sae, backbone, path)
     out = Path(out) if out is not None else workdir() / "inspect" / f"layer_{c.layer}_{c.site}_{c.tokens}"
     if (out / "index.html").exists() and not overwrite:
@@ -295,7 +295,7 @@ def inspect_sae(
     found = collect(backbone, model_sae, batches, features, k=k, batch_size=batch_size, progress=progress)
     labels: list[list[tuple[str, float]]] | None = None
     try:
-        words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
+        words, text = concept_vocabulary(bundle, vocab)
     except SaeVitError:
         words = None  # no text head for this model: labels are left out, not an error
     if words is not None:

@@ -418,9 +418,8 @@ def score_saes(
 
     import pandas as pd
 
-    from sae_vit.analysis.common import load_probe_images, text_head_and_vocabulary
+    from sae_vit.analysis.common import concept_vocabulary, load_model, load_probe_images
     from sae_vit.core.atomic import write_csv, write_json
-    from sae_vit.core.backbone import load_backbone
     from sae_vit.core.defaults import DEFAULT_MODEL, workdir
     from sae_vit.core.dist import resolve_device
     from sae_vit.io.resolve import find_saes
@@ -432,8 +431,9 @@ def score_saes(
     paths = find_saes(saes)
     loaded = [(p, SAE.load(p, device)) for p in paths]
     model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
-    backbone = load_backbone(model, weights, device)
-    words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
+    bundle = load_model(model, weights, text_embeddings, device)
+    backbone = bundle.backbone
+    words, text = concept_vocabulary(bundle, vocab)
     probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)
     out.mkdir(parents=True, exist_ok=True)
     reports, summary_rows = [], []

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.analysis.common import check_sae_matches, class_embeddings, load_model, zero_shot_logits
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
@@ -232,27 +233,8 @@ class ImageBatches:
 # --------------------------------------------------------------------------------------------- model
 
 
-def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
-               text_embeddings: str | os.PathLike | None = None) -> tuple[Backbone, TextHead]:
-    """The backbone and its text head (``--model toy --weights FILE`` takes a whole toy-CLIP file too)."""
-    from sae_vit.core.backbone import load_backbone
-
-    return load_backbone(model, weights), TextHead.for_model(model, weights, text_embeddings)
-
-
-def class_embeddings(head: TextHead, classes: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """Unit class embeddings [C, d]; a class written ``a|b`` averages the embeddings of its names."""
-    rows = []
-    for c in classes:
-        names = [n.strip() for n in c.split("|") if n.strip()]
-        rows.append(F.normalize(head.embed(names, templates).mean(0), dim=-1))
-    return torch.stack(rows)
-
-
 def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict[int, tuple[SAE, str]]:
     """SAEs keyed by layer; each must fit the backbone, and one layer may have only one SAE."""
-    from sae_vit.analysis.common import check_sae_matches
-
     by_layer: dict[int, tuple[SAE, str]] = {}
     for sae, path in zip(saes, paths, strict=True):
         check_sae_matches(sae, backbone, path)
@@ -592,7 +574,7 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
 
     def predict(emb: Tensor, how: str) -> Tensor:
         if how == "zero_shot":
-            return (F.normalize(emb, dim=-1) @ class_emb.T.cpu()).argmax(1)  # argmax of 100 · cos
+            return zero_shot_logits(emb, class_emb).argmax(1)
         return target_probe.logits(emb).argmax(1)
 
     rows: list[dict] = []
@@ -785,7 +767,8 @@ def suppress(
     paths = find_saes(list(saes))
     loaded = [SAE.load(p) for p in paths]
     model = model or loaded[0].cfg.model or "toy"
-    backbone, head = load_model(model, weights, text_embeddings)
+    bundle = load_model(model, weights, text_embeddings, device="auto")
+    backbone, head = bundle.backbone, bundle.head
     by_layer = check_saes(loaded, paths, backbone)
     if layers is not None and layers != "all":
         wanted = list(layers)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from sae_vit.analysis.common import ModelBundle, class_embeddings, load_model, zero_shot_logits  # noqa: F401
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
@@ -429,7 +430,7 @@ def predict(backbone: Backbone, images: Tensor, class_emb: Tensor, defence: Defe
     """Zero-shot probabilities [n, n_classes] (softmax of 100 · cos) under ``defence``."""
     emb = defence.image(embed_images(backbone, images, defence), written)
     text = defence.text(class_emb)
-    return (100 * F.normalize(emb, dim=-1) @ text.T.cpu()).softmax(-1)
+    return zero_shot_logits(emb, text).softmax(-1)
 
 
 @dataclass
@@ -685,42 +686,6 @@ def features_path_for(sae_path: str | os.PathLike) -> Path:
     return Path(str(sae_path)).with_suffix(".typo.json")
 
 
-def class_embeddings(model: ModelBundle, classes: Sequence[str]) -> Tensor:
-    """Unit class embeddings [n, d] with the benchmark prompt ``"a photo of a {}."``."""
-    if model.vocab is not None:
-        bad = [c for c in classes if any(w not in model.vocab for w in c.lower().split())]
-        if bad:
-            raise SaeVitError(
-                f"The toy CLIP does not know the word {bad[0]!r}; use world names such as circle, square, star."
-            )
-    return model.head.embed(list(classes), (TEMPLATE,))
-
-
-@dataclass
-class ModelBundle:
-    """A backbone and the text head that goes with it."""
-
-    backbone: Backbone
-    head: object
-    """A :class:`sae_vit.text.TextHead`."""
-    vocab: set[str] | None = None
-    """The toy text tower's vocabulary (None for real CLIP)."""
-    description: str = ""
-
-
-def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
-               text_embeddings: str | os.PathLike | None = None, device: str = "cpu") -> ModelBundle:
-    """The backbone and its text head. For ``toy``, ``weights`` may be a whole toy CLIP file (as written by
-    ``saevit world train-clip``), whose text tower is then used too."""
-    from sae_vit.core.backbone import load_backbone
-    from sae_vit.core.text import TextHead
-
-    backbone = load_backbone(model, weights, device)
-    head = TextHead.for_model(model, weights, text_embeddings)
-    what = "toy CLIP" if model == "toy" else model
-    return ModelBundle(backbone, head, head.vocab, what + (f" ({weights})" if weights else ""))
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """The world protocol: splits, sizes, attack recipes and the selection grid."""
@@ -784,7 +749,7 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
         raise SaeVitError("No SAE to evaluate; pass --sae with at least one checkpoint.")
     bb = bundle.backbone
     classes = _world_classes()
-    class_emb = class_embeddings(bundle, classes)
+    class_emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
     say(f"rendering discovery ({cfg.n_discovery}), validation ({cfg.n_val}) and test ({cfg.n_test}) images")
     disc = world_typo_set(bb, "train", cfg.n_discovery, cfg.discovery_attack, cfg.seed)
     val = world_typo_set(bb, "val", cfg.n_val, cfg.discovery_attack, cfg.seed)
@@ -908,7 +873,7 @@ def classify_image(bundle: ModelBundle, image: str | os.PathLike, classes: Seque
                    defence: Defence) -> tuple[Tensor, Tensor]:
     """Zero-shot probabilities [n_classes] of one image file without and with ``defence``."""
     x = bundle.backbone.transform(open_image(image))[None]
-    emb = class_embeddings(bundle, classes)
+    emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
     return predict(bundle.backbone, x, emb)[0], predict(bundle.backbone, x, emb, defence)[0]
 
 
@@ -933,7 +898,7 @@ def folder_eval(bundle: ModelBundle, directory: str | os.PathLike, defence: Defe
     images = torch.stack([bundle.backbone.transform(open_image(p)) for p in frame["path"]])
     labels = torch.tensor([index[n] for n in frame["label_name"]])
     written = torch.tensor([index.get(t, -1) if not c else -1 for t, c in zip(frame["text"], is_clean, strict=True)])
-    emb = class_embeddings(bundle, classes)
+    emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
     out: dict = {"classes": classes}
     mask_a, mask_c = torch.tensor((~is_clean).values), torch.tensor(is_clean.values)
     for name, d in (("none", Defence()), ("sae", defence)):
