@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write, write_text
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -196,10 +197,7 @@ def render_feature(path: Path, feature: int, inspection: Inspection, fi: int, lo
             canvas.paste(tile, (x, y))
             draw.text((x, y + size + 1), f"#{img_index}: {float(top.values[fi, r]):.2f}", fill=0)
         y += size + label_h + pad
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def write_index(out: Path, rows: list[dict], title: str) -> Path:
@@ -212,11 +210,7 @@ def write_index(out: Path, rows: list[dict], title: str) -> Path:
     body.append("</table>")
     page = "<!doctype html><html><head><meta charset=utf-8><title>sae-vit inspect</title></head><body>" + \
         "\n".join(body) + "</body></html>\n"
-    path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_text(out / "index.html", page)
 
 
 def inspect_sae(

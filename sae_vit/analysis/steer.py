@@ -364,14 +364,11 @@ def _pick(n: int, features: Sequence[int] | None, max_features: int | None, seed
 
 def plot_curves(units, path) -> object:
     """PNG of S against the strength for the units that have a curve; None without matplotlib."""
-    import os
+    from sae_vit.analysis.common import pyplot
+    from sae_vit.core.atomic import save_figure
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     cols = [c for c in units.columns if c.startswith("S_alpha_")]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -384,11 +381,7 @@ def plot_curves(units, path) -> object:
     ax.set_ylabel("steerability S = Σ Δp²")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def score_saes(

@@ -675,12 +675,11 @@ def _table(sweep, evals: list[str], chosen: dict, chosen_proj: dict):
 def plot_worst_by_layer(sweep, path) -> Path | None:
     """PNG of worst-group accuracy by layer (SAE suppression at each layer's validation-best N, and the
     projection baseline; no intervention as a line), validation and test, one panel per evaluation."""
-    try:
-        import matplotlib
+    from sae_vit.analysis.common import pyplot
+    from sae_vit.core.atomic import save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     evals = list(dict.fromkeys(sweep["eval"]))
     fig, axes = plt.subplots(1, len(evals), figsize=(5.5 * len(evals), 4), squeeze=False)
@@ -701,12 +700,7 @@ def plot_worst_by_layer(sweep, path) -> Path | None:
         ax.set_title(how.replace("_", "-"))
         ax.legend(fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -719,20 +713,15 @@ def check_out(out: Path, overwrite: bool) -> None:
 
 def write_outputs(result: SuppressResult, out: Path, overwrite: bool = False) -> dict[str, Path | None]:
     """Write the table, sweep and features CSVs, the summary JSON and the PNG atomically under ``out``."""
-    from sae_vit.io.cache import write_json_atomic
+    from sae_vit.core.atomic import write_csv, write_json
 
     out = Path(out)
     check_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
     for name, frame in (("table", result.table), ("sweep", result.sweep), ("features", result.features)):
-        path = out / f"suppress_{name}.csv"
-        tmp = out / f".suppress_{name}.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        written[name] = path
-    write_json_atomic(out / "suppress_summary.json", result.summary)
-    written["summary"] = out / "suppress_summary.json"
+        written[name] = write_csv(out / f"suppress_{name}.csv", frame)
+    written["summary"] = write_json(out / "suppress_summary.json", result.summary)
     written["plot"] = plot_worst_by_layer(result.sweep, out / "suppress_worst_by_layer.png")
     return written
 

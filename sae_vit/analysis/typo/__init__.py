@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import string
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from sae_vit.analysis.common import ModelBundle, class_embeddings, load_model, zero_shot_logits  # noqa: F401
 from sae_vit.core import edits
+from sae_vit.core.atomic import atomic_write, write_json, write_text
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -606,17 +606,7 @@ def save_features(path: str | os.PathLike, sae_path: str | os.PathLike, sae: SAE
         "discovery": discovery,
         "selection": selection or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_json(path, obj)
 
 
 def load_features(path: str | os.PathLike, sae: SAE | None = None, sae_path: str | os.PathLike | None = None) -> dict:
@@ -956,13 +946,9 @@ def write_attacks(images: Sequence[str | os.PathLike], out: str | os.PathLike, w
         for kind, text, im in (("attack", w, att), *((("control", ctrl_word, ctrl), ("clean", "none", base))
                                                       if control else ())):
             name = f"label={label}_text={_safe(text)}_{i:05d}{stem and '-' + stem}.png"
-            tmp = out / f".{name}.tmp"
-            im.save(tmp, format="PNG")
-            os.replace(tmp, out / name)
+            atomic_write(out / name, lambda tmp, im=im: im.save(tmp, format="PNG"))
             lines.append(f"{name},{label},{text},{kind}")
-    tmp = out / ".metadata.csv.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "metadata.csv")
+    write_text(out / "metadata.csv", "\n".join(lines) + "\n")
     return out
 
 
