@@ -11,10 +11,10 @@ N random live features; projecting out the spurious direction of a (group-balanc
 activations at the SAE's hook.
 """
 
+from sae_vit.analysis.probes import LinearProbe, fit_logistic
 from sae_vit.analysis.suppress.command import suppress
 from sae_vit.analysis.suppress.conditions import Condition, group_metrics, run_conditions
 from sae_vit.analysis.suppress.data import ImageBatches, TaskData, read_task
-from sae_vit.analysis.suppress.probes import LinearProbe, fit_logistic
 from sae_vit.analysis.suppress.ranking import LayerStats, auroc, mean_diff_scores
 from sae_vit.analysis.suppress.report import SuppressResult
 from sae_vit.analysis.suppress.run import SuppressConfig, run_suppress

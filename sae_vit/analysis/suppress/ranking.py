@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_vit.analysis.suppress.probes import balanced_weights, fit_logistic
+from sae_vit.analysis.probes import balanced_weights, fit_logistic
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError

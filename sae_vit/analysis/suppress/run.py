@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import class_embeddings, zero_shot_logits
+from sae_vit.analysis.probes import fit_logistic
 from sae_vit.analysis.suppress.conditions import Condition, group_metrics, run_conditions
 from sae_vit.analysis.suppress.data import ImageBatches, TaskData, split_tensors
-from sae_vit.analysis.suppress.probes import fit_logistic
 from sae_vit.analysis.suppress.ranking import (
     RANKINGS,
     LayerRanking,

@@ -1,13 +1,29 @@
-"""Logistic-regression probes: the target probe on image embeddings and the spurious-attribute probe whose
-direction the projection baseline removes."""
+"""Linear probes fitted with L-BFGS: suppress's target and spurious-attribute probes, defend-typo's "text
+present" probe."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def minimize(params: list[Tensor], loss: Callable[[], Tensor], max_iter: int) -> None:
+    """Minimise ``loss()`` over ``params`` (leaf tensors that require grad) in place: one L-BFGS step of up to
+    ``max_iter`` iterations with a strong-Wolfe line search."""
+    opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(closure)
 
 
 class LinearProbe(NamedTuple):
@@ -39,16 +55,8 @@ def fit_logistic(x: Tensor, y: Tensor, sample_weight: Tensor | None = None, l2: 
     b = torch.zeros(n_classes, requires_grad=True)
     sw = torch.ones(len(y)) if sample_weight is None else sample_weight.float()
     sw = sw / sw.sum()
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (F.cross_entropy(z @ w.T + b, y, reduction="none") * sw).sum() + l2 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    minimize([w, b], lambda: (F.cross_entropy(z @ w.T + b, y, reduction="none") * sw).sum() + l2 * (w**2).sum(),
+             max_iter)
     return LinearProbe(mean, std, w.detach(), b.detach())
 
 
