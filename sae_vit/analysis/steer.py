@@ -27,7 +27,7 @@ from sae_vit.analysis.common import check_sae_matches
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import SAE
+from sae_vit.core.sae import SAE, SAEConfig
 
 #: The paper's strengths (their sweep) and decision rule.
 PAPER_ALPHAS: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
@@ -66,8 +66,6 @@ class SteerConfig:
 class UnitScores(NamedTuple):
     """Scores of one family of units (SAE features, neurons or random directions)."""
 
-    indices: Tensor
-    """[m] unit indices (feature or neuron numbers)."""
     S: Tensor
     """[m] steerability Σ_v Δp_v² at the largest strength."""
     dp: Tensor
@@ -235,7 +233,7 @@ def score_family(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengt
         dps.append(dp)
         if progress:
             progress(min(start + chunk, len(indices)), len(indices))
-    return UnitScores(indices, torch.cat(S), torch.cat(dps))
+    return UnitScores(torch.cat(S), torch.cat(dps))
 
 
 def curves(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengths: list[float], cfg: SteerConfig) -> Tensor:
@@ -270,6 +268,7 @@ class SteerReport(NamedTuple):
     summary: dict
     """Counts and fractions steerable per kind, distinct targets, the strengths and options used."""
     strengths: list[float]
+    """The strengths s applied to the features (see :attr:`SteerConfig.strength_unit`)."""
 
 
 def steer_score(
@@ -362,6 +361,11 @@ def _pick(n: int, features: Sequence[int] | None, max_features: int | None, seed
     return torch.arange(n)
 
 
+def results_stem(cfg: SAEConfig) -> str:
+    """The file name, without suffix, of steer-score's results for an SAE (inspect reads them too)."""
+    return f"steer_layer{cfg.layer}_{cfg.site}_{cfg.tokens}"
+
+
 def plot_curves(units, path) -> object:
     """PNG of S against the strength for the units that have a curve; None without matplotlib."""
     from sae_vit.analysis.common import pyplot
@@ -433,7 +437,7 @@ def score_saes(
     for path, sae in loaded:
         report = steer_score(sae, backbone, probe, words, text.to(device), config, features, max_features, neurons,
                        mlp_neurons, random_control, seed, str(path), progress)
-        stem = f"steer_layer{sae.cfg.layer}_{sae.cfg.site}_{sae.cfg.tokens}"
+        stem = results_stem(sae.cfg)
         write_csv(out / f"{stem}.csv", report.units)
         write_json(out / f"{stem}.json", report.summary)
         plot_curves(report.units, out / f"{stem}.png")

@@ -20,7 +20,6 @@ class Defence:
     """No defence. Subclasses change the forward pass (:meth:`context`), the class text embeddings
     (:meth:`text`) or the image embedding (:meth:`image`)."""
 
-    name = "none"
 
     def context(self, backbone: Backbone) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -38,7 +37,6 @@ class Defence:
 class SaeDefence(Defence):
     """Zero the top-``n`` text features of an SAE during the forward pass (one ``splice`` edit)."""
 
-    name = "sae"
 
     def __init__(self, sae: SAE, features: Sequence[int]):
         self.sae, self.features = sae, [int(i) for i in features]
@@ -54,7 +52,6 @@ class SaeDefence(Defence):
 class HeadDefence(Defence):
     """Dyslexify-style: zero chosen attention heads' output at the CLS token."""
 
-    name = "heads"
 
     def __init__(self, heads: Sequence[tuple[int, int]]):
         self.heads = [(int(layer), int(h)) for layer, h in heads]
@@ -90,7 +87,6 @@ class ProbeDefence(Defence):
     """Set the component along a linear probe's "text present" direction to its mean on clean images,
     at every token of one layer."""
 
-    name = "probe"
 
     def __init__(self, layer: int, direction: Tensor, clean_mean: float, tokens: str = "all"):
         self.layer, self.tokens = layer, tokens
@@ -110,7 +106,6 @@ class PromptDefence(Defence):
     (needs no knowledge of the attack). ``oracle``: the image embedding with ``strength`` × its component along
     the written word's embedding removed (needs the written word)."""
 
-    name = "prompt"
 
     def __init__(self, kind: str, strength: float, word_emb: Tensor):
         self.kind, self.strength, self.word_emb = kind, float(strength), F.normalize(word_emb.float(), dim=-1)

@@ -3,13 +3,13 @@ file used when none is given."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from sae_vit.analysis.typo.defences import SaeDefence
 from sae_vit.core.atomic import write_json
+from sae_vit.core.backbone import file_sha256
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 
@@ -17,14 +17,6 @@ FEATURES_FORMAT = "sae_vit_typo_features"
 FEATURES_VERSION = 1
 ASSET_SAE = "typo_sae.safetensors"
 ASSET_FEATURES = "typo_features.json"
-
-
-def sae_hash(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def save_features(path: str | os.PathLike, sae_path: str | os.PathLike, sae: SAE, features: list[dict], n_selected: int,
@@ -37,7 +29,7 @@ def save_features(path: str | os.PathLike, sae_path: str | os.PathLike, sae: SAE
         "format": FEATURES_FORMAT,
         "version": FEATURES_VERSION,
         "sae": Path(sae_path).name if Path(sae_path).parent == path.parent else str(sae_path),
-        "sae_sha256": sae_hash(sae_path),
+        "sae_sha256": file_sha256(sae_path)[:16],
         "model": sae.cfg.model,
         "layer": sae.cfg.layer,
         "site": sae.cfg.site,
@@ -64,7 +56,7 @@ def load_features(path: str | os.PathLike, sae: SAE | None = None, sae_path: str
     if sae is not None:
         if obj.get("layer") != sae.cfg.layer or any(f["index"] >= sae.cfg.d_sae for f in obj["features"]):
             raise SaeVitError(f"{p} was made for another SAE (layer {obj.get('layer')}); pass the SAE it names ({obj.get('sae')}).")
-        if sae_path is not None and obj.get("sae_sha256") not in (None, sae_hash(sae_path)):
+        if sae_path is not None and obj.get("sae_sha256") not in (None, file_sha256(sae_path)[:16]):
             raise SaeVitError(f"{p} was made for a different SAE file than {sae_path}; pass the SAE it names ({obj.get('sae')}).")
     obj["path"] = str(p)
     return obj
@@ -104,7 +96,7 @@ def resolve_features(sae_path: str | os.PathLike | None, features_path: str | os
         beside = Path(sae_path).with_name(ASSET_FEATURES)
         if beside.is_file():
             return Path(sae_path), beside
-        guess = Path(str(sae_path)).with_suffix(".typo.json")
+        guess = features_path_for(sae_path)
         return Path(sae_path), guess if guess.is_file() else None
     return Path(sae_path), Path(features_path)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,10 @@ class TypoSet:
     """Index of the written word [n] into ``classes`` (never equal to the label)."""
     classes: list[str]
     """Zero-shot class names: the union of true labels and attack words."""
-    description: dict = field(default_factory=dict)
 
 
 def attack_images(images: Sequence[Image.Image], labels: Sequence[int], classes: Sequence[str], backbone: Backbone,
-                  cfg: AttackConfig, seed: int, description: dict | None = None) -> TypoSet:
+                  cfg: AttackConfig, seed: int) -> TypoSet:
     """Build a :class:`TypoSet`: each image gets a random wrong class name and a same-length pseudo-word."""
     cfg.validate()
     if len(classes) < 2:
@@ -63,7 +62,7 @@ def attack_images(images: Sequence[Image.Image], labels: Sequence[int], classes:
         control.append(backbone.transform(ctrl))
         written.append(w)
     return TypoSet(torch.stack(clean), torch.stack(attacked), torch.stack(control), torch.tensor(list(labels)),
-                   torch.tensor(written), list(classes), description or {})
+                   torch.tensor(written), list(classes))
 
 
 def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = AttackConfig(), seed: int = 0) -> TypoSet:
@@ -72,8 +71,7 @@ def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = A
 
     scenes, rows = world.task_scenes("shapes", split, n, seed)
     images = [world.render(s) for s in scenes]
-    desc = {"source": "world:shapes", "split": split, "n": n, "seed": seed, "attack": asdict(cfg)}
-    return attack_images(images, [r["label"] for r in rows], world.SHAPES, backbone, cfg, seed, desc)
+    return attack_images(images, [r["label"] for r in rows], world.SHAPES, backbone, cfg, seed)
 
 
 def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> TypoSet:
@@ -93,7 +91,7 @@ def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> T
         control.append(backbone.transform(world.render(ctrl)))
     return TypoSet(torch.stack(clean), torch.stack(attacked), torch.stack(control),
                    torch.tensor([r["label"] for r in rows]), torch.tensor([r["text_label"] for r in rows]),
-                   list(world.SHAPES), {"source": "world:typographic", "split": split, "n": n, "seed": seed})
+                   list(world.SHAPES))
 
 
 def write_attacks(images: Sequence[str | os.PathLike], out: str | os.PathLike, word: str | None = None,
