@@ -51,6 +51,7 @@ def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict
 def _pick_layers(by_layer: dict[int, tuple[SAE, str]], layers) -> dict[int, tuple[SAE, str]]:
     if layers is None or layers == "all":
         return by_layer
+    layers = list(layers)
     missing = [layer for layer in layers if layer not in by_layer]
     if missing:
         raise SaeVitError(f"No SAE for layer {missing[0]} among the --sae files (layers {list(by_layer)}); "
