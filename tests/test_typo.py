@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sae_vit.analysis import typo
+from sae_vit.analysis.typo import attacks as typo_attacks
 from sae_vit.cli import app
 from sae_vit.core.sae import SAE, SAEConfig
 from sae_vit.core.text import TextHead
@@ -33,7 +34,7 @@ def text_file(tmp_path_factory, tiny_backbone):
 
 @pytest.fixture(scope="module")
 def bundle(tiny_backbone, text_file):
-    return typo.ModelBundle(tiny_backbone, TextHead.from_file(text_file), None, "tiny test_vit")
+    return typo.ModelBundle(tiny_backbone, TextHead.from_file(text_file), "tiny test_vit")
 
 
 def _sae(layer: int = 2, d_sae: int = 256, seed: int = 0) -> SAE:
@@ -54,7 +55,7 @@ def test_attack_recipe_colours_fit_and_control_placement():
         att, ctrl, pl = typo.render_attack(base, "triangle", rng, typo.AttackConfig(), control="bopomaki")
         assert att.size == ctrl.size == (60, 60)  # centre-cropped square
         assert pl.fill != pl.stroke
-        font = typo._font(None, pl.size)
+        font = typo_attacks._font(None, pl.size)
         x0, y0, x1, y1 = font.getbbox("triangle", stroke_width=pl.stroke_width)
         assert 0 <= pl.xy[0] + x0 and pl.xy[0] + x1 <= 60 and 0 <= pl.xy[1] + y0 and pl.xy[1] + y1 <= 60
         a, c = np.asarray(att, int), np.asarray(ctrl, int)

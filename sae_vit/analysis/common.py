@@ -1,4 +1,5 @@
-"""What every analysis loads the same way: probe images, the text head with its concept vocabulary.
+"""What every analysis loads the same way: the model with its text head, zero-shot classes, probe images and
+the concept vocabulary.
 
 Written once here so that steer-score, inspect, suppress and defend-typo agree on them.
 """
@@ -6,21 +7,66 @@ Written once here so that steer-score, inspect, suppress and defend-typo agree o
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
+from sae_vit.core.text import DEFAULT_TEMPLATES, TextHead
 from sae_vit.world import scenes as world
 from sae_vit.world.sources import open_source
+
+
+class ModelBundle:
+    """A backbone, the text head that goes with it and the model's name in reports (``description``, e.g.
+    ``toy CLIP (file)``). The head may be given as a function that loads it, called on first use: open_clip's
+    text tower is large, and inspect works without one."""
+
+    def __init__(self, backbone: Backbone, head: TextHead | Callable[[], TextHead], description: str = ""):
+        self.backbone, self._head, self.description = backbone, head, description
+
+    @property
+    def head(self) -> TextHead:
+        if not isinstance(self._head, TextHead):
+            self._head = self._head()
+        return self._head
+
+
+def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
+               text_embeddings: str | os.PathLike | None = None, device: str = "cpu") -> ModelBundle:
+    """The backbone and its text head (:meth:`TextHead.for_model`, loaded on first use). For ``toy``, ``weights``
+    may be a whole toy-CLIP file (as ``saevit world train-clip`` writes), whose text tower is then used too."""
+    from sae_vit.core.backbone import load_backbone
+
+    backbone = load_backbone(model, weights, device)
+    what = "toy CLIP" if model == "toy" else model
+    return ModelBundle(backbone, lambda: TextHead.for_model(model, weights, text_embeddings),
+                       what + (f" ({weights})" if weights else ""))
+
+
+def class_embeddings(head: TextHead, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
+    """Unit class embeddings [C, d] for zero-shot classification; a class written ``a|b`` averages the embeddings
+    of its names."""
+    names = [[n.strip() for n in c.split("|") if n.strip()] for c in classes]
+    flat = [n for ns in names for n in ns]
+    check_vocabulary(flat, head.vocab)
+    rows = head.embed(flat, templates).split([len(ns) for ns in names])
+    return torch.stack([r[0] if len(r) == 1 else F.normalize(r.mean(0), dim=-1) for r in rows])
+
+
+def zero_shot_logits(image_emb: Tensor, class_emb: Tensor) -> Tensor:
+    """CLIP's zero-shot logits, 100 · cos: image embeddings [n, d] and unit class embeddings [C, d] → [n, C]."""
+    return 100 * F.normalize(image_emb.float(), dim=-1) @ class_emb.T.to(image_emb.device)
 
 
 def load_probe_images(backbone, images: str | os.PathLike | None = None, world: str | None = None,
                       n_images: int = 64, seed: int = 1):
     """Preprocessed probe images [N, 3, H, W] from a folder / CSV, or the synthetic world (test split)."""
-    import torch
-
     source = open_source(images, world, n=n_images, seed=seed, split="val")
     tensors = []
     for item in source.items[:n_images]:
@@ -33,23 +79,30 @@ def load_probe_images(backbone, images: str | os.PathLike | None = None, world: 
     return torch.stack(tensors).to(backbone.device)
 
 
-def text_head_and_vocabulary(backbone, vocab: str | os.PathLike | None = None,
-                             text_embeddings: str | os.PathLike | None = None,
-                             weights: str | os.PathLike | None = None):
-    """``(words, unit embeddings [V, d])``: the names of an embeddings file (or ``vocab``'s words looked up in
-    it), or a word list embedded by the model's text tower (toy, or open_clip for real CLIP), or by default the
-    toy world's concept words."""
-    from sae_vit.core.text import TextHead
-
-    head = TextHead.for_model(backbone.name, weights, text_embeddings)
+def concept_vocabulary(model: ModelBundle, vocab: str | os.PathLike | None = None) -> tuple[list[str], Tensor]:
+    """``(words, unit embeddings [V, d])``: ``vocab``'s words, else the names of the text-embeddings file, else
+    (toy) the world's concept words, embedded by :meth:`TextHead.embed_concepts`."""
+    head = model.head
     if vocab is not None:
         words = read_words(vocab)
     elif head.names is not None:
         words = head.names
     else:
-        words = default_vocabulary(backbone)
+        words = default_vocabulary(model.backbone)
     check_vocabulary(words, head.vocab)
     return words, head.embed_concepts(words, templates=("{}",))
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
 
 def read_words(path: str | os.PathLike) -> list[str]:

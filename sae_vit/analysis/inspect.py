@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write, write_text
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -87,7 +88,7 @@ class Inspection:
 
 @torch.no_grad()
 def collect(backbone: Backbone, sae: SAE, images: Callable[[], object], features: Sequence[int], k: int = 16,
-            batch_size: int = 64, progress: Callable[[int], None] | None = None) -> Inspection:
+            progress: Callable[[int], None] | None = None) -> Inspection:
     """One pass over ``images()`` (an iterable of ``(image_indices [B], preprocessed [B,3,H,W])``) collecting
     the top-``k`` images of every feature in ``features``."""
     layer, site = sae.cfg.layer, sae.cfg.site
@@ -196,10 +197,7 @@ def render_feature(path: Path, feature: int, inspection: Inspection, fi: int, lo
             canvas.paste(tile, (x, y))
             draw.text((x, y + size + 1), f"#{img_index}: {float(top.values[fi, r]):.2f}", fill=0)
         y += size + label_h + pad
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
 
 
 def write_index(out: Path, rows: list[dict], title: str) -> Path:
@@ -212,11 +210,43 @@ def write_index(out: Path, rows: list[dict], title: str) -> Path:
     body.append("</table>")
     page = "<!doctype html><html><head><meta charset=utf-8><title>sae-vit inspect</title></head><body>" + \
         "\n".join(body) + "</body></html>\n"
-    path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    os.replace(tmp, path)
-    return path
+    return write_text(out / "index.html", page)
+
+
+def _steer_scores(steer_csv: Path):
+    """steer-score's rows for this SAE's features (None when steer-score has not been run on it)."""
+    import pandas as pd
+
+    if not steer_csv.is_file():
+        return None
+    scores = pd.read_csv(steer_csv)
+    return scores[scores["kind"] == "feature"]
+
+
+def pick_features(d_sae: int, scores, steer_csv: Path, top_steerable: int | None, random: int | None,
+                  seed: int) -> list[int]:
+    """The ``top_steerable`` most steerable features by steer-score's ``scores``, or else ``random`` (16) random ones."""
+    if not top_steerable:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(d_sae, generator=g)[: random or 16].tolist()
+    if scores is None or scores.empty:
+        raise SaeVitError(f"No steer-score results for this SAE in {steer_csv.parent}; run `saevit steer-score` "
+                          "first or pass --features / --random.")
+    features = scores[scores["steerable"]].sort_values("S", ascending=False)["index"].astype(int).head(top_steerable)
+    if features.empty:
+        raise SaeVitError(f"No steerable features in {steer_csv}; pass --features or --random instead.")
+    return features.tolist()
+
+
+def _image_batches(items, transform: Callable, batch_size: int):
+    """``(image indices [B], preprocessed [B, 3, H, W])`` of ``items``; unreadable images are skipped."""
+    from sae_vit.io.images import ImageDataset, collate_skip_unreadable
+
+    loader = torch.utils.data.DataLoader(ImageDataset(items, transform), batch_size=batch_size,
+                                         collate_fn=collate_skip_unreadable)
+    for index, batch, _bad in loader:
+        if batch is not None:
+            yield torch.tensor(index), batch
 
 
 def inspect_sae(
@@ -242,15 +272,11 @@ def inspect_sae(
 ) -> dict:
     """Top-activating images, patch heatmaps, density and text labels for features of one SAE; writes one PNG
     per feature, ``features.csv`` and a static ``index.html`` under ``out``. Returns paths and the table."""
-    import pandas as pd
-    import torch
-
-    from sae_vit.analysis.common import check_sae_matches, load_probe_images, text_head_and_vocabulary
+    from sae_vit.analysis.common import check_sae_matches, concept_vocabulary, load_model, load_probe_images
+    from sae_vit.analysis.steer import results_stem
     from sae_vit.core.atomic import write_csv
-    from sae_vit.core.backbone import load_backbone
     from sae_vit.core.defaults import DEFAULT_MODEL, workdir
     from sae_vit.core.dist import resolve_device
-    from sae_vit.io.images import ImageDataset, collate_skip_unreadable
     from sae_vit.io.resolve import find_saes
     from sae_vit.world.sources import open_source
 
@@ -258,55 +284,31 @@ def inspect_sae(
     path = find_saes([sae] if sae else None)[0]
     model_sae = SAE.load(path, device)
     c = model_sae.cfg
-    backbone = load_backbone(model or c.model or DEFAULT_MODEL, weights, device)
-    check_sae_matches(model_sae, backbone, path)
+    bundle = load_model(model or c.model or DEFAULT_MODEL, weights, text_embeddings, device)
+    check_sae_matches(model_sae, bundle.backbone, path)
     out = Path(out) if out is not None else workdir() / "inspect" / f"layer_{c.layer}_{c.site}_{c.tokens}"
     if (out / "index.html").exists() and not overwrite:
         raise SaeVitError(f"{out} already holds an inspection; pass --overwrite or choose another --out.")
-    steer_dir = Path(steer_dir) if steer_dir is not None else workdir() / "steer"
-    steer_csv = steer_dir / f"steer_layer{c.layer}_{c.site}_{c.tokens}.csv"
-    targets: dict[int, str] = {}
-    if steer_csv.is_file():
-        scores = pd.read_csv(steer_csv)
-        scores = scores[scores["kind"] == "feature"]
-        targets = dict(zip(scores["index"].astype(int), scores["target"], strict=True))
+    steer_csv = (Path(steer_dir) if steer_dir is not None else workdir() / "steer") / f"{results_stem(c)}.csv"
+    scores = _steer_scores(steer_csv)
+    targets = {} if scores is None else dict(zip(scores["index"].astype(int), scores["target"], strict=True))
     if features is None:
-        if top_steerable:
-            if not targets:
-                raise SaeVitError(f"No steer-score results for this SAE in {steer_dir}; run `saevit steer-score` "
-                                  "first or pass --features / --random.")
-            best = scores[scores["steerable"]].sort_values("S", ascending=False)
-            features = best["index"].astype(int).head(top_steerable).tolist()
-            if not features:
-                raise SaeVitError(f"No steerable features in {steer_csv}; pass --features or --random instead.")
-        else:
-            g = torch.Generator().manual_seed(seed)
-            features = torch.randperm(c.d_sae, generator=g)[: random or 16].tolist()
-    source = open_source(images, world, n=n_images, seed=seed, split="val")
-    items = source.items[:n_images]
-
-    def batches():
-        loader = torch.utils.data.DataLoader(ImageDataset(items, backbone.transform), batch_size=batch_size,
-                                             collate_fn=collate_skip_unreadable)
-        for index, batch, _bad in loader:
-            if batch is not None:
-                yield torch.tensor(index), batch
-
-    found = collect(backbone, model_sae, batches, features, k=k, batch_size=batch_size, progress=progress)
+        features = pick_features(c.d_sae, scores, steer_csv, top_steerable, random, seed)
+    items = open_source(images, world, n=n_images, seed=seed, split="val").items[:n_images]
+    found = collect(bundle.backbone, model_sae, lambda: _image_batches(items, bundle.backbone.transform, batch_size),
+                    features, k=k, progress=progress)
     labels: list[list[tuple[str, float]]] | None = None
     try:
-        words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
+        words, text = concept_vocabulary(bundle, vocab)
     except SaeVitError:
         words = None  # no text head for this model: labels are left out, not an error
     if words is not None:
-        probe = load_probe_images(backbone, images, world, n_images=32, seed=seed + 1)
-        labels = text_labels(backbone, model_sae, features, probe, words, text.to(device))
+        probe = load_probe_images(bundle.backbone, images, world, n_images=32, seed=seed + 1)
+        labels = text_labels(bundle.backbone, model_sae, features, probe, words, text.to(device))
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for fi, feat in enumerate(features):
-        lab = labels[fi] if labels else []
-        if feat in targets:
-            lab = [(f"steer: {targets[feat]}", float("nan"))] + lab
+        lab = ([(f"steer: {targets[feat]}", float("nan"))] if feat in targets else []) + (labels[fi] if labels else [])
         png = render_feature(out / f"feature_{feat}.png", feat, found, fi, lambda i: items[i].open(), lab)
         rows.append({"feature": feat, "density": float(found.density[fi]), "png": png.name,
                      "labels": ", ".join(w for w, _ in lab)})

@@ -95,12 +95,11 @@ def run(
 
 def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
     """L0 by layer, one line per token type (and site); None when matplotlib is not installed."""
-    try:
-        import matplotlib
+    from sae_vit.analysis.common import pyplot
+    from sae_vit.core.atomic import save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for (site, tokens), g in df.groupby(["site", "tokens"]):
@@ -111,6 +110,4 @@ def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("SAE sparsity by layer and token type")
     ax.legend()
     fig.tight_layout()
-    from sae_vit.core.atomic import save_figure
-
     return save_figure(fig, path)

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import check_sae_matches
+from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import SAE
+from sae_vit.core.sae import SAE, SAEConfig
 
 #: The paper's strengths (their sweep) and decision rule.
 PAPER_ALPHAS: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
@@ -65,8 +66,6 @@ class SteerConfig:
 class UnitScores(NamedTuple):
     """Scores of one family of units (SAE features, neurons or random directions)."""
 
-    indices: Tensor
-    """[m] unit indices (feature or neuron numbers)."""
     S: Tensor
     """[m] steerability Σ_v Δp_v² at the largest strength."""
     dp: Tensor
@@ -234,7 +233,7 @@ def score_family(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengt
         dps.append(dp)
         if progress:
             progress(min(start + chunk, len(indices)), len(indices))
-    return UnitScores(indices, torch.cat(S), torch.cat(dps))
+    return UnitScores(torch.cat(S), torch.cat(dps))
 
 
 def curves(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengths: list[float], cfg: SteerConfig) -> Tensor:
@@ -248,15 +247,9 @@ def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: 
                 strength: float, tokens: str = "all", temperature: float = PAPER_TEMPERATURE) -> Tensor:
     """Reference implementation: one feature, one strength, full forward passes through :func:`splice`.
     Returns Δp [V]. Slow and obviously correct; the tests check :func:`steer_batched` against it."""
-
-    def clamp(f: Tensor) -> Tensor:
-        f = f.clone()
-        f[..., feature] = strength
-        return f
-
     with torch.no_grad():
         base = F.normalize(backbone.image_embedding(images).float(), dim=-1)
-        with splice(backbone, layer, lambda x: sae.edit(x, clamp), site=sae.cfg.site, tokens=tokens):
+        with splice(backbone, layer, edits.clamp(sae, feature, strength), site=sae.cfg.site, tokens=tokens):
             steered = F.normalize(backbone.image_embedding(images).float(), dim=-1)
     p0 = torch.softmax(temperature * base @ text.T, dim=-1)
     p1 = torch.softmax(temperature * steered @ text.T, dim=-1)
@@ -275,6 +268,7 @@ class SteerReport(NamedTuple):
     summary: dict
     """Counts and fractions steerable per kind, distinct targets, the strengths and options used."""
     strengths: list[float]
+    """The strengths s applied to the features (see :attr:`SteerConfig.strength_unit`)."""
 
 
 def steer_score(
@@ -367,16 +361,18 @@ def _pick(n: int, features: Sequence[int] | None, max_features: int | None, seed
     return torch.arange(n)
 
 
+def results_stem(cfg: SAEConfig) -> str:
+    """The file name, without suffix, of steer-score's results for an SAE (inspect reads them too)."""
+    return f"steer_layer{cfg.layer}_{cfg.site}_{cfg.tokens}"
+
+
 def plot_curves(units, path) -> object:
     """PNG of S against the strength for the units that have a curve; None without matplotlib."""
-    import os
+    from sae_vit.analysis.common import pyplot
+    from sae_vit.core.atomic import save_figure
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     cols = [c for c in units.columns if c.startswith("S_alpha_")]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -389,11 +385,7 @@ def plot_curves(units, path) -> object:
     ax.set_ylabel("steerability S = Σ Δp²")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def score_saes(
@@ -423,9 +415,8 @@ def score_saes(
 
     import pandas as pd
 
-    from sae_vit.analysis.common import load_probe_images, text_head_and_vocabulary
+    from sae_vit.analysis.common import concept_vocabulary, load_model, load_probe_images
     from sae_vit.core.atomic import write_csv, write_json
-    from sae_vit.core.backbone import load_backbone
     from sae_vit.core.defaults import DEFAULT_MODEL, workdir
     from sae_vit.core.dist import resolve_device
     from sae_vit.io.resolve import find_saes
@@ -437,15 +428,16 @@ def score_saes(
     paths = find_saes(saes)
     loaded = [(p, SAE.load(p, device)) for p in paths]
     model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
-    backbone = load_backbone(model, weights, device)
-    words, text = text_head_and_vocabulary(backbone, vocab, text_embeddings, weights)
+    bundle = load_model(model, weights, text_embeddings, device)
+    backbone = bundle.backbone
+    words, text = concept_vocabulary(bundle, vocab)
     probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)
     out.mkdir(parents=True, exist_ok=True)
     reports, summary_rows = [], []
     for path, sae in loaded:
         report = steer_score(sae, backbone, probe, words, text.to(device), config, features, max_features, neurons,
                        mlp_neurons, random_control, seed, str(path), progress)
-        stem = f"steer_layer{sae.cfg.layer}_{sae.cfg.site}_{sae.cfg.tokens}"
+        stem = results_stem(sae.cfg)
         write_csv(out / f"{stem}.csv", report.units)
         write_json(out / f"{stem}.json", report.summary)
         plot_curves(report.units, out / f"{stem}.png")
