@@ -21,7 +21,7 @@ from torch import Tensor
 from sae_vit.analysis.common import ModelBundle, check_sae_matches, default_vocabulary, load_model, read_words
 from sae_vit.analysis.probes import LinearProbe, fit_logistic
 from sae_vit.analysis.suppress.conditions import Condition, group_metrics, run_conditions
-from sae_vit.analysis.suppress.data import ImageBatches, TaskData, read_task
+from sae_vit.analysis.suppress.data import TASKS, ImageBatches, TaskData, read_task
 from sae_vit.analysis.suppress.ranking import LayerStats, auroc, mean_diff_scores
 from sae_vit.analysis.suppress.report import SuppressResult, check_out, write_outputs
 from sae_vit.analysis.suppress.run import SuppressConfig, run_suppress
@@ -29,7 +29,7 @@ from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 
-__all__ = ["Condition", "ImageBatches", "LayerStats", "LinearProbe", "SuppressConfig", "SuppressResult", "TaskData",
+__all__ = ["TASKS", "Condition", "ImageBatches", "LayerStats", "LinearProbe", "SuppressConfig", "SuppressResult", "TaskData",
            "auroc", "fit_logistic", "group_metrics", "mean_diff_scores", "read_task", "run_conditions", "run_suppress",
            "suppress"]
 
