@@ -28,46 +28,27 @@ import importlib
 __version__ = "0.1.0"
 
 #: Public name -> module that defines it.
-_HOMES = {
-    "SAE": "sae_vit.core.sae",
-    "SAEConfig": "sae_vit.core.sae",
-    "SAEOutput": "sae_vit.core.sae",
-    "TokenNorm": "sae_vit.core.sae",
-    "load_sae": "sae_vit.io.resolve",
-    "list_released": "sae_vit.io.released",
-    "ReleasedSAE": "sae_vit.io.released",
-    "load_backbone": "sae_vit.core.backbone",
-    "Backbone": "sae_vit.core.backbone",
-    "splice": "sae_vit.core.backbone",
-    "TextHead": "sae_vit.core.text",
-    "TrainConfig": "sae_vit.core.train",
-    "cache": "sae_vit.pipeline",
-    "train": "sae_vit.pipeline",
-    "sparsity": "sae_vit.pipeline",
-    "run_demo": "sae_vit.pipeline.demo",
-    "DemoConfig": "sae_vit.pipeline.demo",
-    "score_saes": "sae_vit.analysis.steer",
-    "SteerConfig": "sae_vit.analysis.steer",
-    "inspect_sae": "sae_vit.analysis.inspect",
-    "suppress": "sae_vit.analysis.suppress",
-    "SuppressConfig": "sae_vit.analysis.suppress",
-    "world_images": "sae_vit.world.scenes",
-    "export_task": "sae_vit.world.scenes",
-    "SaeVitError": "sae_vit.core.errors",
-}
+_HOMES = {name: module for module, names in {
+    "sae_vit.core.sae": ("SAE", "SAEConfig", "SAEOutput", "TokenNorm"),
+    "sae_vit.io.resolve": ("load_sae",),
+    "sae_vit.io.released": ("list_released", "ReleasedSAE"),
+    "sae_vit.core.backbone": ("load_backbone", "Backbone", "splice"),
+    "sae_vit.core.text": ("TextHead",),
+    "sae_vit.core.train": ("TrainConfig",),
+    "sae_vit.pipeline": ("cache", "train", "sparsity"),
+    "sae_vit.pipeline.demo": ("run_demo", "DemoConfig"),
+    "sae_vit.analysis.steer": ("score_saes", "SteerConfig"),
+    "sae_vit.analysis.inspect": ("inspect_sae",),
+    "sae_vit.analysis.suppress": ("suppress", "SuppressConfig"),
+    "sae_vit.world.scenes": ("world_images", "export_task"),
+    "sae_vit.core.errors": ("SaeVitError",),
+}.items() for name in names}
 
 #: Names whose use may load an SAE: the one resolver (hf://, foreign folders, released names) is installed into
 #: ``sae_vit.core.sae.REF_RESOLVER`` before they are handed out.
 _NEED_RESOLVER = {"SAE", "SAEConfig", "SAEOutput", "TokenNorm", "load_sae"}
 
-__all__ = [
-    "SAE", "SAEConfig", "SAEOutput", "TokenNorm", "load_sae", "list_released", "ReleasedSAE",
-    "load_backbone", "Backbone", "splice", "TextHead",
-    "TrainConfig", "cache", "train", "sparsity", "run_demo", "DemoConfig",
-    "score_saes", "SteerConfig", "inspect_sae", "suppress", "SuppressConfig",
-    "world_images", "export_task",
-    "SaeVitError",
-]
+__all__ = list(_HOMES)
 
 
 def __getattr__(name: str):

@@ -84,9 +84,8 @@ class Backbone:
 
     def check_layer(self, layer: int) -> int:
         if not 0 <= layer < self.n_layers:
-            raise SaeVitError(
-                f"Layer {layer} is out of range for {self.name} ({self.n_layers} blocks); use 0..{self.n_layers - 1}."
-            )
+            raise SaeVitError(f"Layer {layer} is out of range for {self.name} ({self.n_layers} blocks); use "
+                              f"0..{self.n_layers - 1}.")
         return layer
 
     def token_positions(self, tokens: str) -> Tensor:
@@ -129,9 +128,8 @@ class Backbone:
         """The model's output for preprocessed ``images`` [B, 3, H, W] (for CLIP: the image embedding)."""
         return self.model(images)
 
-    def capture(
-        self, images: Tensor, layers: list[int], site: str = "resid_post", tokens: str = "all"
-    ) -> dict[int, Tensor]:
+    def capture(self, images: Tensor, layers: list[int], site: str = "resid_post", tokens: str = "all"
+                ) -> dict[int, Tensor]:
         """Activations at ``site`` of each layer in ``layers`` for the selected tokens, [B, T_sel, d_site].
 
         One forward pass; it stops after the deepest requested layer.
@@ -141,10 +139,8 @@ class Backbone:
             self.check_layer(layer)
         pos = self.token_positions(tokens).to(images.device)
         out: dict[int, Tensor] = {}
-        handles = []
-        if site != "resid_post":
-            for layer in layers:
-                handles.append(_site_hook(self.model.blocks[layer], site, _capture_into(out, layer, pos)))
+        handles = [_site_hook(self.model.blocks[layer], site, _capture_into(out, layer, pos))
+                   for layer in (layers if site != "resid_post" else [])]
         try:
             x = self.embed(images)
             for i, blk in enumerate(self.model.blocks[: max(layers) + 1]):
@@ -186,9 +182,8 @@ def _site_hook(block: nn.Module, site: str, fn: Edit):
 
 
 @contextlib.contextmanager
-def splice(
-    backbone: Backbone, layer: int, edit: Edit, site: str = "resid_post", tokens: str = "all"
-) -> Iterator[Backbone]:
+def splice(backbone: Backbone, layer: int, edit: Edit, site: str = "resid_post", tokens: str = "all"
+           ) -> Iterator[Backbone]:
     """Within the ``with`` block, every forward pass replaces the activations at (``layer``, ``site``) of the
     selected tokens by ``edit(x)``, where ``x`` is [B, T_sel, d_site].
 
@@ -213,7 +208,6 @@ def splice(
 
 
 # -- loading -----------------------------------------------------------------------------------------------
-
 
 def file_sha256(path: str | os.PathLike, limit: int | None = None) -> str:
     """Hex sha256 of a file (of its first ``limit`` bytes when given)."""
@@ -257,10 +251,8 @@ def _timm_model(name: str, pretrained: bool) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(name):
-        raise SaeVitError(
-            f"Unknown model {name!r}; use 'toy' or a timm ViT name such as {REAL_CLIP} "
-            "(see timm.list_models('*clip*'))."
-        )
+        raise SaeVitError(f"Unknown model {name!r}; use 'toy' or a timm ViT name such as {REAL_CLIP} "
+                          "(see timm.list_models('*clip*')).")
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except (OSError, RuntimeError, ValueError) as exc:
@@ -318,9 +310,8 @@ def registered_models() -> dict[str, Callable]:
     return {ep.name: ep for ep in entry_points(group=MODEL_GROUP)}
 
 
-def load_backbone(
-    name: str = "toy", weights: str | os.PathLike | None = None, device: str | torch.device = "auto"
-) -> Backbone:
+def load_backbone(name: str = "toy", weights: str | os.PathLike | None = None,
+                  device: str | torch.device = "auto") -> Backbone:
     """Load a ViT by name: a registered name (``toy``: the shipped toy CLIP, or ``weights`` = a toy-CLIP file or an
     image-tower state dict), a timm name with Hub weights, or a timm name plus a local ``weights`` file
     (safetensors, or a PyTorch state dict read with ``weights_only=True``). ``device``: see

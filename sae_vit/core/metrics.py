@@ -53,11 +53,8 @@ def dense_fraction(density: Tensor, threshold: float = DENSE_THRESHOLD) -> float
 
 
 def _batches(acts: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
-    if isinstance(acts, Tensor):
-        yield from acts.reshape(-1, acts.shape[-1]).split(batch_size)
-    else:
-        for batch in acts:
-            yield from batch.reshape(-1, batch.shape[-1]).split(batch_size)
+    for batch in [acts] if isinstance(acts, Tensor) else acts:
+        yield from batch.reshape(-1, batch.shape[-1]).split(batch_size)
 
 
 @torch.no_grad()

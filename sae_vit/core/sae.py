@@ -61,9 +61,8 @@ class SAEConfig:
         if self.architecture not in ARCHITECTURES:
             raise SaeVitError(f"Unknown SAE architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
         if self.normalization not in NORMALIZATIONS:
-            raise SaeVitError(
-                f"Unknown normalisation {self.normalization!r}; use one of {', '.join(NORMALIZATIONS)}."
-            )
+            raise SaeVitError(f"Unknown normalisation {self.normalization!r}; use one of "
+                              f"{', '.join(NORMALIZATIONS)}.")
         if self.d_in <= 0 or self.d_sae <= 0:
             raise SaeVitError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
         if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
@@ -139,7 +138,7 @@ class SAE(nn.Module):
             return x * self.scale, None
         return x, None
 
-    def denormalize(self, x: Tensor, ctx: tuple[Tensor, Tensor] | None) -> Tensor:
+    def denormalize(self, x: Tensor, ctx: tuple[Tensor, Tensor] | TokenNorm | None) -> Tensor:
         """Inverse of :meth:`normalize` with the context it returned."""
         norm = self.cfg.normalization
         if norm == "layer_norm":
@@ -187,15 +186,11 @@ class SAE(nn.Module):
         ``decode(*sae.encode(x, return_norm=True))`` equals ``sae(x).x_hat``. ``constant`` and ``none`` SAEs need
         no ``norm``. For the normalised space itself, use :meth:`decode_normalized`.
         """
-        if self.cfg.normalization == "layer_norm":
-            if norm is None:
-                raise SaeVitError(
-                    "This SAE layer-normalises each token, so decode needs the tokens' statistics: "
-                    "f, norm = sae.encode(x, return_norm=True); x_hat = sae.decode(f, norm) "
-                    "(or sae.decode_normalized(f) for the normalised space)."
-                )
-            return self.denormalize(self.decode_normalized(f), tuple(norm))
-        return self.denormalize(self.decode_normalized(f), None)
+        if self.cfg.normalization == "layer_norm" and norm is None:
+            raise SaeVitError("This SAE layer-normalises each token, so decode needs the tokens' statistics: "
+                              "f, norm = sae.encode(x, return_norm=True); x_hat = sae.decode(f, norm) "
+                              "(or sae.decode_normalized(f) for the normalised space).")
+        return self.denormalize(self.decode_normalized(f), norm)
 
     def forward(self, x: Tensor) -> SAEOutput:
         """Encode and decode ``x`` [..., d_in]: ``sae(x)`` is ``SAEOutput(x_hat, latents)``, the reconstruction
@@ -331,10 +326,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise SaeVitError(f"{path} is not a readable .safetensors file ({exc}); re-download or re-train it.") from exc
     if METADATA_KEY not in metadata:
-        raise SaeVitError(
-            f"{path} is a safetensors file but not an sae-vit checkpoint (no '{METADATA_KEY}' metadata); "
-            "convert it with the import tools or train one with `saevit train`."
-        )
+        raise SaeVitError(f"{path} is a safetensors file but not an sae-vit checkpoint (no '{METADATA_KEY}' "
+                          "metadata); convert it with the import tools or train one with `saevit train`.")
     try:
         meta = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as exc:
@@ -342,10 +335,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
     version = meta.pop("format_version", None)
     meta.pop("package_version", None)
     if version != FORMAT_VERSION:
-        raise SaeVitError(
-            f"{path} uses checkpoint format version {version}, this sae-vit reads version {FORMAT_VERSION}; "
-            "upgrade sae-vit."
-        )
+        raise SaeVitError(f"{path} uses checkpoint format version {version}, this sae-vit reads version "
+                          f"{FORMAT_VERSION}; upgrade sae-vit.")
     known = {f.name for f in fields(SAEConfig)}
     try:
         cfg = SAEConfig(**{k: v for k, v in meta.items() if k in known})
@@ -356,8 +347,6 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
         if name not in tensors:
             raise SaeVitError(f"{path} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
         if tuple(tensors[name].shape) != shape:
-            raise SaeVitError(
-                f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
-                f"for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file is corrupted."
-            )
+            raise SaeVitError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
+                              f"{shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file is corrupted.")
     return cfg, tensors

@@ -33,14 +33,9 @@ class TextHead:
     files) maps a name to a fixed embedding, in which case templates do not apply.
     """
 
-    def __init__(
-        self,
-        encode: Callable[[list[str]], Tensor] | None = None,
-        table: dict[str, Tensor] | None = None,
-        source: str = "",
-        vocab: Sequence[str] | None = None,
-        concept_prompts: Callable[[str], list[str]] | None = None,
-    ):
+    def __init__(self, encode: Callable[[list[str]], Tensor] | None = None,
+                 table: dict[str, Tensor] | None = None, source: str = "", vocab: Sequence[str] | None = None,
+                 concept_prompts: Callable[[str], list[str]] | None = None):
         if (encode is None) == (table is None):
             raise ValueError("give exactly one of encode or table")
         self._encode = encode
@@ -85,39 +80,31 @@ class TextHead:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
             if "embeddings" not in f.keys() or "names" not in meta:
-                raise SaeVitError(
-                    f"{p} needs a tensor 'embeddings' [n, d] and a 'names' JSON list in its "
-                    "metadata; write it with TextHead.save_embeddings."
-                )
+                raise SaeVitError(f"{p} needs a tensor 'embeddings' [n, d] and a 'names' JSON list in its "
+                                  "metadata; write it with TextHead.save_embeddings.")
             emb = f.get_tensor("embeddings").float()
         names = json.loads(meta["names"])
         if emb.ndim != 2 or len(names) != emb.shape[0]:
-            raise SaeVitError(
-                f"{p} has {len(names)} names for embeddings of shape {tuple(emb.shape)}; "
-                "they must match one name per row."
-            )
+            raise SaeVitError(f"{p} has {len(names)} names for embeddings of shape {tuple(emb.shape)}; "
+                              "they must match one name per row.")
         emb = F.normalize(emb, dim=-1)
         return cls(table={n: emb[i] for i, n in enumerate(names)}, source=f"file:{p}")
 
     @classmethod
-    def from_open_clip(
-        cls, model_name: str = "ViT-B-32", pretrained: str = "datacomp_xl_s13b_b90k"
-    ) -> TextHead:
+    def from_open_clip(cls, model_name: str = "ViT-B-32", pretrained: str = "datacomp_xl_s13b_b90k"
+                       ) -> TextHead:
         """open_clip's text tower for a real CLIP (needs ``pip install 'sae-vit[openclip]'`` and the weights,
         downloaded by open_clip on first use)."""
         try:
             import open_clip
         except ImportError as e:
-            raise SaeVitError(
-                "open_clip is not installed; run `pip install 'sae-vit[openclip]'` or pass "
-                "--text-embeddings FILE."
-            ) from e
+            raise SaeVitError("open_clip is not installed; run `pip install 'sae-vit[openclip]'` or pass "
+                              "--text-embeddings FILE.") from e
         try:
             model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         except Exception as e:  # network, unknown name: a user-fixable problem
-            raise SaeVitError(
-                f"open_clip could not load {model_name} ({pretrained}): {e}; check the names and the network."
-            ) from e
+            raise SaeVitError(f"open_clip could not load {model_name} ({pretrained}): {e}; check the names "
+                              "and the network.") from e
         tokenizer = open_clip.get_tokenizer(model_name)
         model.eval()
 
@@ -137,10 +124,8 @@ class TextHead:
         if self._table is not None:
             missing = [n for n in names if n not in self._table]
             if missing:
-                raise SaeVitError(
-                    f"{missing[0]!r} is not in the text embeddings file ({self.source}); add it "
-                    "or use names the file holds."
-                )
+                raise SaeVitError(f"{missing[0]!r} is not in the text embeddings file ({self.source}); add "
+                                  "it or use names the file holds.")
             return torch.stack([self._table[n] for n in names])
         if not templates:
             raise SaeVitError("No prompt templates given; pass at least one, e.g. 'a photo of a {}.'.")
@@ -160,9 +145,8 @@ class TextHead:
         parts = emb.split([len(ps) for ps in prompt_sets])
         return torch.stack([F.normalize(part.mean(0), dim=-1) for part in parts])
 
-    def zero_shot_logits(
-        self, image_emb: Tensor, names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
-    ) -> Tensor:
+    def zero_shot_logits(self, image_emb: Tensor, names: Sequence[str],
+                         templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
         """100 · cos(image embedding, text embedding): image_emb [b, d] → logits [b, n]."""
         text = self.embed(names, templates).to(image_emb.device)
         return 100 * F.normalize(image_emb.float(), dim=-1) @ text.T

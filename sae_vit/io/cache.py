@@ -31,7 +31,7 @@ PRECISIONS = ("fp32", "bf16")
 EVAL_EVERY = 20
 
 
-write_json_atomic = write_json  # the name sae_vit.analysis.suppress and the benchmarks import
+write_json_atomic = write_json  # the name the benchmarks import
 
 
 def _save_shard(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -53,23 +53,11 @@ class CacheProgress:
     skipped: int
 
 
-def write_cache(
-    backbone: Backbone,
-    source: ImageSource,
-    out: str | os.PathLike,
-    layers: list[int],
-    site: str = "resid_post",
-    tokens: str = "all",
-    dtype: str = "float16",
-    batch_size: int = 64,
-    images_per_shard: int = 1024,
-    num_workers: int = 0,
-    max_images: int | None = None,
-    overwrite: bool = False,
-    progress: Callable[[CacheProgress], None] | None = None,
-    stop_after_shards: int | None = None,
-    precision: str = "fp32",
-) -> dict:
+def write_cache(backbone: Backbone, source: ImageSource, out: str | os.PathLike, layers: list[int],
+                site: str = "resid_post", tokens: str = "all", dtype: str = "float16", batch_size: int = 64,
+                images_per_shard: int = 1024, num_workers: int = 0, max_images: int | None = None,
+                overwrite: bool = False, progress: Callable[[CacheProgress], None] | None = None,
+                stop_after_shards: int | None = None, precision: str = "fp32") -> dict:
     """Run ``backbone`` over ``source`` and store activations of ``layers`` at ``site`` for ``tokens``.
 
     Returns the final manifest. If ``out`` holds an unfinished cache with the same settings, it resumes;
@@ -136,22 +124,11 @@ def _check_request(backbone: Backbone, layers: list[int], tokens: str, dtype: st
 def _settings(backbone: Backbone, source: ImageSource, items: list, layers: list[int], site: str, tokens: str,
               dtype: str, images_per_shard: int) -> dict:
     """What a cache records about how it was made; a resumed run must match it."""
-    return {
-        "format_version": CACHE_FORMAT_VERSION,
-        "model": backbone.name,
-        "weights": backbone.weights_id,
-        "layers": layers,
-        "site": site,
-        "tokens": tokens,
-        "dtype": dtype,
-        "d_model": backbone.d_site(site),
-        "has_cls": backbone.has_cls,
-        "n_patches": backbone.n_patches,
-        "tokens_per_image": len(backbone.token_positions(tokens)),
-        "images_per_shard": images_per_shard,
-        "n_images": len(items),
-        "source": {**source.describe(), "n_images": len(items)},
-    }
+    return {"format_version": CACHE_FORMAT_VERSION, "model": backbone.name, "weights": backbone.weights_id,
+            "layers": layers, "site": site, "tokens": tokens, "dtype": dtype,
+            "d_model": backbone.d_site(site), "has_cls": backbone.has_cls, "n_patches": backbone.n_patches,
+            "tokens_per_image": len(backbone.token_positions(tokens)), "images_per_shard": images_per_shard,
+            "n_images": len(items), "source": {**source.describe(), "n_images": len(items)}}
 
 
 def _add_shards(root: Path, manifest: dict, entries: list[dict]) -> None:
@@ -333,12 +310,16 @@ class CacheReader:
 
     def read_shard(self, layer: int, index: int, tokens: str = "all", split: str = "all") -> Tensor:
         """Selected activations of one shard as float32 [n, d] (memory-mapped read)."""
+        return self._select(layer, index, [tokens], split)[tokens]
+
+    def _select(self, layer: int, index: int, tokens: list[str], split: str) -> dict[str, Tensor]:
+        """One shard of ``layer``, opened once, split into the selected tokens of each type (float32)."""
         from safetensors import safe_open
 
         with safe_open(str(self._shard(layer, index)), framework="pt") as fh:
-            keep = self.mask(fh.get_tensor("token_index"), fh.get_tensor("image_index"), tokens, split)
+            token_index, image_index = fh.get_tensor("token_index"), fh.get_tensor("image_index")
             acts = fh.get_tensor("acts")
-        return acts[keep].float()
+        return {t: acts[self.mask(token_index, image_index, t, split)].float() for t in tokens}
 
     def count(self, layer: int, tokens: str, split: str = "train") -> int:
         """Number of tokens the selection holds."""
@@ -356,38 +337,38 @@ class CacheReader:
         """Selected tokens of ``split`` (``train``, ``eval`` or ``all``): all of them, or ``max_tokens`` drawn
         from shards read in a random order (reading stops once enough are held, so memory stays bounded)."""
         self.check(layer, tokens)
+        if max_tokens is None:
+            return self._read(layer, tokens, split, [s["index"] for s in self.manifest["shards"]])
         g = torch.Generator().manual_seed(seed)
-        shards = [s["index"] for s in self.manifest["shards"]]
-        if max_tokens is not None:
-            shards = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
-        parts, have = [], 0
-        for index in shards:
-            part = self.read_shard(layer, index, tokens, split)
-            if max_tokens is not None and have + len(part) > 2 * max_tokens:
-                part = part[torch.randperm(len(part), generator=g)[: 2 * max_tokens - have]]
-            parts.append(part)
-            have += len(part)
-            if max_tokens is not None and have >= 2 * max_tokens:
-                break
-        x = torch.cat(parts) if parts else torch.zeros(0, self.d_model)
-        if max_tokens is not None and len(x) > max_tokens:
-            x = x[torch.randperm(len(x), generator=g)[:max_tokens]]
-        return x
+        x = self._read(layer, tokens, split, self._order(g), 2 * max_tokens, trim=g)
+        return x[torch.randperm(len(x), generator=g)[:max_tokens]] if len(x) > max_tokens else x
 
     def sample(self, layer: int, tokens: str, n: int, split: str = "train", seed: int = 0) -> Tensor:
         """About ``n`` selected tokens from randomly chosen shards (for initialisation), without reading all."""
         self.check(layer, tokens)
         g = torch.Generator().manual_seed(seed)
-        shards = [self.manifest["shards"][i]["index"] for i in torch.randperm(len(self.manifest["shards"]), generator=g)]
+        x = self._read(layer, tokens, split, self._order(g), n)
+        return x[torch.randperm(len(x), generator=g)[:n]]
+
+    def _order(self, g: torch.Generator) -> list[int]:
+        """The shards' indices in a random order drawn from ``g``."""
+        shards = [s["index"] for s in self.manifest["shards"]]
+        return [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+
+    def _read(self, layer: int, tokens: str, split: str, order: list[int], n: int | None = None,
+              trim: torch.Generator | None = None) -> Tensor:
+        """Selected tokens of the shards in ``order`` until ``n`` are held (all when None); with ``trim``, the
+        last shard read is subsampled (drawing from it) so that exactly ``n`` are held."""
         parts, have = [], 0
-        for index in shards:
+        for index in order:
             part = self.read_shard(layer, index, tokens, split)
+            if trim is not None and have + len(part) > n:
+                part = part[torch.randperm(len(part), generator=trim)[: n - have]]
             parts.append(part)
             have += len(part)
-            if have >= n:
+            if n is not None and have >= n:
                 break
-        x = torch.cat(parts)
-        return x[torch.randperm(len(x), generator=g)[:n]]
+        return torch.cat(parts) if parts else torch.zeros(0, self.d_model)
 
     def batches(self, layer: int, tokens: str, batch_size: int, split: str = "train", seed: int = 0,
                 buffer_shards: int = 4, epochs: float | None = 1.0) -> Iterator[Tensor]:
@@ -395,7 +376,6 @@ class CacheReader:
         shuffled together. Runs ``epochs`` passes (fractional allowed) or forever if ``None``."""
         self.check(layer, tokens)
         g = torch.Generator().manual_seed(seed)
-        shards = [s["index"] for s in self.manifest["shards"]]
         total = self.count(layer, tokens, split)
         if total == 0:
             raise SaeVitError(f"The cache at {self.root} has no {split} tokens for --tokens {tokens}; "
@@ -403,7 +383,7 @@ class CacheReader:
         budget = None if epochs is None else int(epochs * total)
         carry = torch.zeros(0, self.d_model)
         while budget is None or budget > 0:
-            order = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+            order = self._order(g)
             for start in range(0, len(order), buffer_shards):
                 parts = [carry] + [self.read_shard(layer, i, tokens, split) for i in order[start:start + buffer_shards]]
                 buf = torch.cat(parts)
@@ -427,22 +407,13 @@ Key = tuple[int, str]
 """A stream: (layer, token type)."""
 
 
-def _read_selections(reader, layer: int, index: int, tokens: list[str], split: str) -> dict[str, Tensor]:
-    """One shard of ``layer``, opened once, split into the selected tokens of each token type (float32)."""
-    from safetensors import safe_open
-
-    with safe_open(str(reader._shard(layer, index)), framework="pt") as fh:
-        token_index, image_index, acts = (fh.get_tensor(n) for n in ("token_index", "image_index", "acts"))
-    return {t: acts[reader.mask(token_index, image_index, t, split)].float() for t in tokens}
-
-
 def count_tokens(reader, keys: list[Key], split: str = "train") -> dict[Key, int]:
     """Tokens of every stream in ``split``, in one pass over the shards (one read per shard and layer)."""
     counts = dict.fromkeys(keys, 0)
     for layer in sorted({k[0] for k in keys}):
         types = [t for (lay, t) in keys if lay == layer]
         for shard in reader.manifest["shards"]:
-            for t, part in _read_selections(reader, layer, shard["index"], types, split).items():
+            for t, part in reader._select(layer, shard["index"], types, split).items():
                 counts[(layer, t)] += len(part)
     return counts
 
@@ -460,9 +431,8 @@ def joint_batches(reader, budgets: dict[Key, int], batch_size: dict[Key, int], s
     gens = {key: torch.Generator().manual_seed(seed + 1 + i) for i, key in enumerate(sorted(budgets))}
     left = dict(budgets)
     carry: dict[Key, Tensor] = {key: torch.zeros(0, reader.d_model) for key in budgets}
-    shards = [s["index"] for s in reader.manifest["shards"]]
     while any(v > 0 for v in left.values()):
-        order = [shards[i] for i in torch.randperm(len(shards), generator=g).tolist()]
+        order = reader._order(g)
         for start in range(0, len(order), buffer_shards):
             active = [key for key, v in left.items() if v > 0]
             if not active:
@@ -471,7 +441,7 @@ def joint_batches(reader, budgets: dict[Key, int], batch_size: dict[Key, int], s
             for layer in sorted({lay for lay, _ in active}):
                 types = [t for lay, t in active if lay == layer]
                 for index in order[start:start + buffer_shards]:
-                    for t, part in _read_selections(reader, layer, index, types, split).items():
+                    for t, part in reader._select(layer, index, types, split).items():
                         parts[(layer, t)].append(part)
             for key in active:
                 buf = torch.cat(parts[key])

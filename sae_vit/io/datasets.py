@@ -16,16 +16,8 @@ import pandas as pd
 
 from sae_vit.core.errors import SaeVitError
 
-_SPLIT_ALIASES = {
-    "0": "train",
-    "1": "val",
-    "2": "test",
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
+_SPLIT_ALIASES = {"0": "train", "1": "val", "2": "test", "train": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -38,10 +30,9 @@ def _require_file(path: Path, what: str, fix: str) -> Path:
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: Path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise SaeVitError(
-            f"{source} has no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}); "
-            "pass the right column name or fix the file."
-        )
+        columns = ", ".join(map(str, frame.columns))
+        raise SaeVitError(f"{source} has no column {missing[0]!r} (columns: {columns}); pass the right "
+                          "column name or fix the file.")
 
 
 def _normalise_split(values: pd.Series, source: Path) -> pd.Series:
@@ -58,21 +49,13 @@ def read_waterbirds(directory: str | os.PathLike) -> pd.DataFrame:
     Columns: ``path``, ``label`` (= y, 1 = waterbird), ``split``, ``place`` (1 = water), ``group`` (2·y + place).
     """
     root = Path(directory).expanduser().resolve()
-    meta = _require_file(
-        root / "metadata.csv",
-        "Waterbirds metadata.csv",
-        "pass the folder that holds metadata.csv (e.g. waterbird_complete95_forest2water2)",
-    )
+    meta = _require_file(root / "metadata.csv", "Waterbirds metadata.csv",
+                         "pass the folder that holds metadata.csv (e.g. waterbird_complete95_forest2water2)")
     frame = pd.read_csv(meta)
     _require_columns(frame, ["img_filename", "y", "split", "place"], meta)
-    out = pd.DataFrame(
-        {
-            "path": [str(root / f) for f in frame["img_filename"]],
-            "label": frame["y"].astype(int),
-            "split": _normalise_split(frame["split"], meta),
-            "place": frame["place"].astype(int),
-        }
-    )
+    out = pd.DataFrame({"path": [str(root / f) for f in frame["img_filename"]],
+                        "label": frame["y"].astype(int), "split": _normalise_split(frame["split"], meta),
+                        "place": frame["place"].astype(int)})
     out["group"] = 2 * out["label"] + out["place"]
     for col in ("img_id", "place_filename"):
         if col in frame.columns:
@@ -118,9 +101,8 @@ def _read_celeba_partition(root: Path) -> pd.DataFrame:
     return frame
 
 
-def read_celeba(
-    directory: str | os.PathLike, target: str = "Blond_Hair", spurious: str = "Male"
-) -> pd.DataFrame:
+def read_celeba(directory: str | os.PathLike, target: str = "Blond_Hair", spurious: str = "Male"
+                ) -> pd.DataFrame:
     """CelebA (``list_attr_celeba.txt`` or Kaggle's ``.csv``, ``list_eval_partition``, ``img_align_celeba/``).
 
     Columns: ``path``, ``label`` (target attribute as 0/1), ``split``, ``spurious`` (0/1), ``group``
@@ -128,9 +110,8 @@ def read_celeba(
     """
     root = Path(directory).expanduser().resolve()
     if not root.is_dir():
-        raise SaeVitError(
-            f"CelebA folder {root} does not exist; pass the folder holding list_attr_celeba.txt."
-        )
+        raise SaeVitError(f"CelebA folder {root} does not exist; pass the folder holding "
+                          "list_attr_celeba.txt.")
     attrs = _read_celeba_attributes(root)
     source = root / "list_attr_celeba"
     for name in (target, spurious):
@@ -140,34 +121,22 @@ def read_celeba(
     parts = _read_celeba_partition(root)
     frame = attrs.merge(parts, on="image_id", how="inner")
     if len(frame) < len(attrs):
-        raise SaeVitError(
-            f"{len(attrs) - len(frame)} images of {source} have no partition; check that "
-            "list_eval_partition lists every image."
-        )
+        raise SaeVitError(f"{len(attrs) - len(frame)} images of {source} have no partition; check that "
+                          "list_eval_partition lists every image.")
     images = _celeba_image_dir(root)
     attr_cols = [c for c in attrs.columns if c != "image_id"]
-    out = pd.DataFrame(
-        {
-            "path": [str(images / f) for f in frame["image_id"]],
-            "label": (frame[target] > 0).astype(int),
-            "split": _normalise_split(frame["partition"], root / "list_eval_partition"),
-            "spurious": (frame[spurious] > 0).astype(int),
-            "image_id": frame["image_id"],
-        }
-    )
+    out = pd.DataFrame({"path": [str(images / f) for f in frame["image_id"]],
+                        "label": (frame[target] > 0).astype(int),
+                        "split": _normalise_split(frame["partition"], root / "list_eval_partition"),
+                        "spurious": (frame[spurious] > 0).astype(int), "image_id": frame["image_id"]})
     out["group"] = 2 * out["label"] + out["spurious"]
     for col in attr_cols:
         out[col] = (frame[col] > 0).astype(int)
     return out
 
 
-def read_csv_labels(
-    csv: str | os.PathLike,
-    label_col: str = "label",
-    group_cols: Sequence[str] = (),
-    path_col: str = "path",
-    default_split: str = "test",
-) -> pd.DataFrame:
+def read_csv_labels(csv: str | os.PathLike, label_col: str = "label", group_cols: Sequence[str] = (),
+                    path_col: str = "path", default_split: str = "test") -> pd.DataFrame:
     """A generic CSV index: ``path`` (relative to the CSV's folder or absolute), a label column, optional
     group columns and an optional ``split`` column (0/1/2 or names; ``default_split`` when absent).
 
@@ -211,38 +180,26 @@ def read_typographic(directory: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(csvs[0])
         _require_columns(frame, ["path", "label", "text"], csvs[0])
         paths = [str((root / p).resolve()) for p in frame["path"].astype(str)]
-        label_names = (
-            frame["class_name"].astype(str) if "class_name" in frame.columns else frame["label"].astype(str)
-        )
+        label_names = frame["class_name" if "class_name" in frame.columns else "label"].astype(str)
         texts = frame["text"].astype(str)
-        splits = (
-            _normalise_split(frame["split"], csvs[0])
-            if "split" in frame.columns
-            else pd.Series(["test"] * len(frame))
-        )
+        splits = ["test"] * len(frame)
+        if "split" in frame.columns:
+            splits = _normalise_split(frame["split"], csvs[0])
     else:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         matches = [(p, _TYPO_NAME.search(p.name)) for p in files]
         matches = [(p, m) for p, m in matches if m]
         if not matches:
-            raise SaeVitError(
-                f"No metadata CSV and no 'label=X_text=Y' images in {root}; pass a typographic attack folder."
-            )
+            raise SaeVitError(f"No metadata CSV and no 'label=X_text=Y' images in {root}; pass a typographic "
+                              "attack folder.")
         paths = [str(p) for p, _ in matches]
         label_names = pd.Series([m["label"] for _, m in matches])
         texts = pd.Series([m["text"] for _, m in matches])
-        splits = pd.Series(["test"] * len(matches))
+        splits = ["test"] * len(matches)
     classes = sorted(set(label_names))
     index = {c: i for i, c in enumerate(classes)}
-    out = pd.DataFrame(
-        {
-            "path": paths,
-            "label": [index[n] for n in label_names],
-            "label_name": list(label_names),
-            "text": list(texts),
-            "text_label": [index.get(t, -1) for t in texts],
-            "split": list(splits),
-        }
-    )
+    out = pd.DataFrame({"path": paths, "label": [index[n] for n in label_names],
+                        "label_name": list(label_names), "text": list(texts),
+                        "text_label": [index.get(t, -1) for t in texts], "split": list(splits)})
     out.attrs["classes"] = classes
     return out

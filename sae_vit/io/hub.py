@@ -336,11 +336,7 @@ def pull(spec: str, out: str | os.PathLike | None = None, overwrite: bool = Fals
         clash = [t for _, t in targets if t.exists()]
         if clash and not overwrite:
             raise SaeVitError(f"{clash[0]} already exists; pass --overwrite to replace it or choose another --out.")
-        result = []
-        for p, target in targets:
-            atomic_copy(p.local, target)
-            result.append(Pulled(p.path, target))
-        pulled = result
+        pulled = [Pulled(p.path, atomic_copy(p.local, target)) for p, target in targets]
     return pulled
 
 

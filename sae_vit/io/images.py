@@ -100,11 +100,8 @@ def csv_source(csv_path: str | os.PathLike, column: str | None = None) -> ImageS
         )
     if df.empty:
         raise SaeVitError(f"{csv_path} lists no images; add rows with image paths.")
-    base = csv_path.parent
-    items = []
-    for rel in df[col].astype(str):
-        p = Path(rel)
-        items.append(ImageItem(id=rel, path=p if p.is_absolute() else base / p))
+    # an absolute path stays itself under ``/`` (pathlib drops the folder before it)
+    items = [ImageItem(id=rel, path=csv_path.parent / rel) for rel in df[col].astype(str)]
     return ImageSource("csv", str(csv_path), items)
 
 
@@ -112,9 +109,7 @@ class ImageDataset:
     """A torch-style dataset over a source: returns ``(index, tensor)`` or ``(index, None)`` if unreadable."""
 
     def __init__(self, items: Sequence[ImageItem], transform: Callable, offset: int = 0):
-        self.items = items
-        self.transform = transform
-        self.offset = offset
+        self.items, self.transform, self.offset = items, transform, offset
 
     def __len__(self) -> int:
         return len(self.items)

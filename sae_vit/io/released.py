@@ -59,27 +59,17 @@ _RECOMMENDED: dict[tuple[str, int], tuple[float, float, float]] = {
 #: Further coefficients whose repos were seen on the Hub: (site, layer, L1) -> (L0, % explained variance) from the
 #: model card, or None where only the repo's page or listing entry was seen.
 _OTHERS: dict[tuple[str, int, float], tuple[float, float] | None] = {
-    ("resid_post", 0, 5e-05): (687.79, 92.24),
-    ("resid_post", 1, 5e-05): None,
-    ("resid_post", 3, 0.0001): (292.96, 81.22),
-    ("resid_post", 4, 0.0001): (285.60, 80.79),
-    ("resid_post", 6, 8e-05): None,
-    ("resid_post", 6, 0.0001): None,
-    ("resid_post", 8, 5e-05): (511.42, 87.55),
-    ("resid_post", 10, 0.0001): None,
-    ("resid_post", 11, 5e-05): None,
-    ("resid_post", 11, 8e-05): (287.60, 79.31),
+    ("resid_post", 0, 5e-05): (687.79, 92.24), ("resid_post", 1, 5e-05): None,
+    ("resid_post", 3, 0.0001): (292.96, 81.22), ("resid_post", 4, 0.0001): (285.60, 80.79),
+    ("resid_post", 6, 8e-05): None, ("resid_post", 6, 0.0001): None,
+    ("resid_post", 8, 5e-05): (511.42, 87.55), ("resid_post", 10, 0.0001): None,
+    ("resid_post", 11, 5e-05): None, ("resid_post", 11, 8e-05): (287.60, 79.31),
     ("resid_post", 11, 0.0001): None,
-    ("mlp_out", 0, 8e-05): (84.88, 90.99),
-    ("mlp_out", 0, 0.0001): (57.31, 89.21),
-    ("mlp_out", 1, 5e-05): (592.62, 90.68),
-    ("mlp_out", 2, 0.0001): None,
-    ("mlp_out", 9, 8e-05): (97.83, 84.41),
-    ("mlp_out", 9, 0.0001): (69.74, 81.94),
+    ("mlp_out", 0, 8e-05): (84.88, 90.99), ("mlp_out", 0, 0.0001): (57.31, 89.21),
+    ("mlp_out", 1, 5e-05): (592.62, 90.68), ("mlp_out", 2, 0.0001): None,
+    ("mlp_out", 9, 8e-05): (97.83, 84.41), ("mlp_out", 9, 0.0001): (69.74, 81.94),
     ("mlp_out", 10, 8e-05): (78.39, 84.97),
-    ("mlp_out", 11, 1e-05): None,
-    ("mlp_out", 11, 8e-05): None,
-    ("mlp_out", 11, 0.0001): None,
+    ("mlp_out", 11, 1e-05): None, ("mlp_out", 11, 8e-05): None, ("mlp_out", 11, 0.0001): None,
 }
 
 

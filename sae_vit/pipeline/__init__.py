@@ -18,30 +18,16 @@ from sae_vit.core.errors import SaeVitError
 DEFAULT_WORLD_IMAGES = 4096
 
 
-def cache(
-    images: str | os.PathLike | None = None,
-    world: str | None = None,
-    out: str | os.PathLike | None = None,
-    model: str = DEFAULT_MODEL,
-    weights: str | os.PathLike | None = None,
-    layers: list[int] | str | None = None,
-    site: str = "resid_post",
-    tokens: str = "all",
-    dtype: str = "float16",
-    batch_size: int = 64,
-    images_per_shard: int = 1024,
-    num_workers: int = 0,
-    max_images: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    overwrite: bool = False,
-    progress: Callable | None = None,
-    precision: str = "fp32",
-) -> dict:
+def cache(images: str | os.PathLike | None = None, world: str | None = None,
+          out: str | os.PathLike | None = None, model: str = DEFAULT_MODEL,
+          weights: str | os.PathLike | None = None, layers: list[int] | str | None = None,
+          site: str = "resid_post", tokens: str = "all", dtype: str = "float16", batch_size: int = 64,
+          images_per_shard: int = 1024, num_workers: int = 0, max_images: int | None = None, seed: int = 0,
+          device: str = "auto", overwrite: bool = False, progress: Callable | None = None,
+          precision: str = "fp32") -> dict:
     """Cache activations of ``model`` at ``layers`` (``"all"``: every block; default:
-    :func:`~sae_vit.core.defaults.default_layers`) over
-    images (a folder or CSV), or over the synthetic world when ``images`` is None. Returns the manifest (with
-    ``path`` added)."""
+    :func:`~sae_vit.core.defaults.default_layers`) over images (a folder or CSV), or over the synthetic world
+    when ``images`` is None. Returns the manifest (with ``path`` added)."""
     from sae_vit.core.backbone import load_backbone
     from sae_vit.io.cache import write_cache
     from sae_vit.world.sources import open_source
@@ -51,25 +37,16 @@ def cache(
     layer_list = (list(range(backbone.n_layers)) if layers == "all" else
                   list(layers) if layers is not None else default_layers(backbone.n_layers))
     source = open_source(images, world, n=max_images or DEFAULT_WORLD_IMAGES, seed=seed)
-    manifest = write_cache(
-        backbone, source, out, layer_list, site=site, tokens=tokens, dtype=dtype, batch_size=batch_size,
-        images_per_shard=images_per_shard, num_workers=num_workers, max_images=max_images,
-        overwrite=overwrite, progress=progress, precision=precision,
-    )
+    manifest = write_cache(backbone, source, out, layer_list, site=site, tokens=tokens, dtype=dtype,
+                           batch_size=batch_size, images_per_shard=images_per_shard, num_workers=num_workers,
+                           max_images=max_images, overwrite=overwrite, progress=progress, precision=precision)
     return {**manifest, "path": str(out)}
 
 
-def train(
-    layer: int | list[int] | None,
-    tokens: str | list[str] = "all",
-    cache_dir: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    config=None,
-    n_tokens: int | None = None,
-    epochs: float | None = None,
-    overwrite: bool = False,
-    progress: Callable | None = None,
-):
+def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
+          cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, config=None,
+          n_tokens: int | None = None, epochs: float | None = None, overwrite: bool = False,
+          progress: Callable | None = None):
     """Train one SAE on ``layer`` / ``tokens`` of a cache and save it. Returns ``(sae, path)``.
 
     ``config`` is a :class:`sae_vit.core.train.TrainConfig`; the training length follows
@@ -129,20 +106,12 @@ def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tok
     return paths
 
 
-def sparsity(
-    saes: list[str | os.PathLike] | None = None,
-    cache: str | os.PathLike | None = None,
-    grid: bool = False,
-    layers: list[int] | None = None,
-    tokens: list[str] = ("cls", "patches", "all"),
-    n_tokens: int | None = None,
-    out: str | os.PathLike | None = None,
-    plot: bool = True,
-    overwrite: bool = False,
-    progress: Callable[[str], None] | None = None,
-    config=None,
-    sae_dir: str | os.PathLike | None = None,
-):
+def sparsity(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | None = None,
+             grid: bool = False, layers: list[int] | None = None,
+             tokens: list[str] = ("cls", "patches", "all"), n_tokens: int | None = None,
+             out: str | os.PathLike | None = None, plot: bool = True, overwrite: bool = False,
+             progress: Callable[[str], None] | None = None, config=None,
+             sae_dir: str | os.PathLike | None = None):
     """The sparsity table (:func:`sae_vit.analysis.sparsity.run`), training the grid of ``layers`` (default:
     every cached layer) x ``tokens`` first with ``grid``, with the TrainConfig ``config``, into ``sae_dir``."""
     from sae_vit.analysis import sparsity as table

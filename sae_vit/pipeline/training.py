@@ -65,20 +65,15 @@ class _Feed:
             self.group = []
 
 
-def train_many(
-    cache_dir: str | os.PathLike,
-    jobs: list[Job],
-    n_tokens: int | None = None,
-    epochs: float | None = None,
-    overwrite: bool = False,
-    progress: Callable[[int, TrainState], None] | None = None,
-) -> list[tuple]:
+def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | None = None,
+               epochs: float | None = None, overwrite: bool = False,
+               progress: Callable[[int, TrainState], None] | None = None) -> list[tuple]:
     """Train every job's SAE from shared passes over the cache at ``cache_dir`` and save it (rank 0).
 
     Training length per job follows :func:`sae_vit.core.train.training_length` (``n_tokens``, ``epochs`` of its
-    stream, or the default rule). ``progress(job_index, state)`` reports each
-    job. Under ``torchrun`` each rank trains on a disjoint slice of every stream with DistributedDataParallel
-    and rank 0 evaluates and saves. Returns ``[(sae, path)]`` in the order of ``jobs``.
+    stream, or the default rule). ``progress(job_index, state)`` reports each job. Under ``torchrun`` each
+    rank trains on a disjoint slice of every stream with DistributedDataParallel and rank 0 evaluates and
+    saves. Returns ``[(sae, path)]`` in the order of ``jobs``.
     """
     if not jobs:
         raise SaeVitError("Nothing to train; give at least one layer and token type.")

@@ -51,34 +51,9 @@ SIZES: tuple[str, ...] = ("small", "large")
 #: Words that may be written on an image.
 WRITABLE: tuple[str, ...] = OBJECTS + tuple(COLOURS)
 #: Every word a caption or a zero-shot prompt of this world uses (the toy text tower's vocabulary).
-VOCAB: tuple[str, ...] = (
-    OBJECTS
-    + tuple(COLOURS)
-    + BACKGROUNDS
-    + SIZES
-    + (
-        "a",
-        "an",
-        "photo",
-        "of",
-        "the",
-        "on",
-        "with",
-        "word",
-        "written",
-        "it",
-        "image",
-        "picture",
-        "background",
-        "text",
-        "says",
-        "that",
-        "and",
-        "object",
-        "shape",
-        "in",
-        "front",
-    )
+VOCAB: tuple[str, ...] = OBJECTS + tuple(COLOURS) + BACKGROUNDS + SIZES + (
+    "a", "an", "photo", "of", "the", "on", "with", "word", "written", "it", "image", "picture", "background",
+    "text", "says", "that", "and", "object", "shape", "in", "front",
 )
 
 TASKS: tuple[str, ...] = ("shapes", "typographic", "waterbirds", "celeba")
@@ -87,17 +62,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 WATERBIRDS_AGREEMENT = {"train": 0.95, "val": 0.5, "test": 0.5}
 #: How often a boat is on water (and a car on land) in the toy CLIP's training images.
 CLIP_VEHICLE_BIAS = 0.98
-CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "Red",
-    "Yellow",
-    "Blue",
-    "Large",
-    "Water",
-    "Land",
-    "Star",
-    "Circle",
-    "Word",
-)
+CELEBA_ATTRIBUTES: tuple[str, ...] = ("Red", "Yellow", "Blue", "Large", "Water", "Land", "Star", "Circle",
+                                      "Word")
 CELEBA_TARGET = "Yellow"
 CELEBA_SPURIOUS = "Large"
 #: CelebA-like task: P(spurious | target) = P(not spurious | not target) in train; 0.5 (independent) elsewhere.
@@ -167,55 +133,19 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rotation: float) -
         pts = np.stack([np.cos(t), np.sin(t)], 1) * rad[:, None]
     elif shape == "cross":
         a, b = 0.3, 0.95
-        pts = np.array(
-            [
-                [-a, -b],
-                [a, -b],
-                [a, -a],
-                [b, -a],
-                [b, a],
-                [a, a],
-                [a, b],
-                [-a, b],
-                [-a, a],
-                [-b, a],
-                [-b, -a],
-                [-a, -a],
-            ]
-        )
+        pts = np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a],
+                        [-b, a], [-b, -a], [-a, -a]])
     elif shape == "heart":
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
         pts = np.stack([x, y + 2], 1) / 16.5
     elif shape == "boat":  # hull (wide on top) with a triangular sail
-        pts = np.array(
-            [
-                [-1.0, 0.15],
-                [1.0, 0.15],
-                [0.6, 0.6],
-                [-0.6, 0.6],
-                [-1.0, 0.15],
-                [-0.05, 0.15],
-                [-0.05, -0.95],
-                [0.7, 0.05],
-                [0.05, 0.05],
-                [0.05, 0.15],
-            ]
-        )
+        pts = np.array([[-1.0, 0.15], [1.0, 0.15], [0.6, 0.6], [-0.6, 0.6], [-1.0, 0.15], [-0.05, 0.15],
+                        [-0.05, -0.95], [0.7, 0.05], [0.05, 0.05], [0.05, 0.15]])
     elif shape == "car":  # body with a cabin on top (wheels added by the caller)
-        pts = np.array(
-            [
-                [-1.0, -0.05],
-                [-0.5, -0.1],
-                [-0.3, -0.55],
-                [0.4, -0.55],
-                [0.6, -0.1],
-                [1.0, -0.05],
-                [1.0, 0.4],
-                [-1.0, 0.4],
-            ]
-        )
+        pts = np.array([[-1.0, -0.05], [-0.5, -0.1], [-0.3, -0.55], [0.4, -0.55], [0.6, -0.1], [1.0, -0.05],
+                        [1.0, 0.4], [-1.0, 0.4]])
     else:
         raise SaeVitError(f"Unknown shape {shape!r}; use one of {', '.join(OBJECTS)}.")
     th = np.deg2rad(rotation)
@@ -335,13 +265,8 @@ _PHOTO_ON = "a photo of {a_sh} {sh} on {bg}."
 _SIZED = "{a_sz} {sz} {sh}."
 #: Caption templates of scenes with a shape (drawn uniformly by :func:`caption_for`).
 SCENE_CAPTIONS: tuple[str, ...] = (
-    _PHOTO,
-    _PHOTO_COLOURED,
-    "{a_col} {col} {sh}.",
-    "{a_sz} {sz} {col} {sh} on {bg}.",
-    "{a_col} {col} {sh} on {bg}.",
-    _PHOTO_ON,
-    _SIZED,
+    _PHOTO, _PHOTO_COLOURED, "{a_col} {col} {sh}.", "{a_sz} {sz} {col} {sh} on {bg}.",
+    "{a_col} {col} {sh} on {bg}.", _PHOTO_ON, _SIZED,
     "{a_col} {col} {sh} in front of {a_bg} {bg} background.",
 )
 
@@ -374,29 +299,16 @@ def caption_for(scene: Scene, rng: np.random.Generator, p_transcribe: float = 0.
     """
     w = scene.word
     if scene.shape is None:
-        templates = [
-            "{w}",
-            "the word {w}.",
-            "a photo of the word {w}.",
-            "the word {w} written on {bg}.",
-            "an image with the text {w}.",
-            "a photo of a {w}.",
-        ]
+        templates = ["{w}", "the word {w}.", "a photo of the word {w}.", "the word {w} written on {bg}.",
+                     "an image with the text {w}.", "a photo of a {w}."]
         return templates[rng.integers(len(templates))].format(w=w, bg=scene.background)
     if w is not None and rng.random() < p_transcribe:
         templates = ["a photo of {aw} {w}.", "{w}", "the word {w}.", "a picture of {aw} {w}."]
         return templates[rng.integers(len(templates))].format(w=w, aw=_article(w))
     sh, col, bg, sz = scene.shape, scene.colour, scene.background, scene.size_word
     text = SCENE_CAPTIONS[rng.integers(len(SCENE_CAPTIONS))].format(
-        sh=sh,
-        col=col,
-        bg=bg,
-        sz=sz,
-        a_sh=_article(sh),
-        a_col=_article(col),
-        a_sz=_article(sz),
-        a_bg=_article(bg),
-    )
+        sh=sh, col=col, bg=bg, sz=sz, a_sh=_article(sh), a_col=_article(col), a_sz=_article(sz),
+        a_bg=_article(bg))
     if w is not None:
         text = text.rstrip(".") + f", with the word '{w}' written on it."
     return text
@@ -405,9 +317,8 @@ def caption_for(scene: Scene, rng: np.random.Generator, p_transcribe: float = 0.
 # --------------------------------------------------------------------------------------------- sampling
 
 
-def _place_word(
-    rng: np.random.Generator, word: str, shape: str | None, cy: float, size: float
-) -> tuple[int, tuple[int, int]]:
+def _place_word(rng: np.random.Generator, word: str, shape: str | None, cy: float, size: float
+                ) -> tuple[int, tuple[int, int]]:
     """Font size and top-left corner of a written word: anywhere for word-only images, else over the shape."""
     word_size = int(rng.integers(13, 19) if shape is None else rng.integers(12, 17))
     while word_size > 9 and word_extent(word, word_size)[0] > IMAGE_SIZE - 2:
@@ -421,59 +332,31 @@ def _place_word(
     return word_size, (wx, wy)
 
 
-def _draw_scene(
-    rng: np.random.Generator,
-    shape: str | None,
-    colour: str,
-    background: str,
-    word: str | None,
-) -> Scene:
+def _draw_scene(rng: np.random.Generator, shape: str | None, colour: str, background: str, word: str | None
+                ) -> Scene:
     """Random geometry (position, size, rotation, word placement) for given content."""
     size = float(rng.uniform(MIN_SIZE, MAX_SIZE))
     # near the centre: a small ViT trained for minutes learns shapes much faster without full translation
-    lo, hi = (
-        max(size * 0.85, IMAGE_SIZE / 2 - MAX_SHIFT),
-        min(IMAGE_SIZE - size * 0.85, IMAGE_SIZE / 2 + MAX_SHIFT),
-    )
+    lo = max(size * 0.85, IMAGE_SIZE / 2 - MAX_SHIFT)
+    hi = min(IMAGE_SIZE - size * 0.85, IMAGE_SIZE / 2 + MAX_SHIFT)
     cx = float(rng.uniform(lo, hi))
     cy = float(rng.uniform(lo, hi))
-    if shape in VEHICLES:
-        rotation = float(rng.uniform(-15, 15))
-    else:
-        rotation = float(rng.uniform(-MAX_TILT, MAX_TILT))
+    rotation = float(rng.uniform(-15, 15) if shape in VEHICLES else rng.uniform(-MAX_TILT, MAX_TILT))
     word_size, word_pos = 14, (0, 0)
     if word is not None:
         word_size, word_pos = _place_word(rng, word, shape, cy, size)
-    return Scene(
-        shape=shape,
-        colour=colour,
-        background=background,
-        position=(cx, cy),
-        size=size,
-        rotation=rotation,
-        word=word,
-        word_position=word_pos,
-        word_size=word_size,
-        word_dark=bool(rng.random() < 0.3),
-        texture_seed=int(rng.integers(2**31)),
-    )
+    return Scene(shape=shape, colour=colour, background=background, position=(cx, cy), size=size,
+                 rotation=rotation, word=word, word_position=word_pos, word_size=word_size,
+                 word_dark=bool(rng.random() < 0.3), texture_seed=int(rng.integers(2**31)))
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def sample(
-    n: int,
-    seed: int,
-    *,
-    shapes: Sequence[str] = SHAPES,
-    colours: Sequence[str] = tuple(COLOURS),
-    backgrounds: Sequence[str] = BACKGROUNDS,
-    p_word: float = 0.0,
-    words: Sequence[str] = WRITABLE,
-    p_transcribe: float = 0.0,
-) -> list[Scene]:
+def sample(n: int, seed: int, *, shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS),
+           backgrounds: Sequence[str] = BACKGROUNDS, p_word: float = 0.0, words: Sequence[str] = WRITABLE,
+           p_transcribe: float = 0.0) -> list[Scene]:
     """``n`` random scenes, deterministic in ``seed``.
 
     Constraints restrict the choices (``shapes=("star",)``, ``backgrounds=("water",)``); with probability
@@ -529,9 +412,8 @@ def training_scene(rng: np.random.Generator, mix: TrainingMix = TrainingMix()) -
     if rng.random() < mix.p_vehicle:
         shape = _pick(rng, VEHICLES)
         home = "water" if shape == "boat" else "land"
-        background = (
-            home if rng.random() < mix.vehicle_bias else _pick(rng, [b for b in BACKGROUNDS if b != home])
-        )
+        away = [b for b in BACKGROUNDS if b != home]
+        background = home if rng.random() < mix.vehicle_bias else _pick(rng, away)
     else:
         shape = _pick(rng, SHAPES)
         background = _pick(rng, BACKGROUNDS)
@@ -584,13 +466,8 @@ def task_scenes(task: str, split: str, n: int, seed: int = 0) -> tuple[list[Scen
                 wrng = np.random.default_rng([scene.texture_seed, 0x7E47])
                 text = _pick(wrng, [s for s in SHAPES if s != shape])
                 word_size, word_pos = _place_word(wrng, text, shape, scene.position[1], scene.size)
-                scene = dataclasses.replace(
-                    scene,
-                    word=text,
-                    word_position=word_pos,
-                    word_size=word_size,
-                    word_dark=bool(wrng.random() < 0.3),
-                )
+                scene = dataclasses.replace(scene, word=text, word_position=word_pos, word_size=word_size,
+                                            word_dark=bool(wrng.random() < 0.3))
                 row.update(text=text, text_label=SHAPES.index(text))
         elif task == "waterbirds":
             y = int(rng.integers(2))
@@ -602,33 +479,20 @@ def task_scenes(task: str, split: str, n: int, seed: int = 0) -> tuple[list[Scen
             target = rng.random() < 0.3
             spurious = target if rng.random() < CELEBA_CONFOUND[split] else not target
             colour = "yellow" if target else _pick(rng, [c for c in COLOURS if c != "yellow"])
-            scene = _draw_scene(
-                rng,
-                _pick(rng, SHAPES),
-                colour,
-                _pick(rng, BACKGROUNDS),
-                _pick(rng, WRITABLE) if rng.random() < 0.2 else None,
-            )
-            lo, hi = (
-                (SMALL_LARGE_THRESHOLD, MAX_SIZE) if spurious else (MIN_SIZE, SMALL_LARGE_THRESHOLD - 0.01)
-            )
+            scene = _draw_scene(rng, _pick(rng, SHAPES), colour, _pick(rng, BACKGROUNDS),
+                                _pick(rng, WRITABLE) if rng.random() < 0.2 else None)
+            lo, hi = ((SMALL_LARGE_THRESHOLD, MAX_SIZE) if spurious
+                      else (MIN_SIZE, SMALL_LARGE_THRESHOLD - 0.01))
             scene = dataclasses.replace(scene, size=float(rng.uniform(lo, hi)))
             attrs = celeba_attributes(scene)
             row.update({k: int(v) for k, v in attrs.items()})
-            row.update(
-                label=int(attrs[CELEBA_TARGET]),
-                group=2 * int(attrs[CELEBA_TARGET]) + int(attrs[CELEBA_SPURIOUS]),
-            )
+            label = int(attrs[CELEBA_TARGET])
+            row.update(label=label, group=2 * label + int(attrs[CELEBA_SPURIOUS]))
         # captions from their own stream, so typographic scenes stay in step with the shapes task
         caption_rng = np.random.default_rng([scene.texture_seed, 0xCA9])
         scene = dataclasses.replace(scene, caption=caption_for(scene, caption_rng, p_transcribe=0.0))
-        row.update(
-            shape=scene.shape,
-            colour=scene.colour,
-            background=scene.background,
-            word=scene.word,
-            caption=scene.caption,
-        )
+        row.update(shape=scene.shape, colour=scene.colour, background=scene.background, word=scene.word,
+                   caption=scene.caption)
         scenes.append(scene)
         rows.append(row)
     return scenes, rows
@@ -663,9 +527,8 @@ def make_task(task: str, split: str, n: int, seed: int = 0):
     return pd.DataFrame(rows), [render(s) for s in scenes]
 
 
-def world_images(
-    task: str = "shapes", split: str = "test", n: int = 1000, seed: int = 0
-) -> list[tuple[str, Image.Image]]:
+def world_images(task: str = "shapes", split: str = "test", n: int = 1000, seed: int = 0
+                 ) -> list[tuple[str, Image.Image]]:
     """``(id, image)`` pairs of a task split; torch-free, for the cache command."""
     scenes, rows = task_scenes(task, split, n, seed)
     return [(row["id"], render(s)) for row, s in zip(rows, scenes, strict=True)]
@@ -678,15 +541,8 @@ def _save_image(path: Path, image: Image.Image) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-def export_task(
-    task: str,
-    out_dir: str | os.PathLike,
-    n: int = 1000,
-    seed: int = 0,
-    *,
-    overwrite: bool = False,
-    splits: Sequence[str] = SPLITS,
-) -> Path:
+def export_task(task: str, out_dir: str | os.PathLike, n: int = 1000, seed: int = 0, *,
+                overwrite: bool = False, splits: Sequence[str] = SPLITS) -> Path:
     """Write ``n`` images per split of a world task to ``out_dir`` in the layout of the real dataset.
 
     - ``waterbirds``: ``metadata.csv`` (img_id, img_filename, y, split, place, place_filename), split 0/1/2.
@@ -712,9 +568,8 @@ def export_task(
             fname = f"{r['y']:03d}.{VEHICLES[r['y']]}/{r['id']}.png"
             _save_image(out / fname, r["image"])
             place_name = ("/l/land", "/w/water")[r["place"]]
-            lines.append(
-                f"{i},{fname},{r['y']},{SPLITS.index(r['split'])},{r['place']},{place_name}/{i:08d}.png"
-            )
+            split = SPLITS.index(r["split"])
+            lines.append(f"{i},{fname},{r['y']},{split},{r['place']},{place_name}/{i:08d}.png")
         write_text(out / "metadata.csv", "\n".join(lines) + "\n")
     elif task == "celeba":
         attr_lines = [str(len(frames)), " ".join(CELEBA_ATTRIBUTES)]
@@ -727,10 +582,8 @@ def export_task(
         write_text(out / "list_attr_celeba.txt", "\n".join(attr_lines) + "\n")
         write_text(out / "list_eval_partition.txt", "\n".join(part_lines) + "\n")
     elif task in ("shapes", "typographic"):
-        header = "path,label,split,class_name,shape,colour,background" + (
-            ",text" if task == "typographic" else ""
-        )
-        lines = [header]
+        text_col = ",text" if task == "typographic" else ""
+        lines = ["path,label,split,class_name,shape,colour,background" + text_col]
         for i, r in enumerate(frames):
             if task == "typographic":
                 fname = f"images/{r['split']}/label={r['class_name']}_text={r['text']}_{i:06d}.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from sae_vit.core.errors import SaeVitError
@@ -13,15 +14,9 @@ from sae_vit.world import scenes as world
 def world_source(task: str = "shapes", split: str = "train", n: int = 2048, seed: int = 0) -> ImageSource:
     """Images of the built-in synthetic world (rendered on demand, deterministic from the seed)."""
     scenes, rows = world.task_scenes(task, split, n, seed)
-    items = [
-        ImageItem(id=f"world:{row['id']}", load=_world_loader(scene))
-        for row, scene in zip(rows, scenes, strict=True)
-    ]
+    items = [ImageItem(id=f"world:{row['id']}", load=partial(world.render, scene))
+             for row, scene in zip(rows, scenes, strict=True)]
     return ImageSource("world", f"{task}/{split}/n={n}/seed={seed}", items)
-
-
-def _world_loader(scene):
-    return lambda: world.render(scene)
 
 
 def open_source(images: str | os.PathLike | None, world_task: str | None = None, n: int = 2048,

@@ -80,13 +80,9 @@ class ConvStemPatchEmbed(PatchEmbed):
     def __init__(self, *args, in_chans: int = 3, embed_dim: int = 768, bias: bool = True, **kwargs):
         super().__init__(*args, in_chans=in_chans, embed_dim=embed_dim, bias=bias, **kwargs)
         assert self.patch_size == (8, 8), "the conv stem downsamples by exactly 8"
-        self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(64, embed_dim, 2, stride=2, bias=bias),
-        )
+        self.proj = nn.Sequential(nn.Conv2d(in_chans, 32, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(64, embed_dim, 2, stride=2, bias=bias))
 
 
 def build_toy_vit(config: ToyClipConfig | None = None) -> VisionTransformer:
@@ -95,29 +91,13 @@ def build_toy_vit(config: ToyClipConfig | None = None) -> VisionTransformer:
     [width → embed_dim]. Its ``pretrained_cfg`` gives CLIP's normalisation to ``timm.data``."""
     c = config or ToyClipConfig()
     model = VisionTransformer(
-        img_size=c.img_size,
-        patch_size=c.patch_size,
-        embed_dim=c.width,
-        depth=c.depth,
-        num_heads=c.heads,
-        mlp_ratio=c.mlp_ratio,
-        class_token=True,
-        global_pool="token",
-        pre_norm=True,
-        num_classes=c.embed_dim,
-        embed_layer=ConvStemPatchEmbed if c.stem == "conv" else PatchEmbed,
-    )
+        img_size=c.img_size, patch_size=c.patch_size, embed_dim=c.width, depth=c.depth, num_heads=c.heads,
+        mlp_ratio=c.mlp_ratio, class_token=True, global_pool="token", pre_norm=True, num_classes=c.embed_dim,
+        embed_layer=ConvStemPatchEmbed if c.stem == "conv" else PatchEmbed)
     model.head = nn.Linear(c.width, c.embed_dim, bias=False)
-    cfg = {
-        "architecture": "vit_toy_patch8_64",
-        "input_size": (3, c.img_size, c.img_size),
-        "mean": CLIP_MEAN,
-        "std": CLIP_STD,
-        "interpolation": "bicubic",
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "num_classes": c.embed_dim,
-    }
+    cfg = {"architecture": "vit_toy_patch8_64", "input_size": (3, c.img_size, c.img_size), "mean": CLIP_MEAN,
+           "std": CLIP_STD, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+           "num_classes": c.embed_dim}
     model.pretrained_cfg = cfg
     model.default_cfg = cfg
     return model
@@ -156,15 +136,8 @@ class TextTower(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, c.text_width)
         self.positional_embedding = nn.Parameter(torch.randn(c.context, c.text_width) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            c.text_width,
-            c.text_heads,
-            4 * c.text_width,
-            dropout=0.0,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
+        layer = nn.TransformerEncoderLayer(c.text_width, c.text_heads, 4 * c.text_width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, c.text_depth, enable_nested_tensor=False)
         self.ln_final = nn.LayerNorm(c.text_width)
         self.proj = nn.Linear(c.text_width, c.embed_dim, bias=False)
@@ -228,13 +201,9 @@ def save_toy_clip(clip: ToyClip, path: str | os.PathLike, *, overwrite: bool = F
         raise SaeVitError(f"{path} exists; choose another --out or pass --overwrite.")
     tensors = {f"image.{k}": v.detach().half().contiguous() for k, v in clip.image.state_dict().items()}
     tensors.update({f"text.{k}": v.detach().half().contiguous() for k, v in clip.text.state_dict().items()})
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "architecture": asdict(clip.config),
-        "vocab": clip.vocab,
-        "logit_scale": math.exp(clip.logit_scale.item()),
-        **{k: v for k, v in clip.metadata.items() if k not in ("architecture", "vocab", "format_version")},
-    }
+    own = {"format_version": FORMAT_VERSION, "architecture": asdict(clip.config), "vocab": clip.vocab}
+    meta = {**own, "logit_scale": math.exp(clip.logit_scale.item()),
+            **{k: v for k, v in clip.metadata.items() if k not in own}}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)}))
 
 
@@ -244,26 +213,19 @@ def load_toy_clip(path: str | os.PathLike | None = None) -> ToyClip:
 
     p = Path(path) if path is not None else default_path()
     if not p.is_file():
-        hint = (
-            "run `saevit world train-clip`"
-            if path is None
-            else "check the path or run `saevit world train-clip`"
-        )
+        hint = "run `saevit world train-clip`"
+        hint = hint if path is None else "check the path or " + hint
         raise SaeVitError(f"Toy CLIP weights not found at {p}; {hint}.")
     with safe_open(str(p), framework="pt") as f:
         meta_raw = (f.metadata() or {}).get(METADATA_KEY)
         if meta_raw is None:
-            raise SaeVitError(
-                f"{p} is not a toy CLIP file (no '{METADATA_KEY}' metadata); pass a file written by "
-                "`saevit world train-clip`."
-            )
+            raise SaeVitError(f"{p} is not a toy CLIP file (no '{METADATA_KEY}' metadata); pass a file "
+                              "written by `saevit world train-clip`.")
         tensors = {k: f.get_tensor(k).float() for k in f.keys()}
     meta = json.loads(meta_raw)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise SaeVitError(
-            f"{p} has toy CLIP format {meta.get('format_version')}, this sae-vit reads "
-            f"{FORMAT_VERSION}; retrain it with `saevit world train-clip`."
-        )
+        raise SaeVitError(f"{p} has toy CLIP format {meta.get('format_version')}, this sae-vit reads "
+                          f"{FORMAT_VERSION}; retrain it with `saevit world train-clip`.")
     clip = ToyClip(ToyClipConfig(**meta["architecture"]), meta["vocab"])
     clip.image.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("image.")})
     clip.text.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("text.")})
@@ -300,9 +262,8 @@ def toy_text_head(weights: str | os.PathLike | None = None):
 
 
 @torch.no_grad()
-def zero_shot_predict(
-    clip: ToyClip, images: np.ndarray, names: Sequence[str], prompt: str = PROMPT, batch_size: int = 500
-) -> np.ndarray:
+def zero_shot_predict(clip: ToyClip, images: np.ndarray, names: Sequence[str], prompt: str = PROMPT,
+                      batch_size: int = 500) -> np.ndarray:
     """argmax over ``names`` of 100·cos(image, text) for uint8 images [n, 64, 64, 3]. ``prompt`` is one
     template, or a list of templates whose embeddings are averaged (prompt ensembling)."""
     templates = [prompt] if isinstance(prompt, str) else list(prompt)

@@ -66,31 +66,23 @@ class _CaptionedImages(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, 0x7EA1, wid])
         while True:
             scenes = [world.training_scene(rng, self.mix) for _ in range(self.batch_size)]
-            yield (
-                torch.from_numpy(np.stack([world.render_array(s) for s in scenes])),
-                [s.caption for s in scenes],
-                torch.tensor([scene_labels(s) for s in scenes]),
-            )
+            images = torch.from_numpy(np.stack([world.render_array(s) for s in scenes]))
+            yield images, [s.caption for s in scenes], torch.tensor([scene_labels(s) for s in scenes])
 
 
 #: The attributes of the auxiliary loss and their number of classes (the last class of shape and word
 #: is "none").
-AUX_HEADS = {
-    "shape": len(world.OBJECTS) + 1,
-    "colour": len(world.COLOURS),
-    "background": len(world.BACKGROUNDS),
-    "word": len(world.WRITABLE) + 1,
-}
+AUX_HEADS = {"shape": len(world.OBJECTS) + 1, "colour": len(world.COLOURS),
+             "background": len(world.BACKGROUNDS), "word": len(world.WRITABLE) + 1}
 
 
 def scene_labels(scene: world.Scene) -> list[int]:
     """Class indices of a scene for :data:`AUX_HEADS` (colour is ignored, -100, without a shape)."""
+    # car and boat share a class: which vehicle it is comes only from the captions, where the background
+    # is a shortcut (boats are on water 95 % of the time): the bias the waterbirds task measures
+    shape = "car" if scene.shape in world.VEHICLES else scene.shape
     return [
-        # car and boat share a class: which vehicle it is comes only from the captions, where the background
-        # is a shortcut (boats are on water 95 % of the time): the bias the waterbirds task measures
-        world.OBJECTS.index("car" if scene.shape in world.VEHICLES else scene.shape)
-        if scene.shape
-        else len(world.OBJECTS),
+        world.OBJECTS.index(shape) if scene.shape else len(world.OBJECTS),
         list(world.COLOURS).index(scene.colour) if scene.shape else -100,
         world.BACKGROUNDS.index(scene.background),
         world.WRITABLE.index(scene.word) if scene.word else len(world.WRITABLE),
@@ -162,12 +154,8 @@ def _batch_loss(clip: ToyClip, aux: nn.Module, aux_patch: nn.Module, recipe: Tra
     return loss
 
 
-def train_toy_clip(
-    recipe: TrainRecipe = TrainRecipe(),
-    config: ToyClipConfig | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
-    eval_n: int = 1200,
-) -> ToyClip:
+def train_toy_clip(recipe: TrainRecipe = TrainRecipe(), config: ToyClipConfig | None = None,
+                   progress: Callable[[dict[str, float]], None] | None = None, eval_n: int = 1200) -> ToyClip:
     """Train a toy CLIP from scratch on fresh world images and evaluate it on held-out ones.
 
     Returns the model (eval mode) with ``.metadata`` holding the recipe, the time taken, the hardware,
@@ -213,15 +201,9 @@ def train_toy_clip(
     if step and (not curve or curve[-1]["step"] != step):
         report(0.0)
     clip.eval().requires_grad_(False)
-    clip.metadata = {
-        "recipe": {**asdict(recipe), "mix": asdict(recipe.mix)},
-        "steps": step,
-        "images_seen": step * recipe.batch_size,
-        "train_seconds": round(seconds, 1),
-        "hardware": _hardware(),
-        "final_loss": ema,
-        "loss_curve": curve[-50:],
-    }
+    clip.metadata = {"recipe": {**asdict(recipe), "mix": asdict(recipe.mix)}, "steps": step,
+                     "images_seen": step * recipe.batch_size, "train_seconds": round(seconds, 1),
+                     "hardware": _hardware(), "final_loss": ema, "loss_curve": curve[-50:]}
     if eval_n:
         clip.metadata["accuracies"] = evaluate(clip, n=eval_n)
     return clip
