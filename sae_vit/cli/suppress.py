@@ -80,7 +80,8 @@ def suppress_cmd(
     Features are ranked on train, layer and N chosen on val (worst-group accuracy), results on test, with
     no intervention, N random features and a probe-direction projection as baselines.
     """
-    from sae_vit.analysis.suppress import TASKS, SuppressConfig, suppress
+    from sae_vit.analysis.suppress import SuppressConfig, suppress
+    from sae_vit.analysis.suppress.data import TASKS
     from sae_vit.io.resolve import find_saes
 
     if task not in TASKS:
