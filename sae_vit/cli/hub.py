@@ -1,7 +1,4 @@
-"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE libraries).
-
-Nothing heavy is imported until a command runs.
-"""
+"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE libraries)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""``saevit suppress``: remove a spurious attribute by suppressing SAE features.
-
-The work is done by :func:`sae_vit.analysis.suppress.suppress`; nothing heavy is imported until the command runs.
-"""
+"""``saevit suppress``: remove a spurious attribute by suppressing SAE features (library:
+:func:`sae_vit.analysis.suppress.suppress`)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from sae_vit.cli import _options as opt
 from sae_vit.cli._ui import (
     check_inputs,
     command,
-    error,
+    guard,
     note,
     parse_layers,
     parse_names,
@@ -60,12 +60,7 @@ class _ModeGroup(TyperGroup):
     """A group whose default sub-command is ``classify`` (see :func:`route`)."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        try:
-            args = route(list(args), set(self.commands))
-        except SaeVitError as exc:
-            error(str(exc))
-            raise typer.Exit(2) from None
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, guard(route)(list(args), set(self.commands)))
 
 
 typo_app = typer.Typer(

@@ -1,8 +1,5 @@
-"""``saevit world``: export the synthetic world's task splits, retrain the toy CLIP, show samples.
-
-Parsing and printing only; the work is done by :mod:`sae_vit.world.scenes` and :mod:`sae_vit.world.toyclip`.
-Torch is imported inside the commands so ``saevit --help`` stays instant. User errors raise ``SaeVitError``.
-"""
+"""``saevit world``: export the synthetic world's task splits, retrain the toy CLIP, show samples (library:
+:mod:`sae_vit.world.scenes` and :mod:`sae_vit.world.toyclip`)."""
 
 from __future__ import annotations
 
@@ -93,16 +90,13 @@ def show(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
     """Save a grid of sample images (and print their captions)."""
-    import os
-
+    from sae_vit.core.atomic import atomic_write
     from sae_vit.world import scenes as world
 
     if out.exists() and not overwrite:
         raise SaeVitError(f"{out} exists; choose another --out or pass --overwrite.")
     scenes = world.task_scenes(task, "test", n, seed)[0] if task else world.training_scenes(n, seed)
-    tmp = out.with_name(f".{out.name}.tmp")
-    world.sample_grid(scenes).save(tmp, format="PNG")
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: world.sample_grid(scenes).save(tmp, format="PNG"))
     for i, s in enumerate(scenes[:16]):
         say(f"{i:>3}  {s.caption}")
     say(f"wrote {out}")
