@@ -1,5 +1,5 @@
-"""What every command shares: the consoles and plain-text printers, the one error printer, the ``command``
-decorator, input checks, progress bars and list parsers.
+"""What every command shares: the consoles and plain-text printers, the one error printer, input checks,
+progress bars and list parsers.
 
 User data (paths, words, messages) is always printed as plain text, never read as rich markup. Nothing heavy is
 imported here (``saevit --help`` must not import torch).
@@ -7,10 +7,8 @@ imported here (``saevit --help`` must not import torch).
 
 from __future__ import annotations
 
-import functools
 import itertools
 
-import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -19,7 +17,6 @@ from sae_vit.core.errors import SaeVitError
 #: Progress, notes and errors go to stderr; results to stdout.
 console = Console(stderr=True)
 out_console = Console()
-state = {"debug": False}
 
 
 def error(message: str) -> None:
@@ -53,34 +50,6 @@ def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
     for row, style in itertools.zip_longest(rows, styles):
         table.add_row(*(Text(str(c)) for c in row), style=style)
     out_console.print(table)
-
-
-def guard(fn):
-    """Turn a :class:`SaeVitError` raised by a command into one red line and exit code 2."""
-
-    @functools.wraps(fn)
-    def run(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except SaeVitError as exc:
-            if state["debug"]:
-                raise
-            error(str(exc))
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            note("interrupted; re-run the same command to resume where it stopped.", "yellow")
-            raise typer.Exit(130) from None
-
-    return run
-
-
-def command(app: typer.Typer, name: str, **kwargs):
-    """``app.command(name)`` whose :class:`SaeVitError` prints one red line and exits with code 2."""
-
-    def register(fn):
-        return app.command(name, **kwargs)(guard(fn))
-
-    return register
 
 
 def check_inputs(**paths) -> None:

@@ -1,4 +1,5 @@
-"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE libraries)."""
+"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE
+libraries)."""
 
 from __future__ import annotations
 

@@ -18,8 +18,6 @@ from typer.core import TyperGroup
 from sae_vit.cli import _options as opt
 from sae_vit.cli._ui import (
     check_inputs,
-    command,
-    guard,
     note,
     parse_layers,
     parse_names,
@@ -60,7 +58,7 @@ class _ModeGroup(TyperGroup):
     """A group whose default sub-command is ``classify`` (see :func:`route`)."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, guard(route)(list(args), set(self.commands)))
+        return super().parse_args(ctx, route(list(args), set(self.commands)))  # errors: see app._Root
 
 
 typo_app = typer.Typer(
@@ -135,7 +133,7 @@ def _prob(p, best: bool) -> str:
     return f"{100 * float(p):.1f}%" + (" ◀" if best else "")
 
 
-@command(typo_app, "classify")
+@typo_app.command("classify")
 def classify_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
     classes: Annotated[str | None, typer.Option(
@@ -173,7 +171,7 @@ def classify_cmd(
             (class_list[i], _prob(before[i], i == b), _prob(after[i], i == a)) for i in order])
 
 
-@command(typo_app, "attack")
+@typo_app.command("attack")
 def attack_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively) to attack.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (PAINT layout + metadata.csv).")],
@@ -208,7 +206,7 @@ def attack_cmd(
     say(f"wrote {len(list(path.glob('*.png')))} images and metadata.csv (path,label,text,kind) -> {path}")
 
 
-@command(typo_app, "eval")
+@typo_app.command("eval")
 def eval_cmd(
     target: Annotated[str, typer.Argument(
         metavar="world|DIR", help="'world' (the full protocol on the synthetic world) or a typographic folder "
@@ -248,7 +246,7 @@ def eval_cmd(
                  _torch_device(device))
 
 
-@command(typo_app, "make-assets")
+@typo_app.command("make-assets")
 def make_assets_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Folder for typo_sae.safetensors and typo_features.json (default <workdir>/typo).")] = None,

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._ui import command, print_table, say
+from sae_vit.cli._ui import print_table, say
 from sae_vit.core.errors import SaeVitError
 
 world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", no_args_is_help=True,
                         rich_markup_mode=None)
 
 
-@command(world_app, "export")
+@world_app.command("export")
 def export(
     task: Annotated[str, typer.Option("--task", help="shapes | typographic | waterbirds | celeba.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (real-dataset layout).")],
@@ -31,7 +31,7 @@ def export(
     say(f"wrote {3 * n} {task} images to {path}")
 
 
-@command(world_app, "train-clip")
+@world_app.command("train-clip")
 def train_clip(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Weights file (default: the shipped sae_vit/assets one).")] = None,
@@ -80,7 +80,7 @@ def train_clip(
     say(f"wrote {path}")
 
 
-@command(world_app, "show")
+@world_app.command("show")
 def show(
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("world_samples.png"),
     task: Annotated[str | None, typer.Option(
