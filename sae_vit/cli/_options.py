@@ -30,11 +30,9 @@ Vocab = Annotated[Path | None, typer.Option(
     "--vocab", help="Concept words, one per line. Default for the toy CLIP: the world's words.")]
 
 Images = Annotated[Path | None, typer.Option(
-    "--images", help="Folder of images (recursive) or a CSV index with a 'path' column. Default: the "
-                     "synthetic world.")]
+    "--images", help="Image folder (recursive) or a CSV with a 'path' column. Default: the synthetic world.")]
 World = Annotated[str | None, typer.Option(
-    "--world", help="Synthetic-world task when no --images: shapes (default), typographic, waterbirds, "
-                    "celeba.")]
+    "--world", help="Synthetic task without --images: shapes (default), typographic, waterbirds, celeba.")]
 FeatureIds = Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 3,17.")]
 
 # The SAE recipe (train, and sparsity --grid).

@@ -99,8 +99,7 @@ def train_cmd(
     layer: Annotated[str, typer.Option(
         "--layer", help="0-based block to train on; several (2,5,8 or all) train one SAE each in one pass.")],
     tokens: Annotated[str, typer.Option(
-        "--tokens", help="Token selection: cls, patches or all; several (cls,patches) train one SAE each in one "
-                         "pass.")] = "all",
+        "--tokens", help="cls, patches or all; several (cls,patches): one SAE each, in one pass.")] = "all",
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache directory. Default: <workdir>/cache.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Checkpoint path (a folder with several layers/tokens). "

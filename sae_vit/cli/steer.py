@@ -17,9 +17,6 @@ from sae_vit.cli._ui import (
     print_table,
     say,
 )
-from sae_vit.core.errors import SaeVitError
-
-STEER_TOKENS = ("sae", "all", "patches", "cls")
 
 
 def steer_score_cmd(
@@ -55,13 +52,13 @@ def steer_score_cmd(
 ) -> None:
     """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
     from sae_vit.analysis.steer import SteerConfig, score_saes
+    from sae_vit.core.backbone import check_choice
     from sae_vit.core.defaults import workdir
     from sae_vit.io.resolve import find_saes
 
     alpha_list = tuple(parse_numbers(alphas, "--alphas", float))
     feature_list = parse_numbers(features, "--features")
-    if tokens not in STEER_TOKENS:
-        raise SaeVitError(f"Unknown --tokens {tokens!r}; use {', '.join(STEER_TOKENS)}.")
+    check_choice(tokens, ("sae", "all", "patches", "cls"), "--tokens")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
     if not sae:

@@ -67,10 +67,10 @@ def suppress_cmd(
     """
     from sae_vit.analysis.suppress import SuppressConfig, suppress
     from sae_vit.analysis.suppress.data import TASKS
+    from sae_vit.core.backbone import check_choice
     from sae_vit.io.resolve import find_saes
 
-    if task not in TASKS:
-        raise SaeVitError(f"Unknown --task {task!r}; use one of: {', '.join(TASKS)}.")
+    check_choice(task, TASKS, "--task")
     check_inputs(data=data, weights=weights, text_embeddings=text_embeddings, vocab=vocab)
     paths = find_saes(sae)  # resolved (hf://, SAELens, sparsify) before the library checks --out
     n_list = parse_numbers(n_features, "--n-features")
