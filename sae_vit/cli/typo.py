@@ -153,11 +153,11 @@ def classify_cmd(
     from sae_vit.analysis.typo import classify_image, defence_from_files, open_image, resolve_features
 
     check_inputs(features=features, weights=weights, text_embeddings=text_embeddings)
-    sae_path = _local_sae(sae)
+    local_sae = _local_sae(sae)
     device = _torch_device(device)
     for image in images:  # fail fast on a bad path, before any model loads
         open_image(image)
-    sae_path, feat_path = resolve_features(sae_path, features)
+    sae_path, feat_path = resolve_features(local_sae, features)
     defence, feats = defence_from_files(sae_path, feat_path, n_features, device)
     bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
     class_list = _class_list(classes, bundle)
@@ -320,9 +320,9 @@ def print_report(report) -> None:
                 [(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["asr"])) for r in sweep],
                 styles=["bold green" if (r["layer"], r["n"]) == chosen else None for r in sweep])
     cols = ("defence", "clean", "attacked", "control", "ASR", "setting")
-    for name, rows in report.results.items():
+    for name, metrics in report.results.items():
         rows = [(d, _pct(m.clean), _pct(m.attacked), _pct(m.control), _pct(m.asr), report.settings[d])
-                for d, m in rows.items()]
+                for d, m in metrics.items()]
         title = f"{name}: zero-shot accuracy % and attack success rate %"
         print_table(title, cols, rows, left=("defence", "setting"))
 
