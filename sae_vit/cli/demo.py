@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli import _options as opt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import note, parse_layers, say
 from sae_vit.cli.sparsity import print_sparsity
 from sae_vit.cli.steer import print_steer

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli import _options as opt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import LazyProgress, check_images, check_inputs, note, parse_numbers, say
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli import _options as opt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import (
     LazyProgress,
     check_inputs,

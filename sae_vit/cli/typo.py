@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from sae_vit.cli import _options as opt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import (
     check_inputs,
     note,
