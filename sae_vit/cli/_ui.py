@@ -1,5 +1,5 @@
-"""What every command shares: the consoles and plain-text printers, the one error printer, the ``command``
-decorator, input checks, progress bars and list parsers.
+"""What every command shares: the consoles and plain-text printers, the one error printer, input checks,
+progress bars and list parsers.
 
 User data (paths, words, messages) is always printed as plain text, never read as rich markup. Nothing heavy is
 imported here (``saevit --help`` must not import torch).
@@ -7,9 +7,8 @@ imported here (``saevit --help`` must not import torch).
 
 from __future__ import annotations
 
-import functools
+import itertools
 
-import typer
 from rich.console import Console
 from rich.text import Text
 
@@ -18,7 +17,6 @@ from sae_vit.core.errors import SaeVitError
 #: Progress, notes and errors go to stderr; results to stdout.
 console = Console(stderr=True)
 out_console = Console()
-state = {"debug": False}
 
 
 def error(message: str) -> None:
@@ -40,37 +38,18 @@ def say(message: str) -> None:
     out_console.print(Text(str(message)), highlight=False, soft_wrap=True)
 
 
-def plain(*cells) -> list[Text]:
-    """Table cells (or a title) as plain text: a user's path or word such as ``a[b]`` is shown as written."""
-    return [Text(str(c)) for c in cells]
+def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
+    """Print a table on stdout, its title and cells as plain text (a user's path or word such as ``a[b]`` is
+    shown as written): ``columns`` are headers, right-aligned unless named in ``left``; ``rows`` are sequences
+    of cells; ``styles`` is a rich style (or None) per row; ``column_kw`` go to every column."""
+    from rich.table import Table
 
-
-def guard(fn):
-    """Turn a :class:`SaeVitError` raised by a command into one red line and exit code 2."""
-
-    @functools.wraps(fn)
-    def run(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except SaeVitError as exc:
-            if state["debug"]:
-                raise
-            error(str(exc))
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            note("interrupted; re-run the same command to resume where it stopped.", "yellow")
-            raise typer.Exit(130) from None
-
-    return run
-
-
-def command(app: typer.Typer, name: str, **kwargs):
-    """``app.command(name)`` whose :class:`SaeVitError` prints one red line and exits with code 2."""
-
-    def register(fn):
-        return app.command(name, **kwargs)(guard(fn))
-
-    return register
+    table = Table(title=Text(str(title), style="table.title"))
+    for col in columns:
+        table.add_column(col, justify="left" if col in left else "right", **column_kw)
+    for row, style in itertools.zip_longest(rows, styles):
+        table.add_row(*(Text(str(c)) for c in row), style=style)
+    out_console.print(table)
 
 
 def check_inputs(**paths) -> None:
@@ -106,38 +85,29 @@ class LazyProgress:
         columns += [TextColumn("{task.fields[" + f + "]}", markup=False) for f in fields]
         self.bar = Progress(*columns, TimeRemainingColumn(), console=console)
         self.task = self.bar.add_task(label, total=None, **{f: "" for f in fields})
-        self.started = False
 
     def update(self, **kwargs) -> None:
-        if not self.started:
-            self.bar.start()
-            self.started = True
+        self.bar.start()  # a no-op once started
         self.bar.update(self.task, **kwargs)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.started:
+        if self.bar.live.is_started:  # stop() would print a blank line for a bar never shown
             self.bar.stop()
 
 
-def parse_ints(text: str | None, option: str) -> list[int] | None:
-    """``"3,17"`` -> [3, 17] (None stays None); anything else is one clear error naming ``option``."""
+def parse_numbers(text: str | None, option: str, kind: type = int) -> list | None:
+    """``"3,17"`` -> [3, 17] (``kind=float``: [3.0, 17.0]; None stays None); anything else is one clear error
+    naming ``option``."""
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return [kind(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise SaeVitError(f"Could not read {option} {text!r}; give comma-separated integers like 3,17.") from exc
-
-
-def parse_floats(text: str, option: str) -> tuple[float, ...]:
-    """``"0,50,150"`` -> (0.0, 50.0, 150.0); anything else is one clear error naming ``option``."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise SaeVitError(f"Could not read {option} {text!r}; give comma-separated numbers like 0,50,150.") from exc
+        what = "comma-separated integers" if kind is int else "comma-separated numbers"
+        raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17.") from exc
 
 
 def parse_layers(text: str | None) -> list[int] | str | None:
@@ -145,12 +115,12 @@ def parse_layers(text: str | None) -> list[int] | str | None:
     library once the model is known); None (not given) stays None (the command's default)."""
     if text is None or text.strip() == "all":
         return None if text is None else "all"
-    layers = parse_ints(text, "--layers")
+    layers = parse_numbers(text, "--layers")
     if not layers or any(layer < 0 for layer in layers):
         raise SaeVitError(f"Could not read --layers {text!r}; give 0-based blocks like 4,8 or 'all'.")
     return sorted(set(layers))
 
 
-def parse_names(text: str) -> list[str]:
-    """``"cls,patches"`` -> ["cls", "patches"]."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+def parse_names(text: str | None) -> list[str] | None:
+    """``"cls,patches"`` -> ["cls", "patches"] (None stays None)."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]

@@ -11,11 +11,32 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from sae_vit.cli import cache, demo, hub, inspect, sparsity, steer, suppress, typo, world
-from sae_vit.cli._ui import command, out_console, state
+from sae_vit.cli._ui import error, note, out_console
+from sae_vit.core.errors import SaeVitError
+
+
+class _Root(TyperGroup):
+    """The ``saevit`` group: a :class:`SaeVitError` raised below it (by a command, or by defend-typo's
+    argument routing) prints one red line and exits with code 2, or shows its traceback under ``--debug``."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SaeVitError as exc:
+            if ctx.params.get("debug"):
+                raise
+            error(str(exc))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            note("interrupted; re-run the same command to resume where it stopped.", "yellow")
+            raise typer.Exit(130) from None
+
 
 app = typer.Typer(
+    cls=_Root,
     name="saevit",
     help="Sparse autoencoders on CLIP's vision transformer: cache activations, train SAEs, analyse sparsity.",
     no_args_is_help=True,
@@ -39,7 +60,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    state["debug"] = debug
+    """Global options (:class:`_Root` reads ``--debug``)."""
 
 
 COMMANDS = {
@@ -57,7 +78,7 @@ COMMANDS = {
     "export": hub.export_cmd,
 }
 for _name, _fn in COMMANDS.items():
-    command(app, _name)(_fn)
+    app.command(_name)(_fn)
 app.add_typer(typo.typo_app, name="defend-typo")
 app.add_typer(world.world_app, name="world")
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._options import DeviceOpt, ModelOpt, OverwriteOpt, WeightsOpt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import (
     LazyProgress,
     check_images,
@@ -25,30 +25,26 @@ from sae_vit.core.errors import SaeVitError
 
 
 def cache_cmd(
-    images: Annotated[Path | None, typer.Option(
-        "--images", help="Folder of images (recursive) or a CSV index with a 'path' column. "
-                         "Default: the built-in synthetic world.")] = None,
-    world: Annotated[str | None, typer.Option(
-        "--world", help="Synthetic-world task to render when no --images: shapes, typographic, waterbirds, "
-                        "celeba.")] = None,
+    images: opt.Images = None,
+    world: opt.World = None,
     out: Annotated[Path | None, typer.Option("--out", help="Cache directory. Default: <workdir>/cache.")] = None,
-    model: ModelOpt = DEFAULT_MODEL,
-    weights: WeightsOpt = None,
+    model: opt.Model = DEFAULT_MODEL,
+    weights: opt.Weights = None,
     layers: Annotated[str | None, typer.Option(
         "--layers", help="Comma-separated 0-based blocks, or 'all'. Default: 0,2,4,6,8,10,11.")] = None,
     site: Annotated[str, typer.Option("--site", help="resid_post, mlp_out or mlp_hidden.")] = "resid_post",
     tokens: Annotated[str, typer.Option("--tokens", help="Token selection: cls, patches or all.")] = "all",
     dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16, float32.")] = "float16",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    batch_size: opt.BatchSize = 64,
     images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1)] = 1024,
     num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader workers.")] = 0,
     max_images: Annotated[int | None, typer.Option(
         "--max-images", min=1, help="Cache at most this many images (world default: 4096).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
-    device: DeviceOpt = "auto",
+    device: opt.Device = "auto",
     precision: Annotated[str, typer.Option(
         "--precision", help="Forward pass in fp32, or under bf16 autocast (faster on AMX CPUs and GPUs).")] = "fp32",
-    overwrite: OverwriteOpt = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Run a ViT over images and store activations (layers x token selection) on disk; resumable.
 
@@ -103,21 +99,20 @@ def train_cmd(
     layer: Annotated[str, typer.Option(
         "--layer", help="0-based block to train on; several (2,5,8 or all) train one SAE each in one pass.")],
     tokens: Annotated[str, typer.Option(
-        "--tokens", help="Token selection: cls, patches or all; several (cls,patches) train one SAE each in one "
-                         "pass.")] = "all",
+        "--tokens", help="cls, patches or all; several (cls,patches): one SAE each, in one pass.")] = "all",
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache directory. Default: <workdir>/cache.")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Checkpoint path (a folder with several layers/tokens). "
         "Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
-    architecture: Annotated[str, typer.Option("--architecture", help="topk or relu (ReLU + L1).")] = "topk",
-    k: Annotated[int, typer.Option("--k", min=1, help="Active latents per token (topk).")] = 32,
-    expansion: Annotated[int, typer.Option("--expansion", min=1, help="d_sae = expansion x d_in.")] = 16,
-    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help="L1 weight (relu).")] = 8e-5,
+    architecture: opt.Architecture = "topk",
+    k: opt.K = 32,
+    expansion: opt.Expansion = 16,
+    l1_coefficient: opt.L1 = 8e-5,
     normalization: Annotated[str, typer.Option(
         "--normalization", help="none, layer_norm (per token, as the paper's SAEs) or constant.")] = "none",
     lr: Annotated[str, typer.Option(
         "--lr", help="Peak learning rate, or 'auto': 2e-4 / sqrt(d_sae / 2^14) for topk, 4e-4 for relu.")] = "4e-4",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
+    batch_size: opt.BatchSize = 4096,
     n_tokens: Annotated[int | None, typer.Option(
         "--n-tokens", min=1, help="Training tokens. Default: 10 epochs, at least 1M tokens.")] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
@@ -125,9 +120,9 @@ def train_cmd(
     grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
     b_dec_init: Annotated[str, typer.Option("--b-dec-init", help="mean, geometric_median or zeros.")] = "mean",
     precision: Annotated[str, typer.Option("--precision", help="bf16 autocast or fp32.")] = "bf16",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Train an SAE on one layer and token selection of a cache (e.g. --layer 8 --tokens cls), or one per layer
     and token selection (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._options import OverwriteOpt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import note, parse_layers, say
 from sae_vit.cli.sparsity import print_sparsity
 from sae_vit.cli.steer import print_steer
@@ -20,7 +20,7 @@ def demo_cmd(
     n_images: Annotated[int, typer.Option("--n-images", min=40, help="World images to cache.")] = 2048,
     layers: Annotated[str, typer.Option("--layers", help="Toy CLIP blocks to analyse, or 'all'.")] = "2,5,8,11",
     n_tokens: Annotated[int, typer.Option("--n-tokens", min=1, help="Training tokens per SAE.")] = 400_000,
-    overwrite: OverwriteOpt = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """The paper in miniature on the toy CLIP and the synthetic world: cache, train SAEs, sparsity table."""
     from sae_vit.pipeline.demo import DemoConfig, run_demo

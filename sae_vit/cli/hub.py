@@ -1,7 +1,5 @@
-"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE libraries).
-
-Nothing heavy is imported until a command runs.
-"""
+"""``saevit push``, ``pull``, ``list`` (the Hugging Face Hub) and ``convert``, ``export`` (other SAE
+libraries)."""
 
 from __future__ import annotations
 
@@ -10,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._options import SAE_HELP, OverwriteOpt
-from sae_vit.cli._ui import note, out_console, plain, say
+import sae_vit.cli._options as opt
+from sae_vit.cli._ui import note, print_table, say
 from sae_vit.core.errors import SaeVitError
 
 
@@ -41,7 +39,7 @@ def pull_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Also copy the checkpoints here as <path>/sae.safetensors. Default: only the HF cache.")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only list the SAEs the repo holds.")] = False,
-    overwrite: OverwriteOpt = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Download SAEs from the Hub into its cache; works offline once cached (HF_HUB_OFFLINE=1).
 
@@ -77,7 +75,7 @@ def convert_cmd(
     tokens: Annotated[str | None, typer.Option(
         "--tokens", help="Set the token selection: cls, patches, all.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Set the backbone name.")] = None,
-    overwrite: OverwriteOpt = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Convert an SAE saved by SAELens, EleutherAI sparsify or ViT-Prisma into an sae-vit checkpoint."""
     from sae_vit.core.sae import read_checkpoint
@@ -95,10 +93,10 @@ def convert_cmd(
 
 
 def export_cmd(
-    sae: Annotated[str, typer.Argument(help=f"The SAE: {SAE_HELP}.")],
+    sae: Annotated[str, typer.Argument(help=f"The SAE: {opt.SAE_HELP}.")],
     to: Annotated[Path, typer.Option("--to", help="Output folder.")],
     fmt: Annotated[str, typer.Option("--format", help="Target layout: saelens.")] = "saelens",
-    overwrite: OverwriteOpt = False,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Write an sae-vit checkpoint in another library's layout (SAELens: cfg.json + sae_weights.safetensors)."""
     from sae_vit.io.interop import export
@@ -108,23 +106,17 @@ def export_cmd(
 
 
 def _print_list(spec: str) -> None:
-    from rich.table import Table
-
     from sae_vit.io.hub import list_repo, parse_ref
 
     entries, from_cache = list_repo(spec)
     ref = parse_ref(spec)
-    title = f"SAEs in {ref.repo_id}" + (f"@{ref.revision}" if ref.revision else "")
-    if from_cache:
-        title += " (local cache; may be partial)"
-    table = Table(title=plain(title)[0])
-    for col in ("path", "format", "layer", "site", "tokens"):
-        table.add_column(col, overflow="fold")
-    for e in entries:
-        table.add_row(*plain(e.path or ".", e.format, "" if e.layer is None else e.layer, e.site or "", e.tokens or ""))
-    out_console.print(table)
+    rev = f"@{ref.revision}" if ref.revision else ""
+    cols = ("path", "format", "layer", "site", "tokens")
+    title = f"SAEs in {ref.repo_id}{rev}" + (" (local cache; may be partial)" if from_cache else "")
+    rows = [(e.path or ".", e.format, "" if e.layer is None else e.layer, e.site or "", e.tokens or "")
+            for e in entries]
+    print_table(title, cols, rows, left=cols, overflow="fold")
     if not entries:
         note(f"no SAE files found in {ref.repo_id}", "yellow")
         return
-    rev = f"@{ref.revision}" if ref.revision else ""
     say(f"load one as hf://{ref.repo_id}/<path>{rev}, or all with `saevit pull {ref.repo_id}{rev}`")

@@ -7,31 +7,31 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._options import SAE_HELP, DeviceOpt, OverwriteOpt, TextEmbeddingsOpt, WeightsOpt
-from sae_vit.cli._ui import LazyProgress, check_images, check_inputs, note, parse_ints, say
+import sae_vit.cli._options as opt
+from sae_vit.cli._ui import LazyProgress, check_images, check_inputs, note, parse_numbers, say
 
 
 def inspect_cmd(
     sae: Annotated[str | None, typer.Option(
-        "--sae", help=f"The SAE: {SAE_HELP}. Default: the first in <workdir>/saes.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Backbone; default: the SAE's model.")] = None,
-    weights: WeightsOpt = None,
-    images: Annotated[Path | None, typer.Option("--images", help="Images (folder or CSV).")] = None,
-    world: Annotated[str | None, typer.Option("--world", help="Synthetic-world task (default: shapes).")] = None,
+        "--sae", help=f"The SAE: {opt.SAE_HELP}. Default: the first in <workdir>/saes.")] = None,
+    model: opt.SaeModel = None,
+    weights: opt.Weights = None,
+    images: opt.Images = None,
+    world: opt.World = None,
     n_images: Annotated[int, typer.Option("--n-images", min=1, help="Images to scan.")] = 1024,
-    features: Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 12,40.")] = None,
+    features: opt.FeatureIds = None,
     top_steerable: Annotated[int | None, typer.Option(
         "--top-steerable", help="The N most steerable features (needs `saevit steer-score` results).")] = None,
     random: Annotated[int | None, typer.Option("--random", help="N random features (default 16).")] = None,
     top_images: Annotated[int, typer.Option("--top-images", min=1, help="Top images shown per feature.")] = 16,
     old_k: Annotated[int | None, typer.Option(
         "--k", min=1, hidden=True, help="Deprecated spelling of --top-images.")] = None,
-    vocab: Annotated[Path | None, typer.Option("--vocab", help="Words for text labels, one per line.")] = None,
-    text_embeddings: TextEmbeddingsOpt = None,
+    vocab: opt.Vocab = None,
+    text_embeddings: opt.TextEmbeddings = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/inspect/...")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Top-activating images with patch heatmaps, density and text labels per feature; PNGs + index.html."""
     from sae_vit.analysis.inspect import inspect_sae
@@ -40,7 +40,7 @@ def inspect_cmd(
     if old_k is not None:  # --k is the TopK sparsity everywhere else
         note("--k is deprecated for inspect; use --top-images.", "yellow")
         top_images = old_k
-    feature_list = parse_ints(features, "--features")
+    feature_list = parse_numbers(features, "--features")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
     path = find_saes([sae] if sae else None)[0]  # resolved before the library checks --out

@@ -7,34 +7,28 @@ from typing import Annotated
 
 import typer
 
-from sae_vit.cli._options import SAE_HELP, DeviceOpt, OverwriteOpt, TextEmbeddingsOpt, WeightsOpt
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import (
     LazyProgress,
     check_images,
     check_inputs,
     note_default,
-    out_console,
-    parse_floats,
-    parse_ints,
-    plain,
+    parse_numbers,
+    print_table,
     say,
 )
-from sae_vit.core.errors import SaeVitError
-
-STEER_TOKENS = ("sae", "all", "patches", "cls")
 
 
 def steer_score_cmd(
     sae: Annotated[list[str] | None, typer.Option(
-        "--sae", help=f"Repeatable: {SAE_HELP}, or a folder of checkpoints. Default: every SAE in "
+        "--sae", help=f"Repeatable: {opt.SAE_HELP}, or a folder of checkpoints. Default: every SAE in "
                       "<workdir>/saes.")] = None,
-    model: Annotated[str | None, typer.Option(
-        "--model", help="Backbone; default: the model the SAE was trained on (toy by default).")] = None,
-    weights: WeightsOpt = None,
-    vocab: Annotated[Path | None, typer.Option("--vocab", help="Concept words, one per line.")] = None,
-    text_embeddings: TextEmbeddingsOpt = None,
-    images: Annotated[Path | None, typer.Option("--images", help="Probe images (folder or CSV).")] = None,
-    world: Annotated[str | None, typer.Option("--world", help="Synthetic-world task for probe images.")] = None,
+    model: opt.SaeModel = None,
+    weights: opt.Weights = None,
+    vocab: opt.Vocab = None,
+    text_embeddings: opt.TextEmbeddings = None,
+    images: opt.Images = None,
+    world: opt.World = None,
     n_images: Annotated[int, typer.Option("--n-images", min=1, help="Probe images (paper: 192).")] = 64,
     alphas: Annotated[str, typer.Option("--alphas", help="Strengths (paper's sweep).")] = "-20,-5,0,5,10,20,50,150",
     strength_unit: Annotated[str, typer.Option(
@@ -44,27 +38,27 @@ def steer_score_cmd(
     temperature: Annotated[float, typer.Option("--temperature")] = 100.0,
     tokens: Annotated[str, typer.Option(
         "--tokens", help="Token selection to clamp: sae (the SAE's own), all, patches or cls.")] = "sae",
-    features: Annotated[str | None, typer.Option("--features", help="Feature indices, e.g. 3,17; default: all.")] = None,
+    features: opt.FeatureIds = None,
     max_features: Annotated[int, typer.Option("--max-features", help="Sample this many features (quick estimate).")] = 256,
     full: Annotated[bool, typer.Option("--full", help="Score every feature (ignores --max-features).")] = False,
     neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Residual-basis neuron baseline.")] = True,
     mlp_neurons: Annotated[bool, typer.Option("--mlp-neurons", help="Also the MLP hidden units.")] = False,
     random_control: Annotated[int, typer.Option("--random-control", help="Random unit directions as a control.")] = 256,
     precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 for the steered passes.")] = "fp32",
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: opt.Seed = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/steer.")] = None,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
+    device: opt.Device = "auto",
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
     from sae_vit.analysis.steer import SteerConfig, score_saes
+    from sae_vit.core.backbone import check_choice
     from sae_vit.core.defaults import workdir
     from sae_vit.io.resolve import find_saes
 
-    alpha_list = parse_floats(alphas, "--alphas")
-    feature_list = parse_ints(features, "--features")
-    if tokens not in STEER_TOKENS:
-        raise SaeVitError(f"Unknown --tokens {tokens!r}; use {', '.join(STEER_TOKENS)}.")
+    alpha_list = tuple(parse_numbers(alphas, "--alphas", float))
+    feature_list = parse_numbers(features, "--features")
+    check_choice(tokens, ("sae", "all", "patches", "cls"), "--tokens")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
     if not sae:
@@ -87,19 +81,14 @@ def steer_score_cmd(
 
 def print_steer(reports) -> None:
     """The steerability table of :class:`~sae_vit.analysis.steer.SteerReport` s and their top features."""
-    from rich.table import Table
-
-    table = Table(title="Steerability (S > threshold at the largest strength)")
-    for col in ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets"):
-        table.add_column(col)
-    tops = []
+    cols = ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets")
+    rows, tops = [], []
     for r in reports:
         s = r.summary
         feats = r.units[(r.units.kind == "feature")].head(3)
         tops.append(f"layer {s['layer']} ({s['steer_tokens']}): " + ", ".join(
             f"{int(i)} -> {t} (S {v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"], strict=True)))
-        for kind, k in s["kinds"].items():
-            table.add_row(*plain(s["layer"], s["steer_tokens"], kind, k["scored"], k["steerable"],
-                                 f"{100 * k['fraction']:.1f}", k["distinct_targets"]))
-    out_console.print(table)
+        rows += [(s["layer"], s["steer_tokens"], kind, k["scored"], k["steerable"],
+                  f"{100 * k['fraction']:.1f}", k["distinct_targets"]) for kind, k in s["kinds"].items()]
+    print_table("Steerability (S > threshold at the largest strength)", cols, rows, left=cols)
     say("top features: " + "; ".join(tops))

@@ -1,16 +1,9 @@
 """``saevit defend-typo``: typographic attacks and the SAE text-feature defence (library:
 :mod:`sae_vit.analysis.typo`).
 
-Four sub-commands, one per mode; the first is the default, so ``saevit defend-typo photo.png`` classifies:
-
-- ``classify IMAGE... [--classes a,b,c] [--sae SAE --features FILE]``: top class probabilities without and with
-  the defence, side by side;
-- ``attack IMAGES... --word W --out DIR``: write attacked images (PAINT layout);
-- ``eval world [--sae SAE ...]`` or ``eval DIR``: the benchmark protocol;
-- ``make-assets [--out DIR]``: train and select the shipped SAE and feature file.
-
-The spellings of earlier versions, ``--eval world|DIR`` and ``--make-assets``, still mean ``eval`` and
-``make-assets`` (docs and scripts use them).
+One sub-command per mode, listed with examples in ``typo_app``'s help; ``classify`` is the default, so
+``saevit defend-typo photo.png`` classifies. The spellings of earlier versions, ``--eval world|DIR`` and
+``--make-assets``, still mean ``eval`` and ``make-assets`` (docs and scripts use them).
 """
 
 from __future__ import annotations
@@ -22,8 +15,16 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from sae_vit.cli._options import SAE_HELP, OverwriteOpt, TextEmbeddingsOpt
-from sae_vit.cli._ui import check_inputs, command, error, note, out_console, parse_layers, plain, say
+import sae_vit.cli._options as opt
+from sae_vit.cli._ui import (
+    check_inputs,
+    note,
+    parse_layers,
+    parse_names,
+    parse_numbers,
+    print_table,
+    say,
+)
 from sae_vit.core.defaults import DEFAULT_MODEL, workdir
 from sae_vit.core.errors import SaeVitError
 
@@ -33,20 +34,16 @@ MODES = "Give exactly one of: image file(s), 'attack IMAGES...', 'eval world|DIR
 def route(args: list[str], commands: set[str]) -> list[str]:
     """The argument list with its mode made explicit: ``--eval X`` -> ``eval X``, ``--make-assets`` ->
     ``make-assets``, and anything that does not start with a sub-command (or ``--help``) -> ``classify ...``."""
-    modes, rest, i = [], [], 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--eval" and i + 1 < len(args):
-            modes.append(["eval", args[i + 1]])
-            i += 2
-            continue
+    modes, rest, it = [], [], iter(args)
+    for arg in it:
         if arg.startswith("--eval="):
             modes.append(["eval", arg.removeprefix("--eval=")])
         elif arg == "--make-assets":
             modes.append(["make-assets"])
-        else:
+        elif arg == "--eval" and (value := next(it, None)) is not None:
+            modes.append(["eval", value])
+        else:  # a trailing --eval with no value is left for the parser to refuse
             rest.append(arg)
-        i += 1
     explicit = bool(rest) and rest[0] in commands
     if len(modes) + explicit > 1:
         raise SaeVitError(MODES)
@@ -61,12 +58,7 @@ class _ModeGroup(TyperGroup):
     """A group whose default sub-command is ``classify`` (see :func:`route`)."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        try:
-            args = route(list(args), set(self.commands))
-        except SaeVitError as exc:
-            error(str(exc))
-            raise typer.Exit(2) from None
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, route(list(args), set(self.commands)))  # errors: see app._Root
 
 
 typo_app = typer.Typer(
@@ -87,31 +79,14 @@ typo_app = typer.Typer(
 )
 
 SaeOpt = Annotated[str | None, typer.Option(
-    "--sae", help=f"The SAE: {SAE_HELP}. Default: <workdir>/typo or the shipped one.")]
+    "--sae", help=f"The SAE: {opt.SAE_HELP}. Default: <workdir>/typo or the shipped one.")]
 FeaturesOpt = Annotated[Path | None, typer.Option(
     "--features", help="Text-feature JSON. Default: the one beside the SAE (or shipped with it).")]
 NFeaturesOpt = Annotated[int | None, typer.Option(
     "--n-features", "--n", min=0, help="Suppress the top N features (default: the N chosen on validation).")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", help="Backbone (default: the SAE's model, else toy). For toy, --weights may be a toy CLIP file.")]
-WeightsOpt = Annotated[Path | None, typer.Option("--weights", help="Local weights for --model.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 NDiscoveryOpt = Annotated[int, typer.Option("--n-discovery", min=8, help="Discovery images (world).")]
 NValOpt = Annotated[int, typer.Option("--n-val", min=8, help="Validation images (world).")]
 NTestOpt = Annotated[int, typer.Option("--n-test", min=8, help="Test images per test set (world).")]
-SeedOpt = Annotated[int, typer.Option("--seed")]
-
-
-def _floats(text: str | None, what: str, n: int) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise SaeVitError(f"Could not read {what} {text!r}; give {n} comma-separated numbers, e.g. 0.2,0.28.") from exc
-    if len(values) != n:
-        raise SaeVitError(f"{what} takes {n} comma-separated numbers (got {text!r}), e.g. 0.2,0.28.")
-    return values
 
 
 def _pct(x: float) -> str:
@@ -135,7 +110,30 @@ def _local_sae(sae: str | None) -> Path | None:
     return None if sae is None else resolve_sae_path(sae)
 
 
-@command(typo_app, "classify")
+def _bundle(model, weights, text_embeddings, device, sae_model: str | None = None):
+    from sae_vit.analysis.typo import load_model
+
+    return load_model(model or sae_model or DEFAULT_MODEL, weights, text_embeddings, device)
+
+
+def _class_list(classes: str | None, bundle) -> list[str]:
+    if classes is None:
+        if bundle.backbone.name != "toy":
+            raise SaeVitError('Pass --classes "dog,cat,..." (class names to choose from).')
+        from sae_vit.world.scenes import SHAPES
+
+        return list(SHAPES)
+    class_list = list(dict.fromkeys(parse_names(classes)))
+    if len(class_list) < 2:
+        raise SaeVitError('--classes needs at least two names, e.g. --classes "dog,cat".')
+    return class_list
+
+
+def _prob(p, best: bool) -> str:
+    return f"{100 * float(p):.1f}%" + (" ◀" if best else "")
+
+
+@typo_app.command("classify")
 def classify_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
     classes: Annotated[str | None, typer.Option(
@@ -143,19 +141,37 @@ def classify_cmd(
     sae: SaeOpt = None,
     features: FeaturesOpt = None,
     n_features: NFeaturesOpt = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    text_embeddings: TextEmbeddingsOpt = None,
+    model: opt.SaeModel = None,
+    weights: opt.Weights = None,
+    text_embeddings: opt.TextEmbeddings = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Classes shown per image.")] = 5,
-    device: DeviceOpt = "auto",
+    device: opt.Device = "auto",
 ) -> None:
     """Top class probabilities of each image without and with the defence (the default sub-command)."""
+    import torch
+
+    from sae_vit.analysis.typo import classify_image, defence_from_files, open_image, resolve_features
+
     check_inputs(features=features, weights=weights, text_embeddings=text_embeddings)
-    _classify(images, classes, _local_sae(sae), features, n_features, model, weights, text_embeddings, top,
-              _torch_device(device))
+    local_sae = _local_sae(sae)
+    device = _torch_device(device)
+    for image in images:  # fail fast on a bad path, before any model loads
+        open_image(image)
+    sae_path, feat_path = resolve_features(local_sae, features)
+    defence, feats = defence_from_files(sae_path, feat_path, n_features, device)
+    bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
+    class_list = _class_list(classes, bundle)
+    note(f"model: {bundle.description}; SAE: {sae_path} (layer {defence.sae.cfg.layer}); "
+         f"suppressing {len(defence.features)} text features from {feats['path']}")
+    for image in images:
+        before, after = classify_image(bundle, image, class_list, defence)
+        b, a = int(before.argmax()), int(after.argmax())
+        order = torch.maximum(before, after).argsort(descending=True)[:top].tolist()  # by the larger one
+        print_table(image, ("class", "no defence", "defended"), left=("class",), rows=[
+            (class_list[i], _prob(before[i], i == b), _prob(after[i], i == a)) for i in order])
 
 
-@command(typo_app, "attack")
+@typo_app.command("attack")
 def attack_cmd(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively) to attack.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (PAINT layout + metadata.csv).")],
@@ -172,43 +188,56 @@ def attack_cmd(
     font: Annotated[Path | None, typer.Option("--font", help="A .ttf font (default: Pillow's).")] = None,
     control: Annotated[bool, typer.Option(
         "--control", help="Also write same-placement pseudo-word controls and the clean crops.")] = False,
-    seed: SeedOpt = 0,
-    overwrite: OverwriteOpt = False,
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Write typographic attacks on images: a word painted on each (PAINT layout)."""
-    _attack(images, word, out, classes, font_size, palette, position, crop, font, control, seed, overwrite)
+    from sae_vit.analysis.typo import AttackConfig, write_attacks
+
+    kw = {"position": position, "crop": crop, "font": str(font) if font else None}
+    if font_size is not None:
+        kw["font_size"] = tuple(parse_numbers(font_size, "--font-size", float))
+        if len(kw["font_size"]) != 2:
+            raise SaeVitError(f"--font-size takes two numbers (got {font_size!r}), e.g. 0.2,0.28.")
+    if palette is not None:
+        kw["palette"] = tuple(parse_names(palette))
+    cfg = AttackConfig(**kw).validate()
+    path = write_attacks(images, out, word, parse_names(classes) or None, cfg, control, seed, overwrite)
+    say(f"wrote {len(list(path.glob('*.png')))} images and metadata.csv (path,label,text,kind) -> {path}")
 
 
-@command(typo_app, "eval")
+@typo_app.command("eval")
 def eval_cmd(
     target: Annotated[str, typer.Argument(
         metavar="world|DIR", help="'world' (the full protocol on the synthetic world) or a typographic folder "
                                   "(PAINT / RTA-100 layout).")],
     sae: Annotated[list[str] | None, typer.Option(
-        "--sae", help=f"The SAE: {SAE_HELP}. With world: repeatable, one per layer. Default: the shipped one.")]
-    = None,
+        "--sae", help=f"The SAE: {opt.SAE_HELP}. With world: repeatable, one per layer. Default: the shipped "
+                      "one.")] = None,
     features: FeaturesOpt = None,
     n_features: NFeaturesOpt = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="world: the feature JSON to write (default: <sae>.typo.json).")] = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    text_embeddings: TextEmbeddingsOpt = None,
+    model: opt.SaeModel = None,
+    weights: opt.Weights = None,
+    text_embeddings: opt.TextEmbeddings = None,
     n_discovery: NDiscoveryOpt = 512,
     n_val: NValOpt = 600,
     n_test: NTestOpt = 600,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="world: run baselines.")] = True,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    overwrite: OverwriteOpt = False,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Evaluate the defence: the world protocol (choose layer and N on validation, write the feature file), or
     accuracy and attack success rate on a typographic folder."""
+    from sae_vit.analysis.typo import EvalConfig
+
     check_inputs(features=features, weights=weights, text_embeddings=text_embeddings)
     if target == "world":
+        cfg = EvalConfig(n_discovery=n_discovery, n_val=n_val, n_test=n_test, seed=seed, baselines=baselines)
         paths = [_local_sae(s) for s in sae] if sae else None
-        _eval_world(paths, out, model, weights, text_embeddings, n_discovery, n_val, n_test, baselines, seed,
-                    _torch_device(device), overwrite)
+        _eval_world(paths, out, model, weights, text_embeddings, cfg, _torch_device(device), overwrite)
         return
     if sae and len(sae) > 1:
         raise SaeVitError("Pass one --sae with eval DIR (several are for eval world).")
@@ -217,135 +246,67 @@ def eval_cmd(
                  _torch_device(device))
 
 
-@command(typo_app, "make-assets")
+@typo_app.command("make-assets")
 def make_assets_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Folder for typo_sae.safetensors and typo_features.json (default <workdir>/typo).")] = None,
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
+    model: opt.Model = DEFAULT_MODEL,
+    weights: opt.Weights = None,
     layers: Annotated[str, typer.Option("--layers", help="Blocks to train SAEs on, or 'all'.")] = "2,4,6,8",
     n_discovery: NDiscoveryOpt = 512,
     n_val: NValOpt = 600,
     n_test: NTestOpt = 600,
-    seed: SeedOpt = 0,
-    overwrite: OverwriteOpt = False,
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Train SAEs on the toy CLIP, choose layer and features on validation, write the shipped SAE and feature
     file."""
+    from sae_vit.analysis.typo import AssetConfig, EvalConfig
+    from sae_vit.pipeline import make_typo_assets
+
     check_inputs(weights=weights)
     _torch_device("cpu")
-    _make_assets(out, model, weights, layers, n_discovery, n_val, n_test, seed, overwrite)
+    bundle = _bundle(model, weights, None, "cpu")
+    n_layers = bundle.backbone.n_layers
+    wanted = parse_layers(layers)
+    wanted = list(range(n_layers)) if wanted == "all" else wanted
+    if not wanted or max(wanted) >= n_layers:
+        raise SaeVitError(f"--layers {layers!r} is out of range; {bundle.description} has blocks "
+                          f"0..{n_layers - 1}.")
+    cfg = AssetConfig(layers=tuple(wanted), seed=seed)
+    eval_cfg = EvalConfig(n_discovery=n_discovery, n_val=n_val, n_test=n_test, seed=seed)
+    out = Path(out) if out is not None else workdir() / "typo"
+    report, sae_path, feat_path = make_typo_assets(bundle, out, workdir() / "typo_work", cfg, eval_cfg,
+                                                   overwrite, progress=lambda m: note(m, "cyan"))
+    print_report(report)
+    say(f"model: {bundle.description}; layer {report.layer}, N={report.n}; wrote {sae_path} and {feat_path}")
 
 
-def _attack_config(font_size, palette, position, crop, font):
-    from sae_vit.analysis.typo import AttackConfig
-
-    kw = {"position": position, "crop": crop, "font": str(font) if font else None}
-    if font_size is not None:
-        kw["font_size"] = _floats(font_size, "--font-size", 2)
-    if palette is not None:
-        kw["palette"] = tuple(c.strip() for c in palette.split(",") if c.strip())
-    return AttackConfig(**kw).validate()
-
-
-def _attack(images, word, out, classes, font_size, palette, position, crop, font, control, seed, overwrite) -> None:
-    from sae_vit.analysis.typo import write_attacks
-
-    cfg = _attack_config(font_size, palette, position, crop, font)
-    class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    path = write_attacks(images, out, word, class_list, cfg, control, seed, overwrite)
-    n = len(list(path.glob("*.png")))
-    say(f"wrote {n} images and metadata.csv (path,label,text,kind) -> {path}")
-
-
-def _bundle(model, weights, text_embeddings, device, sae_model: str | None = None):
-    from sae_vit.analysis.typo import load_model
-
-    return load_model(model or sae_model or DEFAULT_MODEL, weights, text_embeddings, device)
-
-
-def _class_list(classes: str | None, bundle) -> list[str]:
-    if classes is None:
-        if bundle.backbone.name != "toy":
-            raise SaeVitError('Pass --classes "dog,cat,..." (class names to choose from).')
-        from sae_vit.world.scenes import SHAPES
-
-        return list(SHAPES)
-    class_list = list(dict.fromkeys(c.strip() for c in classes.split(",") if c.strip()))
-    if len(class_list) < 2:
-        raise SaeVitError('--classes needs at least two names, e.g. --classes "dog,cat".')
-    return class_list
-
-
-def _classify(images, classes, sae, features, n, model, weights, text_embeddings, top, device) -> None:
-    from rich.table import Table
-
-    from sae_vit.analysis.typo import classify_image, defence_from_files, open_image, resolve_features
-
-    for image in images:  # fail fast on a bad path, before any model loads
-        open_image(image)
-    sae_path, feat_path = resolve_features(sae, features)
-    defence, feats = defence_from_files(sae_path, feat_path, n, device)
-    bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
-    class_list = _class_list(classes, bundle)
-    note(f"model: {bundle.description}; SAE: {sae_path} (layer {defence.sae.cfg.layer}); "
-         f"suppressing {len(defence.features)} text features from {feats['path']}")
-    for image in images:
-        before, after = classify_image(bundle, image, class_list, defence)
-        order = torch_topk(before, after, top)
-        table = Table(title=plain(image)[0])
-        table.add_column("class")
-        table.add_column("no defence", justify="right")
-        table.add_column("defended", justify="right")
-        for i in order:
-            mark_b = " ◀" if i == int(before.argmax()) else ""
-            mark_a = " ◀" if i == int(after.argmax()) else ""
-            table.add_row(*plain(class_list[i], f"{100 * float(before[i]):.1f}%{mark_b}",
-                                 f"{100 * float(after[i]):.1f}%{mark_a}"))
-        out_console.print(table)
-
-
-def torch_topk(before, after, top: int) -> list[int]:
-    """Class indices to show: by the larger of the two probabilities, highest first."""
-    import torch
-
-    score = torch.maximum(before, after)
-    return [int(i) for i in score.argsort(descending=True)[:top]]
-
-
-def _feature_out(sae_paths, out):
+def _feature_file(sae_path) -> Path:
+    """Where eval world writes an SAE's feature file: beside it, or in <workdir>/typo for the shipped one."""
     from sae_vit.analysis.typo import asset_dir, features_path_for
 
-    if out is not None:
-        return [Path(out)]
-    targets = []
-    for p in sae_paths:
-        t = features_path_for(p)
-        if Path(p).resolve().parent == asset_dir().resolve():
-            t = workdir() / "typo" / t.name
-        targets.append(t)
-    return targets
+    path = features_path_for(sae_path)
+    shipped = Path(sae_path).resolve().parent == asset_dir().resolve()
+    return workdir() / "typo" / path.name if shipped else path
 
 
-def _eval_world(paths, out, model, weights, text_embeddings, n_discovery, n_val, n_test, baselines, seed, device,
-                overwrite) -> None:
-    from sae_vit.analysis.typo import EvalConfig, default_pair, run_world_eval, write_report_features
+def _eval_world(paths, out, model, weights, text_embeddings, cfg, device, overwrite) -> None:
+    from sae_vit.analysis.typo import default_pair, run_world_eval, write_report_features
     from sae_vit.core.sae import SAE
 
     paths = paths or [default_pair()[0]]
     saes = [(p, SAE.load(p, device)) for p in paths]
     bundle = _bundle(model, weights, text_embeddings, device, saes[0][1].cfg.model)
-    cfg = EvalConfig(n_discovery=n_discovery, n_val=n_val, n_test=n_test, seed=seed, baselines=baselines)
-    targets = _feature_out(paths, out)  # checked once every input is known to be good
-    if not overwrite:
-        for t in targets:
-            if t.exists():
-                raise SaeVitError(f"{t} already exists; pass --overwrite to replace it or choose another --out.")
+    # checked once every input is known to be good
+    targets = {str(p): Path(out) if out is not None else _feature_file(p) for p in paths}
+    for t in targets.values():
+        if t.exists() and not overwrite:
+            raise SaeVitError(f"{t} already exists; pass --overwrite to replace it or choose another --out.")
     start = time.perf_counter()
     report = run_world_eval(bundle, saes, cfg, progress=lambda m: note(m, "cyan"))
-    chosen = next(s for p, s in saes if str(p) == report.sae_path)
-    target = targets[0] if out is not None else targets[[str(p) for p in paths].index(report.sae_path)]
-    path = write_report_features(report, chosen, target, cfg, overwrite=overwrite)
+    chosen = {str(p): s for p, s in saes}[report.sae_path]
+    path = write_report_features(report, chosen, targets[report.sae_path], cfg, overwrite=overwrite)
     print_report(report)
     say(f"model: {bundle.description}; chosen layer {report.layer}, N={report.n} on the validation split; "
         f"features -> {path} ({time.perf_counter() - start:.0f} s)")
@@ -353,59 +314,29 @@ def _eval_world(paths, out, model, weights, text_embeddings, n_discovery, n_val,
 
 def print_report(report) -> None:
     """The validation sweep and the test tables of a :class:`~sae_vit.analysis.typo.TypoReport`."""
-    from rich.table import Table
-
-    sweep = Table(title="Validation sweep (discovery recipe): layer x N suppressed features")
-    for col in ("layer", "N", "clean", "attacked", "ASR"):
-        sweep.add_column(col, justify="right")
-    for r in report.sweep:
-        chosen = r["layer"] == report.layer and r["n"] == report.n
-        style = "bold green" if chosen else None
-        sweep.add_row(*plain(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["asr"])), style=style)
-    out_console.print(sweep)
-    for name, rows in report.results.items():
-        table = Table(title=plain(f"{name}: zero-shot accuracy % and attack success rate %")[0])
-        for col in ("defence", "clean", "attacked", "control", "ASR", "setting"):
-            table.add_column(col, justify="left" if col in ("defence", "setting") else "right")
-        for d, m in rows.items():
-            table.add_row(*plain(d, _pct(m.clean), _pct(m.attacked), _pct(m.control), _pct(m.asr), report.settings[d]))
-        out_console.print(table)
+    sweep, chosen = report.sweep, (report.layer, report.n)
+    print_table("Validation sweep (discovery recipe): layer x N suppressed features",
+                ("layer", "N", "clean", "attacked", "ASR"),
+                [(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["asr"])) for r in sweep],
+                styles=["bold green" if (r["layer"], r["n"]) == chosen else None for r in sweep])
+    cols = ("defence", "clean", "attacked", "control", "ASR", "setting")
+    for name, metrics in report.results.items():
+        rows = [(d, _pct(m.clean), _pct(m.attacked), _pct(m.control), _pct(m.asr), report.settings[d])
+                for d, m in metrics.items()]
+        title = f"{name}: zero-shot accuracy % and attack success rate %"
+        print_table(title, cols, rows, left=("defence", "setting"))
 
 
 def _eval_folder(directory, sae, features, n, model, weights, text_embeddings, device) -> None:
-    from rich.table import Table
-
     from sae_vit.analysis.typo import defence_from_files, folder_eval, resolve_features
 
     sae_path, feat_path = resolve_features(sae, features)
     defence, _ = defence_from_files(sae_path, feat_path, n, device)
     bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
     res = folder_eval(bundle, directory, defence)
-    table = Table(title=plain(f"{directory}: {len(res['classes'])} classes (labels and written words)")[0])
-    for col in ("defence", "clean", "attacked", "ASR"):
-        table.add_column(col, justify="left" if col == "defence" else "right")
-    for d, label in (("none", "no defence"), ("sae", defence.describe())):
-        m = res[d]
-        table.add_row(*plain(label, _pct(m["clean"]), _pct(m["attacked"]), _pct(m["asr"])))
-    out_console.print(table)
+    print_table(f"{directory}: {len(res['classes'])} classes (labels and written words)",
+                ("defence", "clean", "attacked", "ASR"), left=("defence",),
+                rows=[(label, _pct(res[d]["clean"]), _pct(res[d]["attacked"]), _pct(res[d]["asr"]))
+                      for d, label in (("none", "no defence"), ("sae", defence.describe()))])
     say(f"model: {bundle.description}; SAE: {sae_path}; {res['none']['n_attacked']} attacked, "
         f"{res['none']['n_clean']} clean images")
-
-
-def _make_assets(out, model, weights, layers, n_discovery, n_val, n_test, seed, overwrite) -> None:
-    from sae_vit.analysis.typo import AssetConfig, EvalConfig
-    from sae_vit.pipeline import make_typo_assets
-
-    bundle = _bundle(model, weights, None, "cpu")
-    out = Path(out) if out is not None else workdir() / "typo"
-    n_layers = bundle.backbone.n_layers
-    wanted = parse_layers(layers)
-    wanted = list(range(n_layers)) if wanted == "all" else wanted
-    if not wanted or max(wanted) >= n_layers:
-        raise SaeVitError(f"--layers {layers!r} is out of range; {bundle.description} has blocks 0..{n_layers - 1}.")
-    cfg = AssetConfig(layers=tuple(wanted), seed=seed)
-    eval_cfg = EvalConfig(n_discovery=n_discovery, n_val=n_val, n_test=n_test, seed=seed)
-    report, sae_path, feat_path = make_typo_assets(
-        bundle, out, workdir() / "typo_work", cfg, eval_cfg, overwrite, progress=lambda m: note(m, "cyan"))
-    print_report(report)
-    say(f"model: {bundle.description}; layer {report.layer}, N={report.n}; wrote {sae_path} and {feat_path}")

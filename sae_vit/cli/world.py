@@ -1,29 +1,27 @@
-"""``saevit world``: export the synthetic world's task splits, retrain the toy CLIP, show samples.
-
-Parsing and printing only; the work is done by :mod:`sae_vit.world.scenes` and :mod:`sae_vit.world.toyclip`.
-Torch is imported inside the commands so ``saevit --help`` stays instant. User errors raise ``SaeVitError``.
-"""
+"""``saevit world``: export the synthetic world's task splits, retrain the toy CLIP, show samples (library:
+:mod:`sae_vit.world.scenes` and :mod:`sae_vit.world.toyclip`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from sae_vit.cli._ui import command, out_console, plain, say
+from sae_vit.cli._ui import print_table, say
 from sae_vit.core.errors import SaeVitError
 
 world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", no_args_is_help=True,
                         rich_markup_mode=None)
 
 
-@command(world_app, "export")
+@world_app.command("export")
 def export(
-    task: str = typer.Option(..., "--task", help="shapes | typographic | waterbirds | celeba."),
-    out: Path = typer.Option(..., "--out", help="Folder to write (real-dataset layout)."),
-    n: int = typer.Option(1000, "--n", min=1, help="Images per split (train, val, test)."),
-    seed: int = typer.Option(0, "--seed", help="World seed."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder."),
+    task: Annotated[str, typer.Option("--task", help="shapes | typographic | waterbirds | celeba.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (real-dataset layout).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Images per split (train, val, test).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
 ) -> None:
     """Write a task's train/val/test images in the layout of the real dataset (Waterbirds metadata.csv,
     CelebA list_attr_celeba.txt, or a path,label CSV)."""
@@ -33,33 +31,30 @@ def export(
     say(f"wrote {3 * n} {task} images to {path}")
 
 
-@command(world_app, "train-clip")
+@world_app.command("train-clip")
 def train_clip(
-    out: Path = typer.Option(None, "--out", help="Weights file (default: the shipped sae_vit/assets one)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the initialisation and the training images."),
-    minutes: float = typer.Option(
-        25.0, "--minutes", min=0.05, help="Wall-clock budget (ignored with --steps)."
-    ),
-    steps: int = typer.Option(None, "--steps", min=1, help="Train for exactly this many steps instead."),
-    batch_size: int = typer.Option(
-        None, "--batch-size", min=2, help="Images per step (default: the recipe's)."
-    ),
-    bf16: bool = typer.Option(
-        False,
-        "--bf16/--fp32",
-        help="bf16 autocast for the forward pass (slower than fp32 on the 2-core reference CPU).",
-    ),
-    threads: int = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
-    eval_n: int = typer.Option(
-        1200, "--eval-n", min=0, help="Held-out images per task for the final evaluation."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing weights file."),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Weights file (default: the shipped sae_vit/assets one).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the initialisation and training images.")] = 0,
+    minutes: Annotated[float, typer.Option(
+        "--minutes", min=0.05, help="Wall-clock budget (ignored with --steps).")] = 25.0,
+    steps: Annotated[int | None, typer.Option(
+        "--steps", min=1, help="Train for exactly this many steps instead.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=2, help="Images per step (default: the recipe's).")] = None,
+    bf16: Annotated[bool, typer.Option(
+        "--bf16/--fp32", help="bf16 autocast for the forward pass (slower than fp32 on the 2-core reference "
+                              "CPU).")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="Torch threads (default: all cores).")] = None,
+    eval_n: Annotated[int, typer.Option(
+        "--eval-n", min=0, help="Held-out images per task for the final evaluation.")] = 1200,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing weights file.")] = False,
 ) -> None:
     """Retrain the toy CLIP from scratch on fresh world images and evaluate it on held-out ones."""
     import dataclasses
 
     import torch
-    from rich.table import Table
 
     from sae_vit.world import toyclip, toyclip_train
 
@@ -78,36 +73,30 @@ def train_clip(
     clip = toyclip_train.train_toy_clip(recipe, progress=progress, eval_n=eval_n)
     toyclip.save_toy_clip(clip, path, overwrite=overwrite)
     meta = clip.metadata
-    table = Table(
-        title=f"toy CLIP: {meta['steps']} steps, {meta['images_seen']} images, {meta['train_seconds']:.0f}s"
-    )
-    table.add_column("zero-shot on held-out world images")
-    table.add_column("accuracy", justify="right")
-    for key, value in meta.get("accuracies", {}).items():
-        table.add_row(*plain(key, f"{100 * value:.1f}%"))
-    out_console.print(table)
+    cols = ("zero-shot on held-out world images", "accuracy")
+    title = f"toy CLIP: {meta['steps']} steps, {meta['images_seen']} images, {meta['train_seconds']:.0f}s"
+    rows = [(key, f"{100 * v:.1f}%") for key, v in meta.get("accuracies", {}).items()]
+    print_table(title, cols, rows, left=cols[:1])
     say(f"wrote {path}")
 
 
-@command(world_app, "show")
+@world_app.command("show")
 def show(
-    out: Path = typer.Option(Path("world_samples.png"), "--out", help="PNG file to write."),
-    task: str = typer.Option(None, "--task", help="A task's test split instead of the CLIP training mix."),
-    n: int = typer.Option(32, "--n", min=1, max=1024, help="Number of images."),
-    seed: int = typer.Option(0, "--seed", help="World seed."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
+    out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("world_samples.png"),
+    task: Annotated[str | None, typer.Option(
+        "--task", help="A task's test split instead of the CLIP training mix.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=1024, help="Number of images.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
 ) -> None:
     """Save a grid of sample images (and print their captions)."""
-    import os
-
+    from sae_vit.core.atomic import atomic_write
     from sae_vit.world import scenes as world
 
     if out.exists() and not overwrite:
         raise SaeVitError(f"{out} exists; choose another --out or pass --overwrite.")
     scenes = world.task_scenes(task, "test", n, seed)[0] if task else world.training_scenes(n, seed)
-    tmp = out.with_name(f".{out.name}.tmp")
-    world.sample_grid(scenes).save(tmp, format="PNG")
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: world.sample_grid(scenes).save(tmp, format="PNG"))
     for i, s in enumerate(scenes[:16]):
         say(f"{i:>3}  {s.caption}")
     say(f"wrote {out}")
