@@ -1,5 +1,9 @@
 """The world protocol: on the synthetic world, discovery = ``train``, selection of layer and N = ``val``, reported
-numbers = ``test``; nothing chosen ever sees the test split."""
+numbers = ``test``; nothing chosen ever sees the test split.
+
+Text features are SAE features ranked by how much more they fire on attacked images than on the same images
+without text (paired, so content is controlled); the baselines are fitted on discovery and tuned on validation.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,132 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import ModelBundle, check_sae_matches, class_embeddings
-from sae_vit.analysis.typo.attacks import DISCOVERY_ATTACK, SHIFTED_ATTACK, AttackConfig
-from sae_vit.analysis.typo.baselines import tune_baselines
-from sae_vit.analysis.typo.defences import Defence, SaeDefence
-from sae_vit.analysis.typo.evaluation import TEMPLATE, TypoMetrics, better, evaluate
-from sae_vit.analysis.typo.features import discover_features
+from sae_vit.analysis.probes import minimize
+from sae_vit.analysis.typo.attacks import AttackConfig, TypoSet, world_native_set, world_typo_set
+from sae_vit.analysis.typo.defences import (
+    TEMPLATE,
+    Defence,
+    HeadDefence,
+    ProbeDefence,
+    PromptDefence,
+    SaeDefence,
+    TypoMetrics,
+    better,
+    evaluate,
+    predict,
+)
 from sae_vit.analysis.typo.files import features_path_for, save_features
-from sae_vit.analysis.typo.sets import TypoSet, world_native_set, world_typo_set
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 from sae_vit.world import scenes as world
+
+
+@torch.no_grad()
+def latent_means(backbone: Backbone, sae: SAE, images: Tensor, pool: str = "mean", batch_size: int = 256) -> Tensor:
+    """Per-image pooled SAE latents [n, d_sae] at the SAE's hook (``mean`` or ``max`` over its tokens)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size].to(backbone.device)
+        acts = backbone.capture(x, [sae.cfg.layer], sae.cfg.site, sae.cfg.tokens)[sae.cfg.layer]
+        f = sae.encode(acts.float())
+        out.append((f.mean(1) if pool == "mean" else f.amax(1)).cpu())
+    return torch.cat(out)
+
+
+def rank_text_features(clean: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+    """Rank features by the standardised paired difference (mean of text − clean over the pooled std).
+
+    ``clean`` and ``text`` are pooled latents [n, d_sae] of the same images; returns ``(indices, scores)``
+    sorted by score, highest first (features that never fire score 0)."""
+    diff = (text - clean).mean(0)
+    pooled = ((clean.var(0) + text.var(0)) / 2).sqrt()
+    score = torch.where(pooled > 0, diff / (pooled + 1e-6), torch.zeros_like(diff))
+    order = score.argsort(descending=True)
+    return order, score[order]
+
+
+def discover_features(backbone: Backbone, sae: SAE, data: TypoSet, pool: str = "mean", max_features: int = 256) -> list[dict]:
+    """Text features of ``sae`` on a discovery :class:`TypoSet`: ``[{"index", "score"}]``, best first."""
+    clean = latent_means(backbone, sae, data.clean, pool)
+    text = latent_means(backbone, sae, data.attacked, pool)
+    order, scores = rank_text_features(clean, text)
+    keep = scores > 0
+    return [{"index": int(i), "score": round(float(s), 4)} for i, s in zip(order[keep][:max_features],
+                                                                             scores[keep][:max_features], strict=True)]
+
+
+@torch.no_grad()
+def rank_heads(backbone: Backbone, data: TypoSet, class_emb: Tensor, max_images: int = 128) -> list[tuple[int, int, float]]:
+    """Every attention head ranked by how much its ablation (at CLS) lowers the ASR on ``data``:
+    ``[(layer, head, asr_drop)]``, largest drop first."""
+    imgs, written = data.attacked[:max_images], data.written[:max_images]
+    base = float((predict(backbone, imgs, class_emb).argmax(-1) == written).float().mean())
+    out = []
+    for layer in range(backbone.n_layers):
+        for h in range(backbone.model.blocks[layer].attn.num_heads):
+            pred = predict(backbone, imgs, class_emb, HeadDefence([(layer, h)])).argmax(-1)
+            out.append((layer, h, base - float((pred == written).float().mean())))
+    return sorted(out, key=lambda t: -t[2])
+
+
+@torch.no_grad()
+def fit_probe(backbone: Backbone, data: TypoSet, layer: int, tokens: str = "all", steps: int = 200) -> ProbeDefence:
+    """A logistic-regression probe (text present or not) on token-mean residuals at ``layer``; its unit
+    weight vector becomes the direction a :class:`ProbeDefence` removes."""
+    def resid(images: Tensor) -> Tensor:  # [n, T, d] at ``layer``, 256 images at a time
+        return torch.cat([backbone.capture(images[i : i + 256].to(backbone.device), [layer], "resid_post", tokens)[layer]
+                          .float().cpu() for i in range(0, len(images), 256)])
+
+    clean = resid(data.clean)
+    xc, xa = clean.mean(1), resid(data.attacked).mean(1)
+    x = torch.cat([xc, xa])
+    y = torch.cat([torch.zeros(len(xc)), torch.ones(len(xa))])
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    minimize([w, b], lambda: F.binary_cross_entropy_with_logits(z @ w + b, y) + 1e-3 * w.square().sum(), steps)
+    direction = F.normalize((w.detach() / sd), dim=0)  # back to the residual's own coordinates
+    # the clean mean of the projection, over every token (the edit acts per token)
+    return ProbeDefence(layer, direction, float((clean @ direction).mean()), tokens)
+
+
+def tune_baselines(bundle: ModelBundle, disc: TypoSet, val: TypoSet, class_emb: Tensor, classes: Sequence[str],
+                   layer: int, tokens: str, clean_ref: float, head_counts: Sequence[int],
+                   prompt_strengths: Sequence[float], max_clean_drop: float) -> dict[str, Defence]:
+    """Each baseline fitted on ``disc``, its setting chosen on ``val``: the best attacked accuracy among the
+    settings whose clean accuracy is at most ``max_clean_drop`` below ``clean_ref``."""
+    bb = bundle.backbone
+
+    def choose(candidates: Sequence[Defence]) -> Defence:
+        best, best_m = candidates[0], None
+        for d in candidates:
+            m = evaluate(bb, val, class_emb, d, control=False)
+            if better(m, best_m, clean_ref, max_clean_drop):
+                best, best_m = d, m
+        return best
+
+    heads = rank_heads(bb, disc, class_emb)
+    word_emb = bundle.head.embed(list(classes), ("the word {}.",))
+    bare = bundle.head.embed(list(classes), ("{}",))
+    return {
+        "heads": choose([HeadDefence([(h[0], h[1]) for h in heads[:k]]) for k in head_counts]),
+        "prompt (class)": choose([Defence()] + [PromptDefence("class", s, word_emb) for s in prompt_strengths]),
+        "prompt (oracle word)": choose([Defence()] + [PromptDefence("oracle", s, bare) for s in prompt_strengths]),
+        "probe": fit_probe(bb, disc, layer, tokens),
+    }
+
+
+#: Discovery settings of the shipped feature set: smaller words in the upper part, black and white only.
+DISCOVERY_ATTACK = AttackConfig(font_size=(0.19, 0.23), palette=("white", "black"), position="top")
+#: A different recipe for the generalisation check: larger words in yellow and black, across the middle.
+SHIFTED_ATTACK = AttackConfig(font_size=(0.23, 0.27), palette=("yellow", "black"), position="middle")
 
 
 @dataclass(frozen=True)
@@ -91,32 +207,27 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
     say(f"rendering discovery ({cfg.n_discovery}), validation ({cfg.n_val}) and test ({cfg.n_test}) images")
     disc = world_typo_set(bb, "train", cfg.n_discovery, cfg.discovery_attack, cfg.seed)
     val = world_typo_set(bb, "val", cfg.n_val, cfg.discovery_attack, cfg.seed)
-    makers = {
-        "discovery": ("test (discovery recipe)", lambda: world_typo_set(bb, "test", cfg.n_test, cfg.discovery_attack,
-                                                                        cfg.seed)),
-        "shifted": ("test (shifted recipe)", lambda: world_typo_set(bb, "test", cfg.n_test, cfg.shifted_attack,
-                                                                    cfg.seed + 1)),
-        "world": ("test (world typographic)", lambda: world_native_set(bb, "test", cfg.n_test, cfg.seed)),
-    }
-    unknown = [t for t in cfg.test_sets if t not in makers]
+    recipes = {"discovery": ("test (discovery recipe)", cfg.discovery_attack, cfg.seed),
+               "shifted": ("test (shifted recipe)", cfg.shifted_attack, cfg.seed + 1),
+               "world": ("test (world typographic)", None, cfg.seed)}
+    unknown = [t for t in cfg.test_sets if t not in recipes]
     if unknown:
-        raise SaeVitError(f"Unknown test set {unknown[0]!r}; use some of: {', '.join(makers)}.")
-    tests = {makers[t][0]: makers[t][1]() for t in cfg.test_sets}
+        raise SaeVitError(f"Unknown test set {unknown[0]!r}; use some of: {', '.join(recipes)}.")
+    tests = {name: world_native_set(bb, "test", cfg.n_test, seed) if attack is None
+             else world_typo_set(bb, "test", cfg.n_test, attack, seed)
+             for name, attack, seed in (recipes[t] for t in cfg.test_sets)}
     base_val = evaluate(bb, val, class_emb, control=False)
     sweep, best = [], None
-    ranked_by_sae = {}
     for path, sae in saes:
         check_sae_matches(sae, bb, path)
         say(f"discovering text features of layer {sae.cfg.layer} ({path})")
         ranked = discover_features(bb, sae, disc, cfg.pool, max_features=max(cfg.ns))
-        ranked_by_sae[str(path)] = ranked
         n, rows = select_n(bb, sae, [f["index"] for f in ranked], val, class_emb, cfg.ns, cfg.max_clean_drop)
         sweep.extend(rows)
         m = next(r for r in rows if r["n"] == n)
-        if best is None or (m["attacked"], -n) > (best[0]["attacked"], -best[2]):
-            best = (m, (path, sae), n)
-    _, (best_path, best_sae), best_n = best
-    features = ranked_by_sae[str(best_path)]
+        if best is None or (m["attacked"], -n) > (best[0], -best[1]):
+            best = (m["attacked"], n, path, sae, ranked)
+    _, best_n, best_path, best_sae, features = best
     defences: dict[str, Defence] = {"none": Defence(),
                                     "sae": SaeDefence(best_sae, [f["index"] for f in features[:best_n]])}
     if cfg.baselines:
@@ -137,9 +248,7 @@ def select_n(backbone: Backbone, sae: SAE, ranked: Sequence[int], val: TypoSet, 
     at most ``max_clean_drop``; returns ``(n, rows)`` with every tried N."""
     base = evaluate(backbone, val, class_emb, control=False)
     rows, best, best_n = [], None, 0
-    for n in ns:
-        if n > len(ranked):
-            continue
+    for n in (n for n in ns if n <= len(ranked)):
         m = base if n == 0 else evaluate(backbone, val, class_emb, SaeDefence(sae, ranked[:n]), control=False)
         rows.append({"layer": sae.cfg.layer, "n": n, **m.as_dict()})
         if better(m, best, base.clean, max_clean_drop):
