@@ -59,8 +59,3 @@ def fit_logistic(x: Tensor, y: Tensor, sample_weight: Tensor | None = None, l2: 
              max_iter)
     return LinearProbe(mean, std, w.detach(), b.detach())
 
-
-def balanced_weights(group: Tensor) -> Tensor:
-    """Per-sample weights that give every present group the same total weight."""
-    counts = torch.bincount(group)
-    return 1.0 / counts[group].float()

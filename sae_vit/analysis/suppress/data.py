@@ -55,7 +55,7 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
     root = Path(data)
     if not root.exists():
         raise SaeVitError(f"Data path {root} does not exist; pass the dataset folder (or CSV) with --data.")
-    names = None
+    spur_names = ["0", "1"]
     if task == "waterbirds":
         frame = datasets.read_waterbirds(root)
         if target not in (None, "y", "label"):
@@ -75,25 +75,21 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
         target = target or "label"
         frame = datasets.read_csv_labels(csv, label_col=target, group_cols=(spurious,), path_col=_path_column(csv),
                                          default_split="train")
-        frame["spurious"], names = _binary(frame[spurious], spurious, csv)
+        frame["spurious"], spur_names = _binary(frame[spurious], spurious, csv)
     frame = frame.reset_index(drop=True)
     for split in ("train", "val", "test"):
         if not (frame["split"] == split).any():
             raise SaeVitError(f"{root} has no {split} images; suppression needs train (ranking), val (selection) "
                               "and test (evaluation) splits.")
-    train = frame[frame["split"] == "train"]
-    if train["spurious"].nunique() < 2:
+    if frame.loc[frame["split"] == "train", "spurious"].nunique() < 2:
         raise SaeVitError(f"The train split of {root} has only one value of {spurious!r}; features cannot be ranked "
                           "by association with it.")
     frame["group"] = 2 * frame["label"] + frame["spurious"]
     n_classes = int(frame["label"].max()) + 1
     label_names = _label_names(frame, n_classes)
-    spur_names = names or ["0", "1"]
     group_names = {2 * y + s: f"{target}={label_names[y]}, {spurious}={spur_names[s]}"
                    for y in range(n_classes) for s in (0, 1)}
-    if classes is None:
-        classes = default_classes(task, target, model, label_names)
-    classes = list(classes)
+    classes = default_classes(task, target, model, label_names) if classes is None else list(classes)
     if len(classes) != n_classes:
         raise SaeVitError(f"--classes gives {len(classes)} prompts but {target!r} has {n_classes} classes; "
                           "give one prompt per class, in label order.")

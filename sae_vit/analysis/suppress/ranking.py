@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_vit.analysis.probes import balanced_weights, fit_logistic
+from sae_vit.analysis.probes import fit_logistic
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
@@ -168,5 +168,6 @@ def rank_layer(backbone: Backbone, sae: SAE, st: LayerStats, prev: Tensor, label
         sc = torch.zeros(sae.cfg.d_sae)
         sc[alive] = (F.normalize(eff, dim=-1) @ text_query.T.cpu()).amax(1)
     sc = torch.where(st.fired > 0, sc, torch.full_like(sc, -math.inf))  # never pick dead features
-    w = fit_logistic(torch.cat(st.site_pooled), spur, balanced_weights(group), probe_l2).direction()
+    balanced = 1.0 / torch.bincount(group)[group].float()  # every present group weighs the same in total
+    w = fit_logistic(torch.cat(st.site_pooled), spur, balanced, probe_l2).direction()
     return LayerRanking(sc.argsort(descending=True, stable=True), sc, w, float((st.site_sum / st.site_tokens) @ w))
