@@ -93,8 +93,9 @@ def concept_vocabulary(model: ModelBundle, vocab: str | os.PathLike | None = Non
     return words, head.embed_concepts(words, templates=("{}",))
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+def plot(path: Path, draw: Callable[[object], None], **subplots) -> Path | None:
+    """Draw on the axes of ``plt.subplots(**subplots)`` with ``draw(axes)`` and save the figure at ``path``
+    (matplotlib's file-only Agg backend); None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -102,7 +103,12 @@ def pyplot():
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    return plt
+    from sae_vit.core.atomic import save_figure
+
+    fig, axes = plt.subplots(**subplots)
+    draw(axes)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def read_words(path: str | os.PathLike) -> list[str]:

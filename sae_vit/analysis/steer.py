@@ -97,10 +97,6 @@ class SteerContext:
         """Unit image embeddings [B, d_emb] from a (steered) ``resid`` [B, T, d]."""
         return F.normalize(self.backbone.forward_from(self.layer, resid).float(), dim=-1)
 
-    def probabilities(self, resid: Tensor) -> Tensor:
-        """Vocabulary probabilities [B, V] of the image embeddings from a steered ``resid`` [B, T, d]."""
-        return self.vocab_probabilities(self.embeddings(resid))
-
     def vocab_probabilities(self, emb: Tensor) -> Tensor:
         """softmax(temperature · ê · Tᵀ) [B, V] for unit embeddings ``emb`` [B, d_emb]."""
         return torch.softmax(self.temperature * emb @ self.text.T, dim=-1)
@@ -152,7 +148,7 @@ def steer_batched(ctx: SteerContext, directions: Tensor, current: Tensor, scale:
             delta = ctx.site_to_resid(amount * directions[j][:, None, None, :])    # [c, N, T_sel, d]
             resid = ctx.resid.repeat(len(chunk), 1, 1, 1)                          # [c, N, T, d]
             resid[:, :, pos] += delta.to(resid.dtype)
-            p = ctx.probabilities(resid.flatten(0, 1)).view(len(chunk), N, -1)
+            p = ctx.vocab_probabilities(ctx.embeddings(resid.flatten(0, 1))).view(len(chunk), N, -1)
             out[j, a] = (p - ctx.p0[None]).mean(dim=1)
     return out
 
@@ -188,11 +184,11 @@ def sae_family(sae: SAE, ctx: SteerContext) -> tuple[UnitFamily, Tensor]:
     return fam, density
 
 
-def neuron_family(ctx: SteerContext) -> UnitFamily:
+def neuron_family(ctx: SteerContext, name: str = "neuron") -> UnitFamily:
     """The hook's basis dimensions (the paper's neuron baseline): each set directly to s at every token."""
     x = ctx.site_acts
     eye = torch.eye(x.shape[-1])
-    return UnitFamily("neuron", x.shape[-1], lambda idx: eye[idx], lambda idx: x[..., idx].permute(2, 0, 1),
+    return UnitFamily(name, x.shape[-1], lambda idx: eye[idx], lambda idx: x[..., idx].permute(2, 0, 1),
                       torch.ones_like(x[..., :1]), x.norm(dim=-1).mean().item())
 
 
@@ -234,13 +230,6 @@ def score_family(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengt
         if progress:
             progress(min(start + chunk, len(indices)), len(indices))
     return UnitScores(torch.cat(S), torch.cat(dps))
-
-
-def curves(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengths: list[float], cfg: SteerConfig) -> Tensor:
-    """S at every strength for a few units: [m, A]."""
-    dp = steer_batched(ctx, family.directions(indices), family.current(indices), family.scale, strengths,
-                       cfg.max_batch, cfg.precision)
-    return (dp**2).sum(-1)
 
 
 def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: Tensor, feature: int,
@@ -302,22 +291,19 @@ def steer_score(
     tokens = sae.cfg.tokens if cfg.tokens == "sae" else cfg.tokens
     ctx = build_context(backbone, layer, site, images, text, tokens, cfg.temperature)
     feats, density = sae_family(sae, ctx)
-    idx = _pick(sae.cfg.d_sae, features, max_features, seed)
-    families: list[tuple[UnitFamily, Tensor, SteerContext]] = [(feats, idx, ctx)]
+    # (family, its units to score or None for all, context)
+    families = [(feats, _pick(sae.cfg.d_sae, features, max_features, seed), ctx)]
     if neurons:
-        fam = neuron_family(ctx)
-        families.append((fam, torch.arange(fam.n_units), ctx))
+        families.append((neuron_family(ctx), None, ctx))
     if mlp_neurons:
         mctx = build_context(backbone, layer, "mlp_hidden", images, text, tokens, cfg.temperature)
-        fam = neuron_family(mctx)
-        fam.name = "mlp_neuron"
-        families.append((fam, torch.arange(fam.n_units), mctx))
+        families.append((neuron_family(mctx, "mlp_neuron"), None, mctx))
     if random_control:
-        fam = random_family(feats, random_control, seed)
-        families.append((fam, torch.arange(random_control), ctx))
+        families.append((random_family(feats, random_control, seed), None, ctx))
 
     rows, summary_kinds, strengths_used = [], {}, {}
     for fam, ids, fctx in families:
+        ids = torch.arange(fam.n_units) if ids is None else ids
         strengths = strengths_for(cfg, backbone, fam)
         strengths_used[fam.name] = strengths
         scores = score_family(fctx, fam, ids, strengths, cfg,
@@ -331,7 +317,9 @@ def steer_score(
         })
         top = scores.S.argsort(descending=True)[: cfg.curve_top]
         if len(top):
-            S_curve = curves(fctx, fam, ids[top], strengths, cfg)
+            dp = steer_batched(fctx, fam.directions(ids[top]), fam.current(ids[top]), fam.scale, strengths,
+                               cfg.max_batch, cfg.precision)
+            S_curve = (dp**2).sum(-1)  # [m, A]: S at every strength
             for a, alpha in enumerate(cfg.alphas):
                 frame.loc[top.numpy(), f"S_alpha_{alpha:g}"] = S_curve[:, a].numpy()
         rows.append(frame)
@@ -368,24 +356,20 @@ def results_stem(cfg: SAEConfig) -> str:
 
 def plot_curves(units, path) -> object:
     """PNG of S against the strength for the units that have a curve; None without matplotlib."""
-    from sae_vit.analysis.common import pyplot
-    from sae_vit.core.atomic import save_figure
+    from sae_vit.analysis.common import plot
 
-    plt = pyplot()
-    if plt is None:
-        return None
     cols = [c for c in units.columns if c.startswith("S_alpha_")]
-    fig, ax = plt.subplots(figsize=(6, 4))
     xs = [float(c[len("S_alpha_"):]) for c in cols]
     with_curve = units[units[cols].notna().all(axis=1)] if cols else units.iloc[:0]
-    for _, row in with_curve.iterrows():
-        ax.plot(xs, [row[c] for c in cols], marker="o", label=f"{row['kind']} {row['index']}: {row['target']}")
-    ax.axhline(0.10, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("steering strength alpha (see the summary for s)")
-    ax.set_ylabel("steerability S = Σ Δp²")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    def draw(ax):
+        for _, row in with_curve.iterrows():
+            ax.plot(xs, [row[c] for c in cols], marker="o", label=f"{row['kind']} {row['index']}: {row['target']}")
+        ax.axhline(0.10, color="grey", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="steering strength alpha (see the summary for s)", ylabel="steerability S = Σ Δp²")
+        ax.legend(fontsize=6)
+
+    return plot(path, draw, figsize=(6, 4))
 
 
 def score_saes(

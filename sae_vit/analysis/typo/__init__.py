@@ -41,8 +41,9 @@ from sae_vit.core.errors import SaeVitError
 
 __all__ = [
     "ASSET_FEATURES", "ASSET_SAE", "AssetConfig", "AttackConfig", "EvalConfig", "HeadDefence", "ModelBundle",
-    "SaeDefence", "SaeVitError", "TypoReport", "asset_dir", "classify_image", "default_pair", "defence_from_files",
-    "embed_images", "features_path_for", "folder_eval", "load_features", "load_model", "open_image", "pseudo_word",
-    "rank_text_features", "render_attack", "resolve_features", "run_world_eval", "sae_training_images",
-    "save_features", "to_rgb", "world_native_set", "write_attacks", "write_report_features",
+    "SaeDefence", "SaeVitError", "TypoReport", "asset_dir", "classify_image", "default_pair",
+    "defence_from_files", "embed_images", "features_path_for", "folder_eval", "load_features", "load_model",
+    "open_image", "pseudo_word", "rank_text_features", "render_attack", "resolve_features", "run_world_eval",
+    "sae_training_images", "save_features", "to_rgb", "world_native_set", "write_attacks",
+    "write_report_features",
 ]

@@ -128,15 +128,16 @@ def choose_placement(image_size: tuple[int, int], word: str, rng: np.random.Gene
 def draw_word(image: Image.Image, word: str, placement: Placement, font: str | None = None) -> Image.Image:
     """A copy of ``image`` with ``word`` drawn as ``placement`` says."""
     out = image.convert("RGB").copy()
-    ImageDraw.Draw(out).text(placement.xy, word, font=_font(font, placement.size), fill=PALETTE[placement.fill],
-                             stroke_width=placement.stroke_width, stroke_fill=PALETTE[placement.stroke])
+    ImageDraw.Draw(out).text(placement.xy, word, font=_font(font, placement.size),
+                             fill=PALETTE[placement.fill], stroke_width=placement.stroke_width,
+                             stroke_fill=PALETTE[placement.stroke])
     return out
 
 
 def render_attack(image: Image.Image, word: str, rng: np.random.Generator, cfg: AttackConfig = AttackConfig(),
                   control: str | None = None) -> tuple[Image.Image, Image.Image | None, Placement]:
-    """``(attacked, control image or None, placement)``: ``word`` written on (the centre crop of) ``image``, and
-    ``control`` with the same placement when given."""
+    """``(attacked, control image or None, placement)``: ``word`` written on (the centre crop of) ``image``,
+    and ``control`` with the same placement when given."""
     base = centre_crop(to_rgb(image)) if cfg.crop else to_rgb(image)
     placement = choose_placement(base.size, word, rng, cfg)
     attacked = draw_word(base, word, placement, cfg.font)
@@ -209,8 +210,10 @@ class TypoSet:
 
 def _typo_set(backbone: Backbone, twins, labels: Sequence[int], written: Sequence[int], classes) -> TypoSet:
     """A :class:`TypoSet` from ``(clean, attacked, control)`` PIL images, preprocessed for ``backbone``."""
-    clean, attacked, control = (torch.stack([backbone.transform(im) for im in ims]) for ims in zip(*twins, strict=True))
-    return TypoSet(clean, attacked, control, torch.tensor(list(labels)), torch.tensor(list(written)), list(classes))
+    clean, attacked, control = (torch.stack([backbone.transform(im) for im in ims])
+                                for ims in zip(*twins, strict=True))
+    return TypoSet(clean, attacked, control, torch.tensor(list(labels)), torch.tensor(list(written)),
+                   list(classes))
 
 
 def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = AttackConfig(), seed: int = 0) -> TypoSet:
@@ -238,8 +241,10 @@ def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> T
     scenes, rows = world.task_scenes("typographic", split, n, seed)
     rng = np.random.default_rng([seed, 0xC7])
     twins = [(world.render(replace(s, word=None)), world.render(s),
-              world.render(replace(s, word=pseudo_word(len(s.word), rng, avoid=world.SHAPES)))) for s in scenes]
-    return _typo_set(backbone, twins, [r["label"] for r in rows], [r["text_label"] for r in rows], world.SHAPES)
+              world.render(replace(s, word=pseudo_word(len(s.word), rng, avoid=world.SHAPES))))
+             for s in scenes]
+    labels, written = [r["label"] for r in rows], [r["text_label"] for r in rows]
+    return _typo_set(backbone, twins, labels, written, world.SHAPES)
 
 
 def write_attacks(images: Sequence[str | os.PathLike], out: str | os.PathLike, word: str | None = None,

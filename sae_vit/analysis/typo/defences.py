@@ -1,11 +1,6 @@
-"""Defences against typographic attacks and their zero-shot evaluation.
-
-Each defence changes the forward pass, the class text embeddings or the image embedding. The SAE defence zeroes
-the top-N text features in one splice edit; the baselines ablate attention heads at the CLS token
-(Dyslexify-style), act on the prompts, or remove a linear probe's "text present" direction. Evaluation reports
-accuracy on clean, attacked and control images and the attack success rate (the prediction equals the written
-word), with ``"a photo of a {}."`` over the union of true labels and attack words.
-"""
+"""Defences against typographic attacks (the SAE's and the baselines'), each changing the forward pass, the
+class text embeddings or the image embedding, and their zero-shot evaluation with ``"a photo of a {}."`` over
+the union of true labels and attack words."""
 
 from __future__ import annotations
 
@@ -173,7 +168,8 @@ def evaluate(backbone: Backbone, data: TypoSet, class_emb: Tensor, defence: Defe
     """Accuracy on clean, attacked and control images and the ASR, under ``defence`` (``control=False`` skips
     the control images and reports NaN for them, to save time in sweeps)."""
     kinds = ("clean", "attacked", "control") if control else ("clean", "attacked")
-    pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written).argmax(-1) for k in kinds}
+    pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written).argmax(-1)
+            for k in kinds}
     acc = {k: float((p == data.labels).float().mean()) for k, p in pred.items()}
     return TypoMetrics(acc["clean"], acc["attacked"], acc.get("control", float("nan")),
                        float((pred["attacked"] == data.written).float().mean()), len(data.labels))
@@ -219,13 +215,13 @@ def folder_eval(bundle: ModelBundle, directory: str | os.PathLike, defence: Defe
     emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
     out: dict = {"classes": classes}
     mask_a, mask_c = torch.tensor((~is_clean).values), torch.tensor(is_clean.values)
+
+    def rate(hit: Tensor, mask: Tensor) -> float:
+        return float(hit[mask].float().mean()) if mask.any() else float("nan")
+
     for name, d in (("none", Defence()), ("sae", defence)):
         pred = predict(bundle.backbone, images, emb, d).argmax(-1)
-        ok = (pred == labels).float()
-        out[name] = {
-            "attacked": float(ok[mask_a].mean()) if mask_a.any() else float("nan"),
-            "clean": float(ok[mask_c].mean()) if mask_c.any() else float("nan"),
-            "asr": float((pred == written)[mask_a].float().mean()) if mask_a.any() else float("nan"),
-            "n_attacked": int(mask_a.sum()), "n_clean": int(mask_c.sum()),
-        }
+        out[name] = {"attacked": rate(pred == labels, mask_a), "clean": rate(pred == labels, mask_c),
+                     "asr": rate(pred == written, mask_a), "n_attacked": int(mask_a.sum()),
+                     "n_clean": int(mask_c.sum())}
     return out

@@ -34,8 +34,8 @@ def save_features(path: str | os.PathLike, sae_path: str | os.PathLike, sae: SAE
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION,
         "sae": Path(sae_path).name if Path(sae_path).parent == path.parent else str(sae_path),
         "sae_sha256": file_sha256(sae_path)[:16],
-        "model": c.model, "layer": c.layer, "site": c.site, "tokens": c.tokens,
-        "n_selected": int(n_selected), "features": features, "discovery": discovery, "selection": selection or {},
+        "model": c.model, "layer": c.layer, "site": c.site, "tokens": c.tokens, "n_selected": int(n_selected),
+        "features": features, "discovery": discovery, "selection": selection or {},
     })
 
 

@@ -2,7 +2,7 @@
 numbers = ``test``; nothing chosen ever sees the test split.
 
 Text features are SAE features ranked by how much more they fire on attacked images than on the same images
-without text (paired, so content is controlled); the baselines are fitted on discovery and tuned on validation.
+without text (paired, so content is controlled); the baselines are fitted on discovery, tuned on validation.
 """
 
 from __future__ import annotations
@@ -222,7 +222,8 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
         check_sae_matches(sae, bb, path)
         say(f"discovering text features of layer {sae.cfg.layer} ({path})")
         ranked = discover_features(bb, sae, disc, cfg.pool, max_features=max(cfg.ns))
-        n, rows = select_n(bb, sae, [f["index"] for f in ranked], val, class_emb, cfg.ns, cfg.max_clean_drop)
+        n, rows = select_n(bb, sae, [f["index"] for f in ranked], val, class_emb, cfg.ns, base_val,
+                           cfg.max_clean_drop)
         sweep.extend(rows)
         m = next(r for r in rows if r["n"] == n)
         if best is None or (m["attacked"], -n) > (best[0], -best[1]):
@@ -243,10 +244,10 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
 
 
 def select_n(backbone: Backbone, sae: SAE, ranked: Sequence[int], val: TypoSet, class_emb: Tensor,
-             ns: Sequence[int], max_clean_drop: float = 0.02) -> tuple[int, list[dict]]:
+             ns: Sequence[int], base: TypoMetrics, max_clean_drop: float = 0.02) -> tuple[int, list[dict]]:
     """The number of suppressed features with the best attacked accuracy on ``val`` whose clean accuracy drops
-    at most ``max_clean_drop``; returns ``(n, rows)`` with every tried N."""
-    base = evaluate(backbone, val, class_emb, control=False)
+    at most ``max_clean_drop`` below ``base`` (no defence, controls skipped); returns ``(n, rows)`` with every
+    tried N."""
     rows, best, best_n = [], None, 0
     for n in (n for n in ns if n <= len(ranked)):
         m = base if n == 0 else evaluate(backbone, val, class_emb, SaeDefence(sae, ranked[:n]), control=False)
