@@ -1,5 +1,5 @@
-"""What every analysis loads the same way: the model with its text head, zero-shot classes, probe images and
-the concept vocabulary.
+"""What every analysis loads or fits the same way: the model with its text head, zero-shot classes, probe
+images, the concept vocabulary, figures and the L-BFGS loop of the linear probes.
 
 Written once here so that steer-score, inspect, suppress and defend-typo agree on them.
 """
@@ -109,6 +109,21 @@ def plot(path: Path, draw: Callable[[object], None], **subplots) -> Path | None:
     draw(axes)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def minimize(params: list[Tensor], loss: Callable[[], Tensor], max_iter: int) -> None:
+    """Minimise ``loss()`` over ``params`` (leaf tensors that require grad) in place: one L-BFGS step of up to
+    ``max_iter`` iterations with a strong-Wolfe line search."""
+    opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(closure)
 
 
 def read_words(path: str | os.PathLike) -> list[str]:

@@ -62,13 +62,8 @@ def check_out(out: str | os.PathLike | None, overwrite: bool) -> Path:
     return out
 
 
-def run(
-    saes: list[str | os.PathLike] | None = None,
-    cache: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    plot: bool = True,
-    overwrite: bool = False,
-) -> SparsityResult:
+def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | None = None,
+        out: str | os.PathLike | None = None, plot: bool = True, overwrite: bool = False) -> SparsityResult:
     """Build the sparsity table of ``saes`` (default: every SAE in the working folder), evaluated on the held-out
     split of ``cache`` (default: the working folder's, when present) where it matches; write the CSV and plot."""
     from sae_vit.core.atomic import write_csv

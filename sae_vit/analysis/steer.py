@@ -29,10 +29,6 @@ from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE, SAEConfig
 
-#: The paper's strengths (their sweep) and decision rule.
-PAPER_ALPHAS: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
-PAPER_THRESHOLD = 0.10
-PAPER_TEMPERATURE = 100.0
 #: Norm of a layer-normalised ViT-B/32 token (√768): the unit of relative strengths.
 REFERENCE_NORM = math.sqrt(768)
 
@@ -41,11 +37,11 @@ REFERENCE_NORM = math.sqrt(768)
 class SteerConfig:
     """How to score steerability; defaults are the paper's."""
 
-    alphas: tuple[float, ...] = PAPER_ALPHAS
+    alphas: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
     """Steering strengths; steerability is decided at the largest."""
-    threshold: float = PAPER_THRESHOLD
+    threshold: float = 0.10
     """A unit is steerable when S = Σ Δp² exceeds this at the largest strength."""
-    temperature: float = PAPER_TEMPERATURE
+    temperature: float = 100.0
     """Softmax temperature over the vocabulary (CLIP's logit scale)."""
     tokens: str = "sae"
     """Where to clamp: ``sae`` (the tokens the SAE was trained on), ``all``, ``patches``, or ``cls`` (the paper's
@@ -233,7 +229,7 @@ def score_family(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengt
 
 
 def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: Tensor, feature: int,
-                strength: float, tokens: str = "all", temperature: float = PAPER_TEMPERATURE) -> Tensor:
+                strength: float, tokens: str = "all", temperature: float = 100.0) -> Tensor:
     """Reference implementation: one feature, one strength, full forward passes through :func:`splice`.
     Returns Δp [V]. Slow and obviously correct; the tests check :func:`steer_batched` against it."""
     with torch.no_grad():
@@ -243,9 +239,6 @@ def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: 
     p0 = torch.softmax(temperature * base @ text.T, dim=-1)
     p1 = torch.softmax(temperature * steered @ text.T, dim=-1)
     return (p1 - p0).mean(0)
-
-
-# -- the command ----------------------------------------------------------------------------------------------
 
 
 class SteerReport(NamedTuple):
@@ -260,22 +253,11 @@ class SteerReport(NamedTuple):
     """The strengths s applied to the features (see :attr:`SteerConfig.strength_unit`)."""
 
 
-def steer_score(
-    sae: SAE,
-    backbone: Backbone,
-    images: Tensor,
-    words: Sequence[str],
-    text: Tensor,
-    cfg: SteerConfig | None = None,
-    features: Sequence[int] | None = None,
-    max_features: int | None = None,
-    neurons: bool = True,
-    mlp_neurons: bool = False,
-    random_control: int = 0,
-    seed: int = 0,
-    path: str = "",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> SteerReport:
+def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[str], text: Tensor,
+                cfg: SteerConfig | None = None, features: Sequence[int] | None = None,
+                max_features: int | None = None, neurons: bool = True, mlp_neurons: bool = False,
+                random_control: int = 0, seed: int = 0, path: str = "",
+                progress: Callable[[str, int, int], None] | None = None) -> SteerReport:
     """Score the steerability of an SAE's features (and of neurons / random directions as baselines).
 
     ``images`` [N, 3, H, W] preprocessed probe images; ``text`` [V, d_emb] unit embeddings of ``words``.
@@ -372,27 +354,13 @@ def plot_curves(units, path) -> object:
     return plot(path, draw, figsize=(6, 4))
 
 
-def score_saes(
-    saes: list[str | os.PathLike] | None = None,
-    model: str | None = None,
-    weights: str | os.PathLike | None = None,
-    vocab: str | os.PathLike | None = None,
-    text_embeddings: str | os.PathLike | None = None,
-    images: str | os.PathLike | None = None,
-    world: str | None = None,
-    n_images: int = 64,
-    config=None,
-    features: list[int] | None = None,
-    max_features: int | None = 256,
-    neurons: bool = True,
-    mlp_neurons: bool = False,
-    random_control: int = 0,
-    seed: int = 0,
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    device: str = "auto",
-    progress: Callable | None = None,
-) -> list:
+def score_saes(saes: list[str | os.PathLike] | None = None, model: str | None = None,
+               weights: str | os.PathLike | None = None, vocab: str | os.PathLike | None = None,
+               text_embeddings: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+               world: str | None = None, n_images: int = 64, config=None, features: list[int] | None = None,
+               max_features: int | None = 256, neurons: bool = True, mlp_neurons: bool = False,
+               random_control: int = 0, seed: int = 0, out: str | os.PathLike | None = None,
+               overwrite: bool = False, device: str = "auto", progress: Callable | None = None) -> list:
     """Score every SAE in ``saes`` (default: the working folder's); write ``steer_<layer>_<tokens>.csv`` per
     SAE, ``steer_summary.csv`` and a PNG of S against strength under ``out``. Returns the reports."""
     import json
@@ -409,10 +377,8 @@ def score_saes(
     out = Path(out) if out is not None else workdir() / "steer"
     if (out / "steer_summary.csv").exists() and not overwrite:
         raise SaeVitError(f"{out} already holds steer-score results; pass --overwrite or choose another --out.")
-    paths = find_saes(saes)
-    loaded = [(p, SAE.load(p, device)) for p in paths]
-    model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
-    bundle = load_model(model, weights, text_embeddings, device)
+    loaded = [(p, SAE.load(p, device)) for p in find_saes(saes)]
+    bundle = load_model(model or loaded[0][1].cfg.model or DEFAULT_MODEL, weights, text_embeddings, device)
     backbone = bundle.backbone
     words, text = concept_vocabulary(bundle, vocab)
     probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)

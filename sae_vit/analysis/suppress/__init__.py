@@ -13,17 +13,17 @@ activations at the SAE's hook.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
 
 from sae_vit.analysis.common import ModelBundle, check_sae_matches, default_vocabulary, load_model, read_words
-from sae_vit.analysis.probes import LinearProbe, fit_logistic
 from sae_vit.analysis.suppress.data import TASKS, ImageBatches, TaskData, read_task
-from sae_vit.analysis.suppress.ranking import LayerStats, auroc, mean_diff_scores
+from sae_vit.analysis.suppress.ranking import LayerStats, LinearProbe, auroc, fit_logistic, mean_diff_scores
 from sae_vit.analysis.suppress.run import (
     Condition,
+    Progress,
     SuppressConfig,
     SuppressResult,
     group_metrics,
@@ -41,8 +41,10 @@ OUTPUT_FILES = ("suppress_table.csv", "suppress_sweep.csv", "suppress_features.c
                 "suppress_worst_by_layer.png")
 
 
-def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict[int, tuple[SAE, str]]:
-    """SAEs keyed by layer; each must fit the backbone, and one layer may have only one SAE."""
+def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone,
+               layers: list[int] | str | None = None) -> dict[int, tuple[SAE, str]]:
+    """SAEs keyed by layer (only those of ``layers``, in its order, unless None or ``all``); each must fit the
+    backbone, and one layer may have only one SAE."""
     by_layer: dict[int, tuple[SAE, str]] = {}
     for sae, path in zip(saes, paths, strict=True):
         check_sae_matches(sae, backbone, path)
@@ -52,13 +54,9 @@ def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict
         by_layer[sae.cfg.layer] = (sae, str(path))
     if backbone.n_prefix != int(backbone.has_cls):
         raise SaeVitError(f"{backbone.name} has register tokens; suppress supports ViTs without registers.")
-    return dict(sorted(by_layer.items()))
-
-
-def _pick_layers(by_layer: dict[int, tuple[SAE, str]], layers) -> dict[int, tuple[SAE, str]]:
+    by_layer = dict(sorted(by_layer.items()))
     if layers is None or layers == "all":
         return by_layer
-    layers = list(layers)
     missing = [layer for layer in layers if layer not in by_layer]
     if missing:
         raise SaeVitError(f"No SAE for layer {missing[0]} among the --sae files (layers {list(by_layer)}); "
@@ -79,23 +77,13 @@ def _concepts(model: ModelBundle, vocab, text_embeddings) -> tuple[list[str], Te
     return (words, model.head.embed_concepts(words)) if words else None
 
 
-def suppress(
-    data: str | os.PathLike,
-    task: str,
-    saes: Sequence[str | os.PathLike],
-    target: str | None = None,
-    spurious: str | None = None,
-    layers: list[int] | None = None,
-    model: str | None = None,
-    weights: str | os.PathLike | None = None,
-    classes: Sequence[str] | None = None,
-    text_embeddings: str | os.PathLike | None = None,
-    vocab: str | os.PathLike | None = None,
-    config: SuppressConfig = SuppressConfig(),
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[SuppressResult, dict[str, Path | None]]:
+def suppress(data: str | os.PathLike, task: str, saes: Sequence[str | os.PathLike], target: str | None = None,
+             spurious: str | None = None, layers: list[int] | None = None, model: str | None = None,
+             weights: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
+             text_embeddings: str | os.PathLike | None = None, vocab: str | os.PathLike | None = None,
+             config: SuppressConfig = SuppressConfig(), out: str | os.PathLike | None = None,
+             overwrite: bool = False, progress: Progress | None = None,
+             ) -> tuple[SuppressResult, dict[str, Path | None]]:
     """``saevit suppress``: read the dataset and the SAEs, run :func:`run_suppress`, write the outputs under
     ``out`` (default ``<workdir>/suppress``). Returns the result and the written paths."""
     from sae_vit.core.defaults import workdir
@@ -112,7 +100,7 @@ def suppress(
     loaded = [SAE.load(p) for p in paths]
     bundle = load_model(model or loaded[0].cfg.model or "toy", weights, text_embeddings, device="auto")
     backbone, head = bundle.backbone, bundle.head
-    by_layer = _pick_layers(check_saes(loaded, paths, backbone), layers)
+    by_layer = check_saes(loaded, paths, backbone, layers)
     task_data = read_task(data, task, target, spurious, classes, backbone.name)
     result = run_suppress(backbone, head, by_layer, task_data, config, _concepts(bundle, vocab, text_embeddings),
                           progress)

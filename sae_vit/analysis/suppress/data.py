@@ -86,7 +86,9 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
                           "by association with it.")
     frame["group"] = 2 * frame["label"] + frame["spurious"]
     n_classes = int(frame["label"].max()) + 1
-    label_names = _label_names(frame, n_classes)
+    has_names = "label_name" in frame.columns
+    names = frame.drop_duplicates("label").set_index("label")["label_name"].to_dict() if has_names else {}
+    label_names = [str(names.get(i, i)) for i in range(n_classes)]
     group_names = {2 * y + s: f"{target}={label_names[y]}, {spurious}={spur_names[s]}"
                    for y in range(n_classes) for s in (0, 1)}
     classes = default_classes(task, target, model, label_names) if classes is None else list(classes)
@@ -97,7 +99,6 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
 
 
 def _path_column(csv: Path) -> str:
-    """The image-path column of a CSV: ``path``, or another name :mod:`sae_vit.data` accepts."""
     import pandas as pd
 
     from sae_vit.io.images import CSV_PATH_COLUMNS
@@ -107,13 +108,6 @@ def _path_column(csv: Path) -> str:
                           "metadata.csv.")
     columns = pd.read_csv(csv, nrows=0).columns
     return next((c for c in CSV_PATH_COLUMNS if c in columns), "path")
-
-
-def _label_names(frame, n_classes: int) -> list[str]:
-    if "label_name" in frame.columns:
-        pairs = frame.drop_duplicates("label").set_index("label")["label_name"].to_dict()
-        return [str(pairs.get(i, i)) for i in range(n_classes)]
-    return [str(i) for i in range(n_classes)]
 
 
 def default_classes(task: str, target: str, model: str, label_names: Sequence[str]) -> list[str]:

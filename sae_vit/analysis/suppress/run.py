@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import class_embeddings, zero_shot_logits
-from sae_vit.analysis.probes import fit_logistic
 from sae_vit.analysis.suppress.data import ImageBatches, TaskData, split_tensors
 from sae_vit.analysis.suppress.ranking import (
     RANKINGS,
@@ -29,6 +28,7 @@ from sae_vit.analysis.suppress.ranking import (
     LayerStats,
     concept_words,
     feature_effects,
+    fit_logistic,
     rank_layer,
 )
 from sae_vit.core import edits
@@ -212,7 +212,6 @@ def evaluate_split(backbone: Backbone, task: TaskData, split: str, conditions: l
 
 
 def _choose(val) -> tuple[int, int]:
-    """(layer, n) with the best validation worst-group accuracy; ties: higher average, smaller n, lower layer."""
     best = val.sort_values(["worst", "avg", "n", "layer"], ascending=[False, False, True, True]).iloc[0]
     return int(best["layer"]), int(best["n"])
 
@@ -318,20 +317,17 @@ def results_table(sweep, evals: list[str], chosen: dict, chosen_proj: dict):
     import pandas as pd
 
     rows = []
-    group_cols = sorted(c for c in sweep.columns if c.startswith("acc_g"))
+    test_cols = ("avg", "avg_weighted", "worst", *sorted(c for c in sweep.columns if c.startswith("acc_g")))
     for how in evals:
         layer, n = chosen[how]
-        player = chosen_proj[how][0]
-        picks = [("none", -1, 0), ("sae", layer, n), ("random", layer, n), ("projection", player, 0)]
-        for method, lay, nn in picks:
+        for method, lay, nn in (("none", -1, 0), ("sae", layer, n), ("random", layer, n),
+                                ("projection", chosen_proj[how][0], 0)):
             sel = sweep[(sweep["eval"] == how) & (sweep["method"] == method) & (sweep["layer"] == lay)
                         & (sweep["n"] == nn)]
             val, test = sel[sel["split"] == "val"], sel[sel["split"] == "test"]
-            row = {"eval": how, "method": method, "layer": None if lay < 0 else lay, "n": nn or None,
-                   "val_worst": float(val["worst"].mean()) if len(val) else float("nan")}
-            for col in ("avg", "avg_weighted", "worst", *group_cols):
-                row[f"test_{col}"] = float(test[col].mean())
-            row["test_worst_std"] = float(test["worst"].std()) if len(test) > 1 else 0.0
-            row["draws"] = len(test)
-            rows.append(row)
+            rows.append({"eval": how, "method": method, "layer": None if lay < 0 else lay, "n": nn or None,
+                         "val_worst": float(val["worst"].mean()) if len(val) else float("nan"),
+                         **{f"test_{col}": float(test[col].mean()) for col in test_cols},
+                         "test_worst_std": float(test["worst"].std()) if len(test) > 1 else 0.0,
+                         "draws": len(test)})
     return pd.DataFrame(rows)

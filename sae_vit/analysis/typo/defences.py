@@ -62,26 +62,18 @@ class HeadDefence(Defence):
 
     @contextlib.contextmanager
     def context(self, backbone: Backbone) -> Iterator[Backbone]:
-        handles = []
-        by_layer: dict[int, list[int]] = {}
-        for layer, h in self.heads:
-            by_layer.setdefault(layer, []).append(h)
-        for layer, hs in by_layer.items():
-            attn = backbone.model.blocks[layer].attn
-            hd = attn.head_dim if hasattr(attn, "head_dim") else backbone.d_model // attn.num_heads
+        with contextlib.ExitStack() as hooks:
+            for layer, h in self.heads:
+                attn = backbone.model.blocks[layer].attn
+                hd = getattr(attn, "head_dim", backbone.d_model // attn.num_heads)
 
-            def hook(_m, inp, hs=hs, hd=hd):
-                x = inp[0].clone()
-                for h in hs:
-                    x[:, 0, h * hd : (h + 1) * hd] = 0
-                return (x, *inp[1:])
+                def hook(_m, inp, head=slice(h * hd, (h + 1) * hd)):  # the head's slice of the input to proj
+                    x = inp[0].clone()
+                    x[:, 0, head] = 0
+                    return (x, *inp[1:])
 
-            handles.append(attn.proj.register_forward_pre_hook(hook))
-        try:
+                hooks.callback(attn.proj.register_forward_pre_hook(hook).remove)
             yield backbone
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def describe(self) -> str:
         return f"{len(self.heads)} heads: " + ", ".join(f"L{layer}H{h}" for layer, h in self.heads)
@@ -175,12 +167,15 @@ def evaluate(backbone: Backbone, data: TypoSet, class_emb: Tensor, defence: Defe
                        float((pred["attacked"] == data.written).float().mean()), len(data.labels))
 
 
-def better(m: TypoMetrics, best: TypoMetrics | None, clean_ref: float, max_clean_drop: float) -> bool:
-    """Whether ``m`` beats ``best`` on attacked accuracy while its clean accuracy is at most ``max_clean_drop``
-    below ``clean_ref`` (the selection rule of every setting)."""
-    if clean_ref - m.clean > max_clean_drop + 1e-9:
-        return False
-    return best is None or m.attacked > best.attacked + 1e-9
+def best_setting(metrics: Sequence[TypoMetrics], clean_ref: float, max_clean_drop: float) -> int:
+    """The selection rule of every setting: the index of the best attacked accuracy among the settings
+    whose clean accuracy is at most ``max_clean_drop`` below ``clean_ref`` (the first on ties; 0 if none)."""
+    best = None
+    for i, m in enumerate(metrics):
+        eligible = clean_ref - m.clean <= max_clean_drop + 1e-9
+        if eligible and (best is None or m.attacked > metrics[best].attacked + 1e-9):
+            best = i
+    return best or 0
 
 
 def classify_image(bundle: ModelBundle, image: str | os.PathLike, classes: Sequence[str],
