@@ -44,14 +44,12 @@ def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
     from sae_vit.core.backbone import load_backbone
 
     backbone = load_backbone(model, weights, device)
-    what = "toy CLIP" if model == "toy" else model
-    return ModelBundle(backbone, lambda: TextHead.for_model(model, weights, text_embeddings),
-                       what + (f" ({weights})" if weights else ""))
+    name = ("toy CLIP" if model == "toy" else model) + (f" ({weights})" if weights else "")
+    return ModelBundle(backbone, lambda: TextHead.for_model(model, weights, text_embeddings), name)
 
 
 def class_embeddings(head: TextHead, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
-    """Unit class embeddings [C, d] for zero-shot classification; a class written ``a|b`` averages the embeddings
-    of its names."""
+    """Unit class embeddings [C, d] for zero-shot classification (a class ``a|b`` averages its names')."""
     names = [[n.strip() for n in c.split("|") if n.strip()] for c in classes]
     flat = [n for ns in names for n in ns]
     check_vocabulary(flat, head.vocab)

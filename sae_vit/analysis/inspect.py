@@ -46,8 +46,7 @@ class TopK:
         images = torch.cat([self.images, image_index[None].expand(len(scores.T), -1)], dim=1)
         all_grids = torch.cat([self.grids, grids.transpose(0, 1)], dim=1)           # [F, k + B, P]
         best = values.topk(k, dim=1).indices
-        self.values = values.gather(1, best)
-        self.images = images.gather(1, best)
+        self.values, self.images = values.gather(1, best), images.gather(1, best)
         self.grids = all_grids.gather(1, best[..., None].expand(-1, -1, all_grids.shape[-1]))
 
 
@@ -207,8 +206,7 @@ def pick_features(d_sae: int, scores, steer_csv: Path, top_steerable: int | None
                   seed: int) -> list[int]:
     """The ``top_steerable`` most steerable features by steer-score's ``scores``, or else ``random`` (16) random ones."""
     if not top_steerable:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(d_sae, generator=g)[: random or 16].tolist()
+        return torch.randperm(d_sae, generator=torch.Generator().manual_seed(seed))[: random or 16].tolist()
     if scores is None or scores.empty:
         raise SaeVitError(f"No steer-score results for this SAE in {steer_csv.parent}; run `saevit steer-score` "
                           "first or pass --features / --random.")

@@ -78,8 +78,8 @@ def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | 
     rows = [evaluate_checkpoint(p, reader) for p in paths]
     order = {t: i for i, t in enumerate(TOKENS)}
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s)
-    df = df.reset_index(drop=True)
+    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s,
+                        ignore_index=True)
     write_csv(out, df)
     plot_path = plot_l0(df, out.with_suffix(".png")) if plot else None
     return SparsityResult(df, out, plot_path)

@@ -44,8 +44,7 @@ class SteerConfig:
     temperature: float = 100.0
     """Softmax temperature over the vocabulary (CLIP's logit scale)."""
     tokens: str = "sae"
-    """Where to clamp: ``sae`` (the tokens the SAE was trained on), ``all``, ``patches``, or ``cls`` (the paper's
-    CLS-only variant)."""
+    """Where to clamp: ``sae`` (the SAE's tokens), ``all``, ``patches`` or ``cls`` (the paper's variant)."""
     strength_unit: str = "auto"
     """``absolute`` (s = α, the paper's, for CLIP ViT-B/32), ``relative`` (s = α · r with r the mean norm of the
     hook's input tokens divided by √768, so α = 150 pushes as hard, relative to the activation scale, as the
@@ -138,8 +137,7 @@ def steer_batched(ctx: SteerContext, directions: Tensor, current: Tensor, scale:
     with torch.no_grad(), torch.autocast(ctx.resid.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for start in range(0, len(pairs), per):
             chunk = pairs[start:start + per]
-            j = torch.tensor([p[0] for p in chunk])
-            a = torch.tensor([p[1] for p in chunk])
+            j, a = torch.tensor(chunk).T  # [c] unit and strength indices
             amount = (s[a][:, None, None] - current[j])[..., None] * scale[None]  # [c, N, T_sel, 1]
             delta = ctx.site_to_resid(amount * directions[j][:, None, None, :])    # [c, N, T_sel, d]
             resid = ctx.resid.repeat(len(chunk), 1, 1, 1)                          # [c, N, T, d]
@@ -174,10 +172,9 @@ def sae_family(sae: SAE, ctx: SteerContext) -> tuple[UnitFamily, Tensor]:
         scale = torch.full_like(x[..., :1], 1.0 / float(sae.scale))
     else:
         scale = torch.ones_like(x[..., :1])
-    density = (f > 0).float().mean(dim=(0, 1))
-    fam = UnitFamily("feature", sae.cfg.d_sae, lambda idx: sae.W_dec.detach()[idx],
-                     lambda idx: f[..., idx].permute(2, 0, 1), scale, xn.norm(dim=-1).mean().item())
-    return fam, density
+    return (UnitFamily("feature", sae.cfg.d_sae, lambda idx: sae.W_dec.detach()[idx],
+                       lambda idx: f[..., idx].permute(2, 0, 1), scale, xn.norm(dim=-1).mean().item()),
+            (f > 0).float().mean(dim=(0, 1)))
 
 
 def neuron_family(ctx: SteerContext, name: str = "neuron") -> UnitFamily:
@@ -190,9 +187,8 @@ def neuron_family(ctx: SteerContext, name: str = "neuron") -> UnitFamily:
 
 def random_family(features: UnitFamily, n: int, seed: int = 0) -> UnitFamily:
     """Control: random unit directions (the decoder rows' norm), added in the SAE's space with strength s."""
-    g = torch.Generator().manual_seed(seed)
     d = features.directions(torch.tensor([0])).shape[-1]
-    dirs = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    dirs = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
     zeros_shape = features.current(torch.tensor([0])).shape[1:]
     return UnitFamily("random", n, lambda idx: dirs[idx], lambda idx: torch.zeros(len(idx), *zeros_shape),
                       features.scale, features.unit_norm)
@@ -305,11 +301,9 @@ def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[st
             for a, alpha in enumerate(cfg.alphas):
                 frame.loc[top.numpy(), f"S_alpha_{alpha:g}"] = S_curve[:, a].numpy()
         rows.append(frame)
-        summary_kinds[fam.name] = {
-            "scored": len(ids), "steerable": int(steerable.sum()),
-            "fraction": float(steerable.float().mean()) if len(ids) else 0.0,
-            "distinct_targets": int(frame.loc[frame.steerable, "target"].nunique()),
-        }
+        summary_kinds[fam.name] = {"scored": len(ids), "steerable": int(steerable.sum()),
+                                   "fraction": float(steerable.float().mean()) if len(ids) else 0.0,
+                                   "distinct_targets": int(frame.loc[frame.steerable, "target"].nunique())}
     units = pd.concat(rows, ignore_index=True).sort_values(["kind", "S"], ascending=[True, False])
     summary = {"model": backbone.name, "layer": layer, "site": site, "sae_tokens": sae.cfg.tokens,
                "steer_tokens": tokens, "d_sae": sae.cfg.d_sae, "n_images": len(images), "vocabulary": len(words),
@@ -326,8 +320,7 @@ def _pick(n: int, features: Sequence[int] | None, max_features: int | None, seed
             raise SaeVitError(f"--features must list indices in 0..{n - 1}.")
         return idx
     if max_features is not None and max_features < n:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(n, generator=g)[:max_features].sort().values
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_features].sort().values
     return torch.arange(n)
 
 

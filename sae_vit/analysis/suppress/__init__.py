@@ -139,9 +139,7 @@ def write_outputs(result: SuppressResult, out: Path) -> dict[str, Path | None]:
     from sae_vit.core.atomic import write_csv, write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path | None] = {}
-    for name, frame in (("table", result.table), ("sweep", result.sweep), ("features", result.features)):
-        written[name] = write_csv(out / f"suppress_{name}.csv", frame)
-    written["summary"] = write_json(out / "suppress_summary.json", result.summary)
-    written["plot"] = plot_worst_by_layer(result.sweep, out / "suppress_worst_by_layer.png")
-    return written
+    tables = (("table", result.table), ("sweep", result.sweep), ("features", result.features))
+    return {**{name: write_csv(out / f"suppress_{name}.csv", frame) for name, frame in tables},
+            "summary": write_json(out / "suppress_summary.json", result.summary),
+            "plot": plot_worst_by_layer(result.sweep, out / "suppress_worst_by_layer.png")}

@@ -48,7 +48,10 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
     spurious Male); ``csv``: a CSV file (or a folder holding ``metadata.csv``) with ``path``, the ``target``
     column, the ``spurious`` column and ``split``.
     """
+    import pandas as pd
+
     from sae_vit.io import datasets
+    from sae_vit.io.images import CSV_PATH_COLUMNS
 
     if task not in TASKS:
         raise SaeVitError(f"Unknown --task {task!r}; use one of: {', '.join(TASKS)}.")
@@ -73,7 +76,12 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
         if spurious is None:
             raise SaeVitError("--task csv needs --spurious COLUMN naming the binary spurious attribute.")
         target = target or "label"
-        frame = datasets.read_csv_labels(csv, label_col=target, group_cols=(spurious,), path_col=_path_column(csv),
+        if not csv.is_file():
+            raise SaeVitError(f"CSV index {csv} does not exist; pass --data with a CSV file or a folder holding "
+                              "metadata.csv.")
+        columns = pd.read_csv(csv, nrows=0).columns  # the image paths: ``path`` or another accepted column
+        path_col = next((c for c in CSV_PATH_COLUMNS if c in columns), "path")
+        frame = datasets.read_csv_labels(csv, label_col=target, group_cols=(spurious,), path_col=path_col,
                                          default_split="train")
         frame["spurious"], spur_names = _binary(frame[spurious], spurious, csv)
     frame = frame.reset_index(drop=True)
@@ -96,18 +104,6 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
         raise SaeVitError(f"--classes gives {len(classes)} prompts but {target!r} has {n_classes} classes; "
                           "give one prompt per class, in label order.")
     return TaskData(frame, classes, target, spurious, group_names)
-
-
-def _path_column(csv: Path) -> str:
-    import pandas as pd
-
-    from sae_vit.io.images import CSV_PATH_COLUMNS
-
-    if not csv.is_file():
-        raise SaeVitError(f"CSV index {csv} does not exist; pass --data with a CSV file or a folder holding "
-                          "metadata.csv.")
-    columns = pd.read_csv(csv, nrows=0).columns
-    return next((c for c in CSV_PATH_COLUMNS if c in columns), "path")
 
 
 def default_classes(task: str, target: str, model: str, label_names: Sequence[str]) -> list[str]:

@@ -157,8 +157,7 @@ def feature_effects(backbone: Backbone, sae: SAE, layer: int, prev: Tensor, feat
         base = F.normalize(backbone.forward_from(layer - 1, prev).float(), dim=-1)
         out = []
         per = max(1, chunk_rows // n)
-        for start in range(0, len(features), per):
-            idx, s = features[start:start + per], strengths[start:start + per]
+        for idx, s in zip(features.split(per), strengths.split(per), strict=True):
             add = torch.zeros(len(idx) * n, 1, sae.cfg.d_sae)
             add[torch.arange(len(idx) * n), 0, idx.repeat_interleave(n)] = s.repeat_interleave(n)
             with splice(backbone, layer, edits.add(sae, add), sae.cfg.site, sae.cfg.tokens):

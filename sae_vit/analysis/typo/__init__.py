@@ -77,11 +77,9 @@ __all__ = [
 @torch.no_grad()
 def latent_means(backbone: Backbone, sae: SAE, images: Tensor, pool: str = "mean", batch_size: int = 256) -> Tensor:
     """Per-image pooled SAE latents [n, d_sae] at the SAE's hook (``mean`` or ``max`` over its tokens)."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size].to(backbone.device)
-        acts = backbone.capture(x, [sae.cfg.layer], sae.cfg.site, sae.cfg.tokens)[sae.cfg.layer]
-        f = sae.encode(acts.float())
+    out, c = [], sae.cfg
+    for x in images.split(batch_size):
+        f = sae.encode(backbone.capture(x.to(backbone.device), [c.layer], c.site, c.tokens)[c.layer].float())
         out.append((f.mean(1) if pool == "mean" else f.amax(1)).cpu())
     return torch.cat(out)
 
@@ -100,9 +98,8 @@ def rank_text_features(clean: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
 
 def discover_features(backbone: Backbone, sae: SAE, data: TypoSet, pool: str = "mean", max_features: int = 256) -> list[dict]:
     """Text features of ``sae`` on a discovery :class:`TypoSet`: ``[{"index", "score"}]``, best first."""
-    clean = latent_means(backbone, sae, data.clean, pool)
-    text = latent_means(backbone, sae, data.attacked, pool)
-    order, scores = rank_text_features(clean, text)
+    order, scores = rank_text_features(latent_means(backbone, sae, data.clean, pool),
+                                       latent_means(backbone, sae, data.attacked, pool))
     keep = scores > 0
     return [{"index": int(i), "score": round(float(s), 4)} for i, s in zip(order[keep][:max_features],
                                                                              scores[keep][:max_features], strict=True)]
@@ -113,12 +110,13 @@ def rank_heads(backbone: Backbone, data: TypoSet, class_emb: Tensor, max_images:
     """Every attention head ranked by how much its ablation (at CLS) lowers the ASR on ``data``:
     ``[(layer, head, asr_drop)]``, largest drop first."""
     imgs, written = data.attacked[:max_images], data.written[:max_images]
-    base = float((predict(backbone, imgs, class_emb).argmax(-1) == written).float().mean())
-    out = []
-    for layer in range(backbone.n_layers):
-        for h in range(backbone.model.blocks[layer].attn.num_heads):
-            pred = predict(backbone, imgs, class_emb, HeadDefence([(layer, h)])).argmax(-1)
-            out.append((layer, h, base - float((pred == written).float().mean())))
+
+    def asr(defence: Defence = Defence()) -> float:
+        return float((predict(backbone, imgs, class_emb, defence).argmax(-1) == written).float().mean())
+
+    base = asr()
+    out = [(layer, h, base - asr(HeadDefence([(layer, h)])))
+           for layer in range(backbone.n_layers) for h in range(backbone.model.blocks[layer].attn.num_heads)]
     return sorted(out, key=lambda t: -t[2])
 
 
@@ -136,8 +134,7 @@ def fit_probe(backbone: Backbone, data: TypoSet, layer: int, tokens: str = "all"
     y = torch.cat([torch.zeros(len(xc)), torch.ones(len(xa))])
     mu, sd = x.mean(0), x.std(0) + 1e-6
     z = (x - mu) / sd
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
+    w, b = torch.zeros(x.shape[1], requires_grad=True), torch.zeros(1, requires_grad=True)
     minimize([w, b], lambda: F.binary_cross_entropy_with_logits(z @ w + b, y) + 1e-3 * w.square().sum(), steps)
     direction = F.normalize((w.detach() / sd), dim=0)  # back to the residual's own coordinates
     # the clean mean of the projection, over every token (the edit acts per token)
@@ -277,9 +274,8 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
 
 def select_n(backbone: Backbone, sae: SAE, ranked: Sequence[int], val: TypoSet, class_emb: Tensor,
              ns: Sequence[int], base: TypoMetrics, max_clean_drop: float = 0.02) -> tuple[int, list[dict]]:
-    """The number of suppressed features with the best attacked accuracy on ``val`` whose clean accuracy drops
-    at most ``max_clean_drop`` below ``base`` (no defence, controls skipped); returns ``(n, rows)`` with every
-    tried N."""
+    """``(n, rows)``: the number of suppressed features chosen on ``val`` by :func:`best_setting` against
+    ``base`` (no defence), and one row per N tried."""
     tried = [n for n in ns if n <= len(ranked)]
     metrics = [evaluate(backbone, val, class_emb, SaeDefence(sae, ranked[:n]), control=False) if n else base
                for n in tried]

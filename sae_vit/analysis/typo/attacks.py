@@ -50,8 +50,7 @@ class AttackConfig:
     stroke: float = 0.08
     """Stroke (outline) width as a fraction of the font size (at least 1 pixel)."""
     position: str = "random"
-    """``random`` (anywhere the word fits), or ``top`` / ``middle`` / ``bottom`` (a third of the image, random
-    within it)."""
+    """``random`` (anywhere it fits), or ``top`` / ``middle`` / ``bottom`` (in that third of the image)."""
     crop: bool = True
     """Centre-crop to a square first (what CLIP sees), so the word is never cropped away."""
     font: str | None = None
@@ -87,9 +86,7 @@ class Placement:
 
 
 def _font(font: str | None, size: int) -> ImageFont.FreeTypeFont:
-    if font is None:
-        return ImageFont.load_default(size=size)
-    return ImageFont.truetype(font, size=size)
+    return ImageFont.load_default(size=size) if font is None else ImageFont.truetype(font, size=size)
 
 
 def centre_crop(image: Image.Image) -> Image.Image:

@@ -80,8 +80,7 @@ class HeadDefence(Defence):
 
 
 class ProbeDefence(Defence):
-    """Set the component along a linear probe's "text present" direction to its mean on clean images,
-    at every token of one layer."""
+    """At every token of a layer, set the part along a probe's "text present" direction to its clean mean."""
 
     def __init__(self, layer: int, direction: Tensor, clean_mean: float, tokens: str = "all"):
         self.layer, self.tokens, self.clean_mean = layer, tokens, float(clean_mean)
@@ -122,11 +121,9 @@ class PromptDefence(Defence):
 @torch.no_grad()
 def embed_images(backbone: Backbone, images: Tensor, defence: Defence = Defence(), batch_size: int = 256) -> Tensor:
     """Image embeddings [n, d] under ``defence``."""
-    out = []
     with defence.context(backbone):
-        for i in range(0, len(images), batch_size):
-            out.append(backbone.image_embedding(images[i : i + batch_size].to(backbone.device)).float().cpu())
-    return torch.cat(out)
+        return torch.cat([backbone.image_embedding(x.to(backbone.device)).float().cpu()
+                          for x in images.split(batch_size)])
 
 
 @torch.no_grad()

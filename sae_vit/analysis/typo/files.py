@@ -60,14 +60,12 @@ def load_features(path: str | os.PathLike, sae: SAE | None = None, sae_path: str
 
 
 def asset_dir() -> Path:
-    from importlib import resources
-
-    return Path(str(resources.files("sae_vit").joinpath("assets")))
+    """The package's ``assets`` folder, which holds the shipped SAE and feature file."""
+    return Path(__file__).parents[2] / "assets"
 
 
 def default_pair() -> tuple[Path, Path]:
-    """The SAE and feature file used when none is given: ``<workdir>/typo`` if it has both, else the shipped
-    ones in ``sae_vit/assets``."""
+    """The SAE and feature file used by default: ``<workdir>/typo``'s if both exist, else the shipped ones."""
     from sae_vit.core.defaults import workdir
 
     for root in (workdir() / "typo", asset_dir()):
@@ -130,9 +128,8 @@ class AssetConfig:
 
 
 def sae_training_images(n: int, seed: int = 0, attack: AttackConfig = AttackConfig()):
-    """An :class:`~sae_vit.data.ImageSource` of ``n`` world images for SAE training: the toy CLIP's training
-    distribution (a third of it with written words) with our attack recipe drawn on another third. Disjoint from
-    every task split."""
+    """An :class:`~sae_vit.data.ImageSource` of ``n`` world images for SAE training, disjoint from every task
+    split: the toy CLIP's training distribution (a third with written words), our attack on another third."""
     from sae_vit.io.images import ImageItem, ImageSource
     from sae_vit.world import scenes as world
 
