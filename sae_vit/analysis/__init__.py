@@ -1,2 +1,1 @@
-"""The paper's analyses (sparsity, steer, inspect, suppress, typographic defence); each a leaf that reads SAEs
-and never trains them."""
+"""The paper's analyses (sparsity, steer, inspect, suppress, defend-typo): they read SAEs, never train."""

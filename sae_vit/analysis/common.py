@@ -1,5 +1,5 @@
-"""What every analysis loads the same way: the model with its text head, zero-shot classes, probe images and
-the concept vocabulary.
+"""What every analysis loads or fits the same way: the model with its text head, zero-shot classes, probe
+images, the concept vocabulary, figures and the L-BFGS loop of the linear probes.
 
 Written once here so that steer-score, inspect, suppress and defend-typo agree on them.
 """
@@ -44,14 +44,12 @@ def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
     from sae_vit.core.backbone import load_backbone
 
     backbone = load_backbone(model, weights, device)
-    what = "toy CLIP" if model == "toy" else model
-    return ModelBundle(backbone, lambda: TextHead.for_model(model, weights, text_embeddings),
-                       what + (f" ({weights})" if weights else ""))
+    name = ("toy CLIP" if model == "toy" else model) + (f" ({weights})" if weights else "")
+    return ModelBundle(backbone, lambda: TextHead.for_model(model, weights, text_embeddings), name)
 
 
 def class_embeddings(head: TextHead, classes: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> Tensor:
-    """Unit class embeddings [C, d] for zero-shot classification; a class written ``a|b`` averages the embeddings
-    of its names."""
+    """Unit class embeddings [C, d] for zero-shot classification (a class ``a|b`` averages its names')."""
     names = [[n.strip() for n in c.split("|") if n.strip()] for c in classes]
     flat = [n for ns in names for n in ns]
     check_vocabulary(flat, head.vocab)
@@ -93,8 +91,9 @@ def concept_vocabulary(model: ModelBundle, vocab: str | os.PathLike | None = Non
     return words, head.embed_concepts(words, templates=("{}",))
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+def plot(path: Path, draw: Callable[[object], None], **subplots) -> Path | None:
+    """Draw on the axes of ``plt.subplots(**subplots)`` with ``draw(axes)`` and save the figure at ``path``
+    (matplotlib's file-only Agg backend); None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -102,7 +101,27 @@ def pyplot():
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    return plt
+    from sae_vit.core.atomic import save_figure
+
+    fig, axes = plt.subplots(**subplots)
+    draw(axes)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def minimize(params: list[Tensor], loss: Callable[[], Tensor], max_iter: int) -> None:
+    """Minimise ``loss()`` over ``params`` (leaf tensors that require grad) in place: one L-BFGS step of up to
+    ``max_iter`` iterations with a strong-Wolfe line search."""
+    opt = torch.optim.LBFGS(params, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(closure)
 
 
 def read_words(path: str | os.PathLike) -> list[str]:

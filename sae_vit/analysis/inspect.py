@@ -46,8 +46,7 @@ class TopK:
         images = torch.cat([self.images, image_index[None].expand(len(scores.T), -1)], dim=1)
         all_grids = torch.cat([self.grids, grids.transpose(0, 1)], dim=1)           # [F, k + B, P]
         best = values.topk(k, dim=1).indices
-        self.values = values.gather(1, best)
-        self.images = images.gather(1, best)
+        self.values, self.images = values.gather(1, best), images.gather(1, best)
         self.grids = all_grids.gather(1, best[..., None].expand(-1, -1, all_grids.shape[-1]))
 
 
@@ -71,19 +70,14 @@ class Inspection:
         hottest_patch (row-major index in the patch grid), density."""
         import pandas as pd
 
-        rows = []
-        for name, top in (("patch", self.by_patch), ("cls", self.by_cls)):
-            if top is None:
-                continue
-            for fi, feat in enumerate(self.features.tolist()):
-                for r in range(top.values.shape[1]):
-                    if top.images[fi, r] < 0:
-                        continue
-                    rows.append({"feature": feat, "ranking": name, "rank": r, "image": int(top.images[fi, r]),
-                                 "activation": float(top.values[fi, r]),
-                                 "hottest_patch": int(top.grids[fi, r].argmax()),
-                                 "density": float(self.density[fi])})
-        return pd.DataFrame(rows)
+        tops = {"patch": self.by_patch, "cls": self.by_cls}
+        return pd.DataFrame([{"feature": feat, "ranking": name, "rank": r, "image": int(top.images[fi, r]),
+                              "activation": float(top.values[fi, r]),
+                              "hottest_patch": int(top.grids[fi, r].argmax()),
+                              "density": float(self.density[fi])}
+                             for name, top in tops.items() if top is not None
+                             for fi, feat in enumerate(self.features.tolist())
+                             for r in range(top.values.shape[1]) if top.images[fi, r] >= 0])
 
 
 @torch.no_grad()
@@ -150,9 +144,6 @@ def text_labels(backbone: Backbone, sae: SAE, features: Sequence[int], probe: Te
     return labels
 
 
-# -- rendering --------------------------------------------------------------------------------------------------
-
-
 def heatmap_overlay(image, grid: Tensor, grid_shape: tuple[int, int], vmax: float, size: int = 128):
     """The image resized to ``size`` with the patch activations overlaid in red (alpha ∝ activation)."""
     from PIL import Image
@@ -169,14 +160,12 @@ def render_feature(path: Path, feature: int, inspection: Inspection, fi: int, lo
     """One PNG: title line, then the top images by patch maximum (row 1) and by CLS (row 2), with heatmaps."""
     from PIL import Image, ImageDraw
 
-    rows = [("max over patches", inspection.by_patch)]
-    if inspection.by_cls is not None:
-        rows.append(("CLS token", inspection.by_cls))
+    tops = {"max over patches": inspection.by_patch, "CLS token": inspection.by_cls}
+    rows = [(name, top) for name, top in tops.items() if top is not None]
     k = inspection.by_patch.values.shape[1]
     pad, title_h, label_h = 4, 34, 14
-    width = pad + k * (size + pad)
-    height = title_h + len(rows) * (size + label_h + 18 + pad)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas = Image.new("RGB", (pad + k * (size + pad), title_h + len(rows) * (size + label_h + 18 + pad)),
+                       (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     words = ", ".join(f"{w} ({c:.2f})" for w, c in labels) if labels else "-"
     draw.text((pad, 2), f"feature {feature}   density {100 * float(inspection.density[fi]):.2f}% of tokens", fill=0)
@@ -213,22 +202,11 @@ def write_index(out: Path, rows: list[dict], title: str) -> Path:
     return write_text(out / "index.html", page)
 
 
-def _steer_scores(steer_csv: Path):
-    """steer-score's rows for this SAE's features (None when steer-score has not been run on it)."""
-    import pandas as pd
-
-    if not steer_csv.is_file():
-        return None
-    scores = pd.read_csv(steer_csv)
-    return scores[scores["kind"] == "feature"]
-
-
 def pick_features(d_sae: int, scores, steer_csv: Path, top_steerable: int | None, random: int | None,
                   seed: int) -> list[int]:
     """The ``top_steerable`` most steerable features by steer-score's ``scores``, or else ``random`` (16) random ones."""
     if not top_steerable:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(d_sae, generator=g)[: random or 16].tolist()
+        return torch.randperm(d_sae, generator=torch.Generator().manual_seed(seed))[: random or 16].tolist()
     if scores is None or scores.empty:
         raise SaeVitError(f"No steer-score results for this SAE in {steer_csv.parent}; run `saevit steer-score` "
                           "first or pass --features / --random.")
@@ -249,29 +227,18 @@ def _image_batches(items, transform: Callable, batch_size: int):
             yield torch.tensor(index), batch
 
 
-def inspect_sae(
-    sae: str | os.PathLike | None = None,
-    model: str | None = None,
-    weights: str | os.PathLike | None = None,
-    images: str | os.PathLike | None = None,
-    world: str | None = None,
-    n_images: int = 1024,
-    features: list[int] | None = None,
-    top_steerable: int | None = None,
-    random: int | None = None,
-    k: int = 16,
-    vocab: str | os.PathLike | None = None,
-    text_embeddings: str | os.PathLike | None = None,
-    steer_dir: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    overwrite: bool = False,
-    device: str = "auto",
-    progress: Callable | None = None,
-) -> dict:
+def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
+                weights: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+                world: str | None = None, n_images: int = 1024, features: list[int] | None = None,
+                top_steerable: int | None = None, random: int | None = None, k: int = 16,
+                vocab: str | os.PathLike | None = None, text_embeddings: str | os.PathLike | None = None,
+                steer_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                seed: int = 0, batch_size: int = 64, overwrite: bool = False, device: str = "auto",
+                progress: Callable | None = None) -> dict:
     """Top-activating images, patch heatmaps, density and text labels for features of one SAE; writes one PNG
     per feature, ``features.csv`` and a static ``index.html`` under ``out``. Returns paths and the table."""
+    import pandas as pd
+
     from sae_vit.analysis.common import check_sae_matches, concept_vocabulary, load_model, load_probe_images
     from sae_vit.analysis.steer import results_stem
     from sae_vit.core.atomic import write_csv
@@ -290,19 +257,19 @@ def inspect_sae(
     if (out / "index.html").exists() and not overwrite:
         raise SaeVitError(f"{out} already holds an inspection; pass --overwrite or choose another --out.")
     steer_csv = (Path(steer_dir) if steer_dir is not None else workdir() / "steer") / f"{results_stem(c)}.csv"
-    scores = _steer_scores(steer_csv)
+    # steer-score's rows for this SAE's features, None when steer-score has not been run on it
+    scores = pd.read_csv(steer_csv).query("kind == 'feature'") if steer_csv.is_file() else None
     targets = {} if scores is None else dict(zip(scores["index"].astype(int), scores["target"], strict=True))
     if features is None:
         features = pick_features(c.d_sae, scores, steer_csv, top_steerable, random, seed)
     items = open_source(images, world, n=n_images, seed=seed, split="val").items[:n_images]
     found = collect(bundle.backbone, model_sae, lambda: _image_batches(items, bundle.backbone.transform, batch_size),
                     features, k=k, progress=progress)
-    labels: list[list[tuple[str, float]]] | None = None
     try:
         words, text = concept_vocabulary(bundle, vocab)
-    except SaeVitError:
-        words = None  # no text head for this model: labels are left out, not an error
-    if words is not None:
+    except SaeVitError:  # no text head for this model: labels are left out, not an error
+        labels = None
+    else:
         probe = load_probe_images(bundle.backbone, images, world, n_images=32, seed=seed + 1)
         labels = text_labels(bundle.backbone, model_sae, features, probe, words, text.to(device))
     out.mkdir(parents=True, exist_ok=True)

@@ -39,16 +39,13 @@ def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000) -> d
     c = sae.cfg
     row = {"layer": c.layer, "tokens": c.tokens, "site": c.site, "architecture": c.architecture, "d_sae": c.d_sae,
            "k": c.k, "path": str(path)}
+    keys = ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")
     if reader is not None and _matches(sae, reader):
         acts = reader.load(c.layer, c.tokens, "eval", max_tokens=max_tokens)
         metrics = evaluate(sae, acts)
-        row.update({**{k: metrics[k] for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")},
-                    "n_eval_tokens": len(acts), "evaluated_on": "cache"})
-    else:
-        t = c.training
-        row.update({k: t.get(k, float("nan")) for k in ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")})
-        row.update({"n_eval_tokens": t.get("eval_tokens", 0), "evaluated_on": "checkpoint"})
-    return row
+        return {**row, **{k: metrics[k] for k in keys}, "n_eval_tokens": len(acts), "evaluated_on": "cache"}
+    return {**row, **{k: c.training.get(k, float("nan")) for k in keys},
+            "n_eval_tokens": c.training.get("eval_tokens", 0), "evaluated_on": "checkpoint"}
 
 
 def _matches(sae, reader) -> bool:
@@ -65,13 +62,8 @@ def check_out(out: str | os.PathLike | None, overwrite: bool) -> Path:
     return out
 
 
-def run(
-    saes: list[str | os.PathLike] | None = None,
-    cache: str | os.PathLike | None = None,
-    out: str | os.PathLike | None = None,
-    plot: bool = True,
-    overwrite: bool = False,
-) -> SparsityResult:
+def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | None = None,
+        out: str | os.PathLike | None = None, plot: bool = True, overwrite: bool = False) -> SparsityResult:
     """Build the sparsity table of ``saes`` (default: every SAE in the working folder), evaluated on the held-out
     split of ``cache`` (default: the working folder's, when present) where it matches; write the CSV and plot."""
     from sae_vit.core.atomic import write_csv
@@ -86,8 +78,8 @@ def run(
     rows = [evaluate_checkpoint(p, reader) for p in paths]
     order = {t: i for i, t in enumerate(TOKENS)}
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s)
-    df = df.reset_index(drop=True)
+    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s,
+                        ignore_index=True)
     write_csv(out, df)
     plot_path = plot_l0(df, out.with_suffix(".png")) if plot else None
     return SparsityResult(df, out, plot_path)
@@ -95,19 +87,14 @@ def run(
 
 def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
     """L0 by layer, one line per token type (and site); None when matplotlib is not installed."""
-    from sae_vit.analysis.common import pyplot
-    from sae_vit.core.atomic import save_figure
+    from sae_vit.analysis.common import plot
 
-    plt = pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (site, tokens), g in df.groupby(["site", "tokens"]):
-        g = g.sort_values("layer")
-        ax.plot(g["layer"], g["l0"], marker="o", label=f"{tokens} ({site})")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("L0 (active latents per token)")
-    ax.set_title("SAE sparsity by layer and token type")
-    ax.legend()
-    fig.tight_layout()
-    return save_figure(fig, path)
+    def draw(ax):
+        for (site, tokens), g in df.groupby(["site", "tokens"]):
+            g = g.sort_values("layer")
+            ax.plot(g["layer"], g["l0"], marker="o", label=f"{tokens} ({site})")
+        ax.set(xlabel="layer", ylabel="L0 (active latents per token)",
+               title="SAE sparsity by layer and token type")
+        ax.legend()
+
+    return plot(path, draw, figsize=(6, 4))

@@ -29,10 +29,6 @@ from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE, SAEConfig
 
-#: The paper's strengths (their sweep) and decision rule.
-PAPER_ALPHAS: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
-PAPER_THRESHOLD = 0.10
-PAPER_TEMPERATURE = 100.0
 #: Norm of a layer-normalised ViT-B/32 token (√768): the unit of relative strengths.
 REFERENCE_NORM = math.sqrt(768)
 
@@ -41,15 +37,14 @@ REFERENCE_NORM = math.sqrt(768)
 class SteerConfig:
     """How to score steerability; defaults are the paper's."""
 
-    alphas: tuple[float, ...] = PAPER_ALPHAS
+    alphas: tuple[float, ...] = (-20, -5, 0, 5, 10, 20, 50, 150)
     """Steering strengths; steerability is decided at the largest."""
-    threshold: float = PAPER_THRESHOLD
+    threshold: float = 0.10
     """A unit is steerable when S = Σ Δp² exceeds this at the largest strength."""
-    temperature: float = PAPER_TEMPERATURE
+    temperature: float = 100.0
     """Softmax temperature over the vocabulary (CLIP's logit scale)."""
     tokens: str = "sae"
-    """Where to clamp: ``sae`` (the tokens the SAE was trained on), ``all``, ``patches``, or ``cls`` (the paper's
-    CLS-only variant)."""
+    """Where to clamp: ``sae`` (the SAE's tokens), ``all``, ``patches`` or ``cls`` (the paper's variant)."""
     strength_unit: str = "auto"
     """``absolute`` (s = α, the paper's, for CLIP ViT-B/32), ``relative`` (s = α · r with r the mean norm of the
     hook's input tokens divided by √768, so α = 150 pushes as hard, relative to the activation scale, as the
@@ -97,10 +92,6 @@ class SteerContext:
         """Unit image embeddings [B, d_emb] from a (steered) ``resid`` [B, T, d]."""
         return F.normalize(self.backbone.forward_from(self.layer, resid).float(), dim=-1)
 
-    def probabilities(self, resid: Tensor) -> Tensor:
-        """Vocabulary probabilities [B, V] of the image embeddings from a steered ``resid`` [B, T, d]."""
-        return self.vocab_probabilities(self.embeddings(resid))
-
     def vocab_probabilities(self, emb: Tensor) -> Tensor:
         """softmax(temperature · ê · Tᵀ) [B, V] for unit embeddings ``emb`` [B, d_emb]."""
         return torch.softmax(self.temperature * emb @ self.text.T, dim=-1)
@@ -146,13 +137,12 @@ def steer_batched(ctx: SteerContext, directions: Tensor, current: Tensor, scale:
     with torch.no_grad(), torch.autocast(ctx.resid.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for start in range(0, len(pairs), per):
             chunk = pairs[start:start + per]
-            j = torch.tensor([p[0] for p in chunk])
-            a = torch.tensor([p[1] for p in chunk])
+            j, a = torch.tensor(chunk).T  # [c] unit and strength indices
             amount = (s[a][:, None, None] - current[j])[..., None] * scale[None]  # [c, N, T_sel, 1]
             delta = ctx.site_to_resid(amount * directions[j][:, None, None, :])    # [c, N, T_sel, d]
             resid = ctx.resid.repeat(len(chunk), 1, 1, 1)                          # [c, N, T, d]
             resid[:, :, pos] += delta.to(resid.dtype)
-            p = ctx.probabilities(resid.flatten(0, 1)).view(len(chunk), N, -1)
+            p = ctx.vocab_probabilities(ctx.embeddings(resid.flatten(0, 1))).view(len(chunk), N, -1)
             out[j, a] = (p - ctx.p0[None]).mean(dim=1)
     return out
 
@@ -182,25 +172,23 @@ def sae_family(sae: SAE, ctx: SteerContext) -> tuple[UnitFamily, Tensor]:
         scale = torch.full_like(x[..., :1], 1.0 / float(sae.scale))
     else:
         scale = torch.ones_like(x[..., :1])
-    density = (f > 0).float().mean(dim=(0, 1))
-    fam = UnitFamily("feature", sae.cfg.d_sae, lambda idx: sae.W_dec.detach()[idx],
-                     lambda idx: f[..., idx].permute(2, 0, 1), scale, xn.norm(dim=-1).mean().item())
-    return fam, density
+    return (UnitFamily("feature", sae.cfg.d_sae, lambda idx: sae.W_dec.detach()[idx],
+                       lambda idx: f[..., idx].permute(2, 0, 1), scale, xn.norm(dim=-1).mean().item()),
+            (f > 0).float().mean(dim=(0, 1)))
 
 
-def neuron_family(ctx: SteerContext) -> UnitFamily:
+def neuron_family(ctx: SteerContext, name: str = "neuron") -> UnitFamily:
     """The hook's basis dimensions (the paper's neuron baseline): each set directly to s at every token."""
     x = ctx.site_acts
     eye = torch.eye(x.shape[-1])
-    return UnitFamily("neuron", x.shape[-1], lambda idx: eye[idx], lambda idx: x[..., idx].permute(2, 0, 1),
+    return UnitFamily(name, x.shape[-1], lambda idx: eye[idx], lambda idx: x[..., idx].permute(2, 0, 1),
                       torch.ones_like(x[..., :1]), x.norm(dim=-1).mean().item())
 
 
 def random_family(features: UnitFamily, n: int, seed: int = 0) -> UnitFamily:
     """Control: random unit directions (the decoder rows' norm), added in the SAE's space with strength s."""
-    g = torch.Generator().manual_seed(seed)
     d = features.directions(torch.tensor([0])).shape[-1]
-    dirs = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    dirs = F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
     zeros_shape = features.current(torch.tensor([0])).shape[1:]
     return UnitFamily("random", n, lambda idx: dirs[idx], lambda idx: torch.zeros(len(idx), *zeros_shape),
                       features.scale, features.unit_norm)
@@ -236,15 +224,8 @@ def score_family(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengt
     return UnitScores(torch.cat(S), torch.cat(dps))
 
 
-def curves(ctx: SteerContext, family: UnitFamily, indices: Tensor, strengths: list[float], cfg: SteerConfig) -> Tensor:
-    """S at every strength for a few units: [m, A]."""
-    dp = steer_batched(ctx, family.directions(indices), family.current(indices), family.scale, strengths,
-                       cfg.max_batch, cfg.precision)
-    return (dp**2).sum(-1)
-
-
 def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: Tensor, feature: int,
-                strength: float, tokens: str = "all", temperature: float = PAPER_TEMPERATURE) -> Tensor:
+                strength: float, tokens: str = "all", temperature: float = 100.0) -> Tensor:
     """Reference implementation: one feature, one strength, full forward passes through :func:`splice`.
     Returns Δp [V]. Slow and obviously correct; the tests check :func:`steer_batched` against it."""
     with torch.no_grad():
@@ -254,9 +235,6 @@ def naive_steer(backbone: Backbone, sae: SAE, layer: int, images: Tensor, text: 
     p0 = torch.softmax(temperature * base @ text.T, dim=-1)
     p1 = torch.softmax(temperature * steered @ text.T, dim=-1)
     return (p1 - p0).mean(0)
-
-
-# -- the command ----------------------------------------------------------------------------------------------
 
 
 class SteerReport(NamedTuple):
@@ -271,22 +249,11 @@ class SteerReport(NamedTuple):
     """The strengths s applied to the features (see :attr:`SteerConfig.strength_unit`)."""
 
 
-def steer_score(
-    sae: SAE,
-    backbone: Backbone,
-    images: Tensor,
-    words: Sequence[str],
-    text: Tensor,
-    cfg: SteerConfig | None = None,
-    features: Sequence[int] | None = None,
-    max_features: int | None = None,
-    neurons: bool = True,
-    mlp_neurons: bool = False,
-    random_control: int = 0,
-    seed: int = 0,
-    path: str = "",
-    progress: Callable[[str, int, int], None] | None = None,
-) -> SteerReport:
+def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[str], text: Tensor,
+                cfg: SteerConfig | None = None, features: Sequence[int] | None = None,
+                max_features: int | None = None, neurons: bool = True, mlp_neurons: bool = False,
+                random_control: int = 0, seed: int = 0, path: str = "",
+                progress: Callable[[str, int, int], None] | None = None) -> SteerReport:
     """Score the steerability of an SAE's features (and of neurons / random directions as baselines).
 
     ``images`` [N, 3, H, W] preprocessed probe images; ``text`` [V, d_emb] unit embeddings of ``words``.
@@ -302,22 +269,19 @@ def steer_score(
     tokens = sae.cfg.tokens if cfg.tokens == "sae" else cfg.tokens
     ctx = build_context(backbone, layer, site, images, text, tokens, cfg.temperature)
     feats, density = sae_family(sae, ctx)
-    idx = _pick(sae.cfg.d_sae, features, max_features, seed)
-    families: list[tuple[UnitFamily, Tensor, SteerContext]] = [(feats, idx, ctx)]
+    # (family, its units to score or None for all, context)
+    families = [(feats, _pick(sae.cfg.d_sae, features, max_features, seed), ctx)]
     if neurons:
-        fam = neuron_family(ctx)
-        families.append((fam, torch.arange(fam.n_units), ctx))
+        families.append((neuron_family(ctx), None, ctx))
     if mlp_neurons:
         mctx = build_context(backbone, layer, "mlp_hidden", images, text, tokens, cfg.temperature)
-        fam = neuron_family(mctx)
-        fam.name = "mlp_neuron"
-        families.append((fam, torch.arange(fam.n_units), mctx))
+        families.append((neuron_family(mctx, "mlp_neuron"), None, mctx))
     if random_control:
-        fam = random_family(feats, random_control, seed)
-        families.append((fam, torch.arange(random_control), ctx))
+        families.append((random_family(feats, random_control, seed), None, ctx))
 
     rows, summary_kinds, strengths_used = [], {}, {}
     for fam, ids, fctx in families:
+        ids = torch.arange(fam.n_units) if ids is None else ids
         strengths = strengths_for(cfg, backbone, fam)
         strengths_used[fam.name] = strengths
         scores = score_family(fctx, fam, ids, strengths, cfg,
@@ -331,15 +295,15 @@ def steer_score(
         })
         top = scores.S.argsort(descending=True)[: cfg.curve_top]
         if len(top):
-            S_curve = curves(fctx, fam, ids[top], strengths, cfg)
+            dp = steer_batched(fctx, fam.directions(ids[top]), fam.current(ids[top]), fam.scale, strengths,
+                               cfg.max_batch, cfg.precision)
+            S_curve = (dp**2).sum(-1)  # [m, A]: S at every strength
             for a, alpha in enumerate(cfg.alphas):
                 frame.loc[top.numpy(), f"S_alpha_{alpha:g}"] = S_curve[:, a].numpy()
         rows.append(frame)
-        summary_kinds[fam.name] = {
-            "scored": len(ids), "steerable": int(steerable.sum()),
-            "fraction": float(steerable.float().mean()) if len(ids) else 0.0,
-            "distinct_targets": int(frame.loc[frame.steerable, "target"].nunique()),
-        }
+        summary_kinds[fam.name] = {"scored": len(ids), "steerable": int(steerable.sum()),
+                                   "fraction": float(steerable.float().mean()) if len(ids) else 0.0,
+                                   "distinct_targets": int(frame.loc[frame.steerable, "target"].nunique())}
     units = pd.concat(rows, ignore_index=True).sort_values(["kind", "S"], ascending=[True, False])
     summary = {"model": backbone.name, "layer": layer, "site": site, "sae_tokens": sae.cfg.tokens,
                "steer_tokens": tokens, "d_sae": sae.cfg.d_sae, "n_images": len(images), "vocabulary": len(words),
@@ -356,8 +320,7 @@ def _pick(n: int, features: Sequence[int] | None, max_features: int | None, seed
             raise SaeVitError(f"--features must list indices in 0..{n - 1}.")
         return idx
     if max_features is not None and max_features < n:
-        g = torch.Generator().manual_seed(seed)
-        return torch.randperm(n, generator=g)[:max_features].sort().values
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_features].sort().values
     return torch.arange(n)
 
 
@@ -368,47 +331,29 @@ def results_stem(cfg: SAEConfig) -> str:
 
 def plot_curves(units, path) -> object:
     """PNG of S against the strength for the units that have a curve; None without matplotlib."""
-    from sae_vit.analysis.common import pyplot
-    from sae_vit.core.atomic import save_figure
+    from sae_vit.analysis.common import plot
 
-    plt = pyplot()
-    if plt is None:
-        return None
     cols = [c for c in units.columns if c.startswith("S_alpha_")]
-    fig, ax = plt.subplots(figsize=(6, 4))
     xs = [float(c[len("S_alpha_"):]) for c in cols]
     with_curve = units[units[cols].notna().all(axis=1)] if cols else units.iloc[:0]
-    for _, row in with_curve.iterrows():
-        ax.plot(xs, [row[c] for c in cols], marker="o", label=f"{row['kind']} {row['index']}: {row['target']}")
-    ax.axhline(0.10, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("steering strength alpha (see the summary for s)")
-    ax.set_ylabel("steerability S = Σ Δp²")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    def draw(ax):
+        for _, row in with_curve.iterrows():
+            ax.plot(xs, [row[c] for c in cols], marker="o", label=f"{row['kind']} {row['index']}: {row['target']}")
+        ax.axhline(0.10, color="grey", linestyle="--", linewidth=0.8)
+        ax.set(xlabel="steering strength alpha (see the summary for s)", ylabel="steerability S = Σ Δp²")
+        ax.legend(fontsize=6)
+
+    return plot(path, draw, figsize=(6, 4))
 
 
-def score_saes(
-    saes: list[str | os.PathLike] | None = None,
-    model: str | None = None,
-    weights: str | os.PathLike | None = None,
-    vocab: str | os.PathLike | None = None,
-    text_embeddings: str | os.PathLike | None = None,
-    images: str | os.PathLike | None = None,
-    world: str | None = None,
-    n_images: int = 64,
-    config=None,
-    features: list[int] | None = None,
-    max_features: int | None = 256,
-    neurons: bool = True,
-    mlp_neurons: bool = False,
-    random_control: int = 0,
-    seed: int = 0,
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    device: str = "auto",
-    progress: Callable | None = None,
-) -> list:
+def score_saes(saes: list[str | os.PathLike] | None = None, model: str | None = None,
+               weights: str | os.PathLike | None = None, vocab: str | os.PathLike | None = None,
+               text_embeddings: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+               world: str | None = None, n_images: int = 64, config=None, features: list[int] | None = None,
+               max_features: int | None = 256, neurons: bool = True, mlp_neurons: bool = False,
+               random_control: int = 0, seed: int = 0, out: str | os.PathLike | None = None,
+               overwrite: bool = False, device: str = "auto", progress: Callable | None = None) -> list:
     """Score every SAE in ``saes`` (default: the working folder's); write ``steer_<layer>_<tokens>.csv`` per
     SAE, ``steer_summary.csv`` and a PNG of S against strength under ``out``. Returns the reports."""
     import json
@@ -425,10 +370,8 @@ def score_saes(
     out = Path(out) if out is not None else workdir() / "steer"
     if (out / "steer_summary.csv").exists() and not overwrite:
         raise SaeVitError(f"{out} already holds steer-score results; pass --overwrite or choose another --out.")
-    paths = find_saes(saes)
-    loaded = [(p, SAE.load(p, device)) for p in paths]
-    model = model or loaded[0][1].cfg.model or DEFAULT_MODEL
-    bundle = load_model(model, weights, text_embeddings, device)
+    loaded = [(p, SAE.load(p, device)) for p in find_saes(saes)]
+    bundle = load_model(model or loaded[0][1].cfg.model or DEFAULT_MODEL, weights, text_embeddings, device)
     backbone = bundle.backbone
     words, text = concept_vocabulary(bundle, vocab)
     probe = load_probe_images(backbone, images, world, n_images, seed=seed + 1)

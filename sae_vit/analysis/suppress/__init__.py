@@ -1,8 +1,8 @@
 """Targeted suppression: remove a spurious attribute from CLIP's vision tower by zeroing SAE features.
 
-The procedure (docs/suppress.md, ../PAPER.md §3): rank features on train (:mod:`.ranking`), choose the layer
-and N on val and evaluate on test (:mod:`.run`), over the datasets of :mod:`.data` and the forward-pass variants
-of :mod:`.conditions`; :mod:`.report` writes the results, and :func:`suppress` here is ``saevit suppress``.
+The procedure (docs/suppress.md, ../PAPER.md §3): over the datasets of :mod:`.data`, rank features on train
+(:mod:`.ranking`), choose the layer and N on val and evaluate on test (:mod:`.run`); :func:`suppress` here is
+``saevit suppress`` and writes the results.
 
 Suppression zeroes the chosen latents at every token the SAE reads, through :func:`~sae_vit.core.backbone.splice`
 and :func:`sae_vit.core.edits.zero` (so the SAE's reconstruction error is kept). Baselines: no intervention;
@@ -13,29 +13,38 @@ activations at the SAE's hook.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
 
 from sae_vit.analysis.common import ModelBundle, check_sae_matches, default_vocabulary, load_model, read_words
-from sae_vit.analysis.probes import LinearProbe, fit_logistic
-from sae_vit.analysis.suppress.conditions import Condition, group_metrics, run_conditions
 from sae_vit.analysis.suppress.data import TASKS, ImageBatches, TaskData, read_task
-from sae_vit.analysis.suppress.ranking import LayerStats, auroc, mean_diff_scores
-from sae_vit.analysis.suppress.report import SuppressResult, check_out, write_outputs
-from sae_vit.analysis.suppress.run import SuppressConfig, run_suppress
+from sae_vit.analysis.suppress.ranking import LayerStats, LinearProbe, auroc, fit_logistic, mean_diff_scores
+from sae_vit.analysis.suppress.run import (
+    Condition,
+    Progress,
+    SuppressConfig,
+    SuppressResult,
+    group_metrics,
+    run_conditions,
+    run_suppress,
+)
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 
-__all__ = ["TASKS", "Condition", "ImageBatches", "LayerStats", "LinearProbe", "SuppressConfig", "SuppressResult", "TaskData",
-           "auroc", "fit_logistic", "group_metrics", "mean_diff_scores", "read_task", "run_conditions", "run_suppress",
-           "suppress"]
+__all__ = ["TASKS", "Condition", "ImageBatches", "LayerStats", "LinearProbe", "SuppressConfig",
+           "SuppressResult", "TaskData", "auroc", "fit_logistic", "group_metrics", "mean_diff_scores",
+           "read_task", "run_conditions", "run_suppress", "suppress"]
+OUTPUT_FILES = ("suppress_table.csv", "suppress_sweep.csv", "suppress_features.csv", "suppress_summary.json",
+                "suppress_worst_by_layer.png")
 
 
-def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict[int, tuple[SAE, str]]:
-    """SAEs keyed by layer; each must fit the backbone, and one layer may have only one SAE."""
+def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone,
+               layers: list[int] | str | None = None) -> dict[int, tuple[SAE, str]]:
+    """SAEs keyed by layer (only those of ``layers``, in its order, unless None or ``all``); each must fit the
+    backbone, and one layer may have only one SAE."""
     by_layer: dict[int, tuple[SAE, str]] = {}
     for sae, path in zip(saes, paths, strict=True):
         check_sae_matches(sae, backbone, path)
@@ -45,13 +54,9 @@ def check_saes(saes: Sequence[SAE], paths: Sequence, backbone: Backbone) -> dict
         by_layer[sae.cfg.layer] = (sae, str(path))
     if backbone.n_prefix != int(backbone.has_cls):
         raise SaeVitError(f"{backbone.name} has register tokens; suppress supports ViTs without registers.")
-    return dict(sorted(by_layer.items()))
-
-
-def _pick_layers(by_layer: dict[int, tuple[SAE, str]], layers) -> dict[int, tuple[SAE, str]]:
+    by_layer = dict(sorted(by_layer.items()))
     if layers is None or layers == "all":
         return by_layer
-    layers = list(layers)
     missing = [layer for layer in layers if layer not in by_layer]
     if missing:
         raise SaeVitError(f"No SAE for layer {missing[0]} among the --sae files (layers {list(by_layer)}); "
@@ -72,38 +77,69 @@ def _concepts(model: ModelBundle, vocab, text_embeddings) -> tuple[list[str], Te
     return (words, model.head.embed_concepts(words)) if words else None
 
 
-def suppress(
-    data: str | os.PathLike,
-    task: str,
-    saes: Sequence[str | os.PathLike],
-    target: str | None = None,
-    spurious: str | None = None,
-    layers: list[int] | None = None,
-    model: str | None = None,
-    weights: str | os.PathLike | None = None,
-    classes: Sequence[str] | None = None,
-    text_embeddings: str | os.PathLike | None = None,
-    vocab: str | os.PathLike | None = None,
-    config: SuppressConfig = SuppressConfig(),
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[SuppressResult, dict[str, Path | None]]:
+def suppress(data: str | os.PathLike, task: str, saes: Sequence[str | os.PathLike], target: str | None = None,
+             spurious: str | None = None, layers: list[int] | None = None, model: str | None = None,
+             weights: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
+             text_embeddings: str | os.PathLike | None = None, vocab: str | os.PathLike | None = None,
+             config: SuppressConfig = SuppressConfig(), out: str | os.PathLike | None = None,
+             overwrite: bool = False, progress: Progress | None = None,
+             ) -> tuple[SuppressResult, dict[str, Path | None]]:
     """``saevit suppress``: read the dataset and the SAEs, run :func:`run_suppress`, write the outputs under
     ``out`` (default ``<workdir>/suppress``). Returns the result and the written paths."""
     from sae_vit.core.defaults import workdir
     from sae_vit.io.resolve import find_saes
 
     out = Path(out) if out is not None else workdir() / "suppress"
-    check_out(out, overwrite)
+    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise SaeVitError(f"{out} already holds suppress results ({existing[0]}); pass --overwrite or choose "
+                          "another --out.")
     if not saes:
         raise SaeVitError("No SAEs given; pass --sae with one checkpoint per layer (or a folder of them).")
     paths = find_saes(list(saes))
     loaded = [SAE.load(p) for p in paths]
     bundle = load_model(model or loaded[0].cfg.model or "toy", weights, text_embeddings, device="auto")
     backbone, head = bundle.backbone, bundle.head
-    by_layer = _pick_layers(check_saes(loaded, paths, backbone), layers)
+    by_layer = check_saes(loaded, paths, backbone, layers)
     task_data = read_task(data, task, target, spurious, classes, backbone.name)
     result = run_suppress(backbone, head, by_layer, task_data, config, _concepts(bundle, vocab, text_embeddings),
                           progress)
-    return result, write_outputs(result, out, overwrite)
+    return result, write_outputs(result, out)
+
+
+def plot_worst_by_layer(sweep, path) -> Path | None:
+    """PNG of worst-group accuracy by layer (SAE suppression at each layer's validation-best N, and the
+    projection baseline; no intervention as a line), validation and test, one panel per evaluation."""
+    from sae_vit.analysis.common import plot
+
+    evals = list(dict.fromkeys(sweep["eval"]))
+
+    def draw(axes):
+        for ax, how in zip(axes[0], evals, strict=True):
+            s = sweep[sweep["eval"] == how]
+            for split, style in (("val", "--"), ("test", "-")):
+                part = s[s["split"] == split]
+                sae = part[part["method"] == "sae"].groupby("layer")["worst"].max()
+                proj = part[part["method"] == "projection"].set_index("layer")["worst"]
+                ax.plot(sae.index, 100 * sae.values, style, marker="o", color="C0", label=f"SAE suppression ({split})")
+                ax.plot(proj.index, 100 * proj.values, style, marker="s", color="C2",
+                        label=f"probe projection ({split})")
+                base = part[part["method"] == "none"]["worst"]
+                if len(base):
+                    ax.axhline(100 * float(base.iloc[0]), linestyle=style, color="grey", linewidth=0.8,
+                               label=f"no intervention ({split})")
+            ax.set(xlabel="layer", ylabel="worst-group accuracy (%)", title=how.replace("_", "-"))
+            ax.legend(fontsize=6)
+
+    return plot(path, draw, ncols=len(evals), figsize=(5.5 * len(evals), 4), squeeze=False)
+
+
+def write_outputs(result: SuppressResult, out: Path) -> dict[str, Path | None]:
+    """Write the table, sweep and features CSVs, the summary JSON and the PNG atomically under ``out``."""
+    from sae_vit.core.atomic import write_csv, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    tables = (("table", result.table), ("sweep", result.sweep), ("features", result.features))
+    return {**{name: write_csv(out / f"suppress_{name}.csv", frame) for name, frame in tables},
+            "summary": write_json(out / "suppress_summary.json", result.summary),
+            "plot": plot_worst_by_layer(result.sweep, out / "suppress_worst_by_layer.png")}

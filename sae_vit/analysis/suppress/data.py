@@ -48,14 +48,17 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
     spurious Male); ``csv``: a CSV file (or a folder holding ``metadata.csv``) with ``path``, the ``target``
     column, the ``spurious`` column and ``split``.
     """
+    import pandas as pd
+
     from sae_vit.io import datasets
+    from sae_vit.io.images import CSV_PATH_COLUMNS
 
     if task not in TASKS:
         raise SaeVitError(f"Unknown --task {task!r}; use one of: {', '.join(TASKS)}.")
     root = Path(data)
     if not root.exists():
         raise SaeVitError(f"Data path {root} does not exist; pass the dataset folder (or CSV) with --data.")
-    names = None
+    spur_names = ["0", "1"]
     if task == "waterbirds":
         frame = datasets.read_waterbirds(root)
         if target not in (None, "y", "label"):
@@ -73,51 +76,34 @@ def read_task(data: str | os.PathLike, task: str, target: str | None = None, spu
         if spurious is None:
             raise SaeVitError("--task csv needs --spurious COLUMN naming the binary spurious attribute.")
         target = target or "label"
-        frame = datasets.read_csv_labels(csv, label_col=target, group_cols=(spurious,), path_col=_path_column(csv),
+        if not csv.is_file():
+            raise SaeVitError(f"CSV index {csv} does not exist; pass --data with a CSV file or a folder holding "
+                              "metadata.csv.")
+        columns = pd.read_csv(csv, nrows=0).columns  # the image paths: ``path`` or another accepted column
+        path_col = next((c for c in CSV_PATH_COLUMNS if c in columns), "path")
+        frame = datasets.read_csv_labels(csv, label_col=target, group_cols=(spurious,), path_col=path_col,
                                          default_split="train")
-        frame["spurious"], names = _binary(frame[spurious], spurious, csv)
+        frame["spurious"], spur_names = _binary(frame[spurious], spurious, csv)
     frame = frame.reset_index(drop=True)
     for split in ("train", "val", "test"):
         if not (frame["split"] == split).any():
             raise SaeVitError(f"{root} has no {split} images; suppression needs train (ranking), val (selection) "
                               "and test (evaluation) splits.")
-    train = frame[frame["split"] == "train"]
-    if train["spurious"].nunique() < 2:
+    if frame.loc[frame["split"] == "train", "spurious"].nunique() < 2:
         raise SaeVitError(f"The train split of {root} has only one value of {spurious!r}; features cannot be ranked "
                           "by association with it.")
     frame["group"] = 2 * frame["label"] + frame["spurious"]
     n_classes = int(frame["label"].max()) + 1
-    label_names = _label_names(frame, n_classes)
-    spur_names = names or ["0", "1"]
+    has_names = "label_name" in frame.columns
+    names = frame.drop_duplicates("label").set_index("label")["label_name"].to_dict() if has_names else {}
+    label_names = [str(names.get(i, i)) for i in range(n_classes)]
     group_names = {2 * y + s: f"{target}={label_names[y]}, {spurious}={spur_names[s]}"
                    for y in range(n_classes) for s in (0, 1)}
-    if classes is None:
-        classes = default_classes(task, target, model, label_names)
-    classes = list(classes)
+    classes = default_classes(task, target, model, label_names) if classes is None else list(classes)
     if len(classes) != n_classes:
         raise SaeVitError(f"--classes gives {len(classes)} prompts but {target!r} has {n_classes} classes; "
                           "give one prompt per class, in label order.")
     return TaskData(frame, classes, target, spurious, group_names)
-
-
-def _path_column(csv: Path) -> str:
-    """The image-path column of a CSV: ``path``, or another name :mod:`sae_vit.data` accepts."""
-    import pandas as pd
-
-    from sae_vit.io.images import CSV_PATH_COLUMNS
-
-    if not csv.is_file():
-        raise SaeVitError(f"CSV index {csv} does not exist; pass --data with a CSV file or a folder holding "
-                          "metadata.csv.")
-    columns = pd.read_csv(csv, nrows=0).columns
-    return next((c for c in CSV_PATH_COLUMNS if c in columns), "path")
-
-
-def _label_names(frame, n_classes: int) -> list[str]:
-    if "label_name" in frame.columns:
-        pairs = frame.drop_duplicates("label").set_index("label")["label_name"].to_dict()
-        return [str(pairs.get(i, i)) for i in range(n_classes)]
-    return [str(i) for i in range(n_classes)]
 
 
 def default_classes(task: str, target: str, model: str, label_names: Sequence[str]) -> list[str]:

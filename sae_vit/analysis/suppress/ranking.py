@@ -18,13 +18,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_vit.analysis.probes import balanced_weights, fit_logistic
+from sae_vit.analysis.common import minimize
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 
 RANKINGS = ("mean_diff", "auroc", "text")
+
+
+class LinearProbe(NamedTuple):
+    """Multinomial logistic regression on standardised inputs."""
+
+    mean: Tensor
+    std: Tensor
+    weight: Tensor
+    """[C, d] in standardised units."""
+    bias: Tensor
+
+    def logits(self, x: Tensor) -> Tensor:
+        return ((x.float() - self.mean) / self.std) @ self.weight.T + self.bias
+
+    def direction(self) -> Tensor:
+        """Unit direction in the input space that separates class 1 from class 0 (binary probes)."""
+        w = self.weight[1] - self.weight[0]
+        return F.normalize(w / self.std, dim=0)
+
+
+def fit_logistic(x: Tensor, y: Tensor, sample_weight: Tensor | None = None, l2: float = 1e-3,
+                 max_iter: int = 200) -> LinearProbe:
+    """Fit a logistic regression (L-BFGS) on ``x`` [n, d] with integer labels ``y`` [n]."""
+    x = x.float()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    n_classes = max(int(y.max()) + 1, 2)
+    w = torch.zeros(n_classes, x.shape[1], requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    sw = torch.ones(len(y)) if sample_weight is None else sample_weight.float()
+    sw = sw / sw.sum()
+    minimize([w, b], lambda: (F.cross_entropy(z @ w.T + b, y, reduction="none") * sw).sum() + l2 * (w**2).sum(),
+             max_iter)
+    return LinearProbe(mean, std, w.detach(), b.detach())
 
 
 @dataclass
@@ -123,8 +157,7 @@ def feature_effects(backbone: Backbone, sae: SAE, layer: int, prev: Tensor, feat
         base = F.normalize(backbone.forward_from(layer - 1, prev).float(), dim=-1)
         out = []
         per = max(1, chunk_rows // n)
-        for start in range(0, len(features), per):
-            idx, s = features[start:start + per], strengths[start:start + per]
+        for idx, s in zip(features.split(per), strengths.split(per), strict=True):
             add = torch.zeros(len(idx) * n, 1, sae.cfg.d_sae)
             add[torch.arange(len(idx) * n), 0, idx.repeat_interleave(n)] = s.repeat_interleave(n)
             with splice(backbone, layer, edits.add(sae, add), sae.cfg.site, sae.cfg.tokens):
@@ -168,5 +201,6 @@ def rank_layer(backbone: Backbone, sae: SAE, st: LayerStats, prev: Tensor, label
         sc = torch.zeros(sae.cfg.d_sae)
         sc[alive] = (F.normalize(eff, dim=-1) @ text_query.T.cpu()).amax(1)
     sc = torch.where(st.fired > 0, sc, torch.full_like(sc, -math.inf))  # never pick dead features
-    w = fit_logistic(torch.cat(st.site_pooled), spur, balanced_weights(group), probe_l2).direction()
+    balanced = 1.0 / torch.bincount(group)[group].float()  # every present group weighs the same in total
+    w = fit_logistic(torch.cat(st.site_pooled), spur, balanced, probe_l2).direction()
     return LayerRanking(sc.argsort(descending=True, stable=True), sc, w, float((st.site_sum / st.site_tokens) @ w))

@@ -4,11 +4,15 @@ Selection is kept away from the test split. The layer and the number of suppress
 validation split (highest worst-group accuracy, ties broken by average accuracy, then the smaller N); the test
 split is evaluated with zero-shot (class prompts through the text head) and a linear probe on the image
 embedding trained on the (unedited) train split.
+
+Speed: per batch of images, the residual before each layer is computed once (:meth:`Backbone.capture`, one
+pass for every layer) and each forward-pass variant (:class:`Condition`) runs only that layer's block and the
+ones after it (:meth:`Backbone.forward_from`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -17,8 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_vit.analysis.common import class_embeddings, zero_shot_logits
-from sae_vit.analysis.probes import fit_logistic
-from sae_vit.analysis.suppress.conditions import Condition, group_metrics, run_conditions
 from sae_vit.analysis.suppress.data import ImageBatches, TaskData, split_tensors
 from sae_vit.analysis.suppress.ranking import (
     RANKINGS,
@@ -26,24 +28,90 @@ from sae_vit.analysis.suppress.ranking import (
     LayerStats,
     concept_words,
     feature_effects,
+    fit_logistic,
     rank_layer,
 )
-from sae_vit.analysis.suppress.report import SuppressResult, results_table
 from sae_vit.core import edits
-from sae_vit.core.backbone import Backbone
+from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 from sae_vit.core.text import DEFAULT_TEMPLATES, TextHead
 
-DEFAULT_N_FEATURES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 Progress = Callable[[str, int, int], None]
+
+
+class Condition(NamedTuple):
+    """One forward-pass variant: ``method`` at ``layer`` with ``n`` features (draw ``draw`` for random)."""
+
+    method: str
+    layer: int = -1
+    n: int = 0
+    draw: int = 0
+
+
+def run_conditions(backbone: Backbone, batches: ImageBatches, conditions: Sequence[Condition],
+                   edit_for: Callable[[Condition], tuple[Callable, str, str]],
+                   progress: Progress | None = None, what: str = "") -> dict[Condition, Tensor]:
+    """Image embeddings [n, d_emb] of every condition. The residual before each layer is captured once per
+    batch; each edited condition re-runs only its layer's block (inside :func:`splice`) and those after it."""
+    layers = sorted({c.layer for c in conditions if c.method != "none"})
+    prev_layers = sorted({layer - 1 for layer in layers if layer > 0})
+    out: dict[Condition, list[Tensor]] = {c: [] for c in conditions}
+    done = 0
+    with torch.no_grad():
+        for images in batches:
+            images = images.to(backbone.device)
+            caps = backbone.capture(images, prev_layers, "resid_post", "all") if prev_layers else {}
+            if 0 in layers:
+                caps[-1] = backbone.embed(images)
+            for c in conditions:
+                if c.method == "none":
+                    out[c].append(backbone.image_embedding(images).float().cpu())
+                    continue
+                edit, site, tokens = edit_for(c)
+                with splice(backbone, c.layer, edit, site, tokens):
+                    out[c].append(backbone.forward_from(c.layer - 1, caps[c.layer - 1]).float().cpu())
+            done += len(images)
+            if progress:
+                progress(what, done, len(batches))
+    return {c: torch.cat(v) for c, v in out.items()}
+
+
+def group_metrics(pred: Tensor, label: Tensor, group: Tensor, train_share: dict[int, float]) -> dict[str, float]:
+    """Accuracy per group (``acc_g{id}``), ``avg`` (mean over images), ``avg_weighted`` (group accuracies
+    weighted by the train split's group proportions, as group_DRO reports) and ``worst`` (worst group)."""
+    correct = (pred == label).float()
+    accs = {g: float(correct[group == g].mean()) for g in sorted(group.unique().tolist())}
+    out = {"avg": float(correct.mean()), **{f"acc_g{g}": a for g, a in accs.items()}}
+    weights = {g: train_share.get(g, 0.0) for g in accs}
+    total = sum(weights.values())
+    out["avg_weighted"] = (sum(accs[g] * w for g, w in weights.items()) / total) if total else out["avg"]
+    out["worst"] = min(accs.values())
+    return out
+
+
+class SuppressResult(NamedTuple):
+    """What :func:`run_suppress` returns."""
+
+    table: object
+    """DataFrame, one row per (eval, method): the chosen layer and N, validation worst group, and test avg,
+    avg_weighted, worst and per-group accuracies (random: mean over draws, with ``worst_std``)."""
+    sweep: object
+    """DataFrame of every evaluated (eval, method, layer, n, draw, split): val for the full layer × N sweep and
+    each layer's projection; test for each layer at its validation-best N, each layer's projection, the
+    baseline and the random draws."""
+    features: object
+    """DataFrame of the suppressed features at each eval's chosen layer: rank, feature, score, density, max
+    activation, and top concepts through the text head."""
+    summary: dict
+    """Chosen layer and N per eval, options, dataset sizes, group names, SAE paths."""
 
 
 @dataclass(frozen=True)
 class SuppressConfig:
     """How to rank, select and evaluate; the defaults are the documented method."""
 
-    n_features: tuple[int, ...] = DEFAULT_N_FEATURES
+    n_features: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Numbers of top-ranked features to suppress (the N sweep)."""
     ranking: str = "mean_diff"
     """``mean_diff`` (standardised difference of means), ``auroc``, or ``text`` (needs ``text_query``)."""
@@ -144,7 +212,6 @@ def evaluate_split(backbone: Backbone, task: TaskData, split: str, conditions: l
 
 
 def _choose(val) -> tuple[int, int]:
-    """(layer, n) with the best validation worst-group accuracy; ties: higher average, smaller n, lower layer."""
     best = val.sort_values(["worst", "avg", "n", "layer"], ascending=[False, False, True, True]).iloc[0]
     return int(best["layer"]), int(best["n"])
 
@@ -243,3 +310,24 @@ def _summary(backbone: Backbone, head: TextHead, task: TaskData, share: dict[int
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
         "text_head": head.source,
     }
+
+
+def results_table(sweep, evals: list[str], chosen: dict, chosen_proj: dict):
+    """One row per (eval, method) from the ``sweep``: each method at the layer and N chosen on validation."""
+    import pandas as pd
+
+    rows = []
+    test_cols = ("avg", "avg_weighted", "worst", *sorted(c for c in sweep.columns if c.startswith("acc_g")))
+    for how in evals:
+        layer, n = chosen[how]
+        for method, lay, nn in (("none", -1, 0), ("sae", layer, n), ("random", layer, n),
+                                ("projection", chosen_proj[how][0], 0)):
+            sel = sweep[(sweep["eval"] == how) & (sweep["method"] == method) & (sweep["layer"] == lay)
+                        & (sweep["n"] == nn)]
+            val, test = sel[sel["split"] == "val"], sel[sel["split"] == "test"]
+            rows.append({"eval": how, "method": method, "layer": None if lay < 0 else lay, "n": nn or None,
+                         "val_worst": float(val["worst"].mean()) if len(val) else float("nan"),
+                         **{f"test_{col}": float(test[col].mean()) for col in test_cols},
+                         "test_worst_std": float(test["worst"].std()) if len(test) > 1 else 0.0,
+                         "draws": len(test)})
+    return pd.DataFrame(rows)

@@ -1,4 +1,6 @@
-"""The typographic attack recipe: a wrong class name written on the centre-cropped image.
+"""The typographic attack recipe (a wrong class name written on the centre-cropped image) and the image sets
+it makes: paired clean / attacked / control sets (our recipe on the world's shapes, or the world's own
+typographic renderer) and attacked image files in the PAINT layout.
 
 The recipe of the typographic benchmarks (PAINT, Defense-Prefix, Dyslexify): fill and stroke colours drawn from
 a palette and never equal, a font size drawn from a range (a fraction of the image side) and shrunk until the
@@ -15,8 +17,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from torch import Tensor
 
+from sae_vit.core.atomic import atomic_write, write_text
+from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 
 #: Fill / stroke colours of the benchmark recipe (fill and stroke are always different entries).
@@ -44,8 +50,7 @@ class AttackConfig:
     stroke: float = 0.08
     """Stroke (outline) width as a fraction of the font size (at least 1 pixel)."""
     position: str = "random"
-    """``random`` (anywhere the word fits), or ``top`` / ``middle`` / ``bottom`` (a third of the image, random
-    within it)."""
+    """``random`` (anywhere it fits), or ``top`` / ``middle`` / ``bottom`` (in that third of the image)."""
     crop: bool = True
     """Centre-crop to a square first (what CLIP sees), so the word is never cropped away."""
     font: str | None = None
@@ -69,12 +74,6 @@ class AttackConfig:
         return self
 
 
-#: Discovery settings of the shipped feature set: smaller words in the upper part, black and white only.
-DISCOVERY_ATTACK = AttackConfig(font_size=(0.19, 0.23), palette=("white", "black"), position="top")
-#: A different recipe for the generalisation check: larger words in yellow and black, across the middle.
-SHIFTED_ATTACK = AttackConfig(font_size=(0.23, 0.27), palette=("yellow", "black"), position="middle")
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where and how one word was written (so a control word can be written identically)."""
@@ -87,9 +86,7 @@ class Placement:
 
 
 def _font(font: str | None, size: int) -> ImageFont.FreeTypeFont:
-    if font is None:
-        return ImageFont.load_default(size=size)
-    return ImageFont.truetype(font, size=size)
+    return ImageFont.load_default(size=size) if font is None else ImageFont.truetype(font, size=size)
 
 
 def centre_crop(image: Image.Image) -> Image.Image:
@@ -128,22 +125,17 @@ def choose_placement(image_size: tuple[int, int], word: str, rng: np.random.Gene
 def draw_word(image: Image.Image, word: str, placement: Placement, font: str | None = None) -> Image.Image:
     """A copy of ``image`` with ``word`` drawn as ``placement`` says."""
     out = image.convert("RGB").copy()
-    ImageDraw.Draw(out).text(
-        placement.xy, word, font=_font(font, placement.size), fill=PALETTE[placement.fill],
-        stroke_width=placement.stroke_width, stroke_fill=PALETTE[placement.stroke],
-    )
+    ImageDraw.Draw(out).text(placement.xy, word, font=_font(font, placement.size),
+                             fill=PALETTE[placement.fill], stroke_width=placement.stroke_width,
+                             stroke_fill=PALETTE[placement.stroke])
     return out
 
 
 def render_attack(image: Image.Image, word: str, rng: np.random.Generator, cfg: AttackConfig = AttackConfig(),
                   control: str | None = None) -> tuple[Image.Image, Image.Image | None, Placement]:
-    """Write ``word`` on (the centre crop of) ``image``; also ``control`` with the same placement when given.
-
-    Returns ``(attacked, control_image_or_None, placement)``.
-    """
-    base = to_rgb(image)
-    if cfg.crop:
-        base = centre_crop(base)
+    """``(attacked, control image or None, placement)``: ``word`` written on (the centre crop of) ``image``,
+    and ``control`` with the same placement when given."""
+    base = centre_crop(to_rgb(image)) if cfg.crop else to_rgb(image)
     placement = choose_placement(base.size, word, rng, cfg)
     attacked = draw_word(base, word, placement, cfg.font)
     ctrl = draw_word(base, control, placement, cfg.font) if control is not None else None
@@ -193,3 +185,111 @@ def open_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise SaeVitError(f"{p} is not a readable image ({type(exc).__name__}); pass a PNG or JPEG file.") from exc
+
+
+@dataclass
+class TypoSet:
+    """Paired clean / attacked / control images of one split, preprocessed for the backbone."""
+
+    clean: Tensor
+    """Clean images [n, 3, H, W] (None-free; the model's transform applied)."""
+    attacked: Tensor
+    """The same images with a wrong class name written on them [n, 3, H, W]."""
+    control: Tensor
+    """The same images with a pseudo-word of the same length, same placement [n, 3, H, W]."""
+    labels: Tensor
+    """True class index [n] into ``classes``."""
+    written: Tensor
+    """Index of the written word [n] into ``classes`` (never equal to the label)."""
+    classes: list[str]
+    """Zero-shot class names: the union of true labels and attack words."""
+
+
+def _typo_set(backbone: Backbone, twins, labels: Sequence[int], written: Sequence[int], classes) -> TypoSet:
+    """A :class:`TypoSet` from ``(clean, attacked, control)`` PIL images, preprocessed for ``backbone``."""
+    clean, attacked, control = (torch.stack([backbone.transform(im) for im in ims])
+                                for ims in zip(*twins, strict=True))
+    return TypoSet(clean, attacked, control, torch.tensor(list(labels)), torch.tensor(list(written)),
+                   list(classes))
+
+
+def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = AttackConfig(), seed: int = 0) -> TypoSet:
+    """Clean images of the world's ``shapes`` task (``split``), each attacked with our recipe (a random wrong
+    shape name) and a same-length pseudo-word placed identically; classes = shapes."""
+    from sae_vit.world import scenes as world
+
+    cfg.validate()
+    scenes, rows = world.task_scenes("shapes", split, n, seed)
+    images = [world.render(s) for s in scenes]
+    rng = np.random.default_rng([seed, 0x7790])
+    twins, written = [], []
+    for image, row in zip(images, rows, strict=True):
+        wrong = [i for i in range(len(world.SHAPES)) if i != row["label"]]
+        written.append(wrong[int(rng.integers(len(wrong)))])
+        twins.append(attack_twins(to_rgb(image), world.SHAPES[written[-1]], rng, cfg, avoid=world.SHAPES)[:3])
+    return _typo_set(backbone, twins, [r["label"] for r in rows], written, world.SHAPES)
+
+
+def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> TypoSet:
+    """The world's own ``typographic`` task (its renderer: the word over the object) with its clean twins;
+    the control is the world's renderer writing a pseudo-word at the same place."""
+    from sae_vit.world import scenes as world
+
+    scenes, rows = world.task_scenes("typographic", split, n, seed)
+    rng = np.random.default_rng([seed, 0xC7])
+    twins = [(world.render(replace(s, word=None)), world.render(s),
+              world.render(replace(s, word=pseudo_word(len(s.word), rng, avoid=world.SHAPES))))
+             for s in scenes]
+    labels, written = [r["label"] for r in rows], [r["text_label"] for r in rows]
+    return _typo_set(backbone, twins, labels, written, world.SHAPES)
+
+
+def write_attacks(images: Sequence[str | os.PathLike], out: str | os.PathLike, word: str | None = None,
+                  classes: Sequence[str] | None = None, cfg: AttackConfig = AttackConfig(), control: bool = False,
+                  seed: int = 0, overwrite: bool = False) -> Path:
+    """Render attacks on image files (or every image under folders) into ``out`` in the PAINT layout:
+    ``label=<parent folder>_text=<word>_<stem>.png`` plus ``metadata.csv`` (path,label,text,kind). Without ``word``,
+    each image gets a random class of ``classes`` other than its label. ``control`` also writes the pseudo-word
+    twins (text ``none`` rows are the clean originals, cropped)."""
+    from sae_vit.io.datasets import IMAGE_SUFFIXES
+
+    cfg.validate()
+    if word is None and not classes:
+        raise SaeVitError("Pass --word W (the word to write) or --classes to draw a wrong class name per image.")
+    files: list[Path] = []
+    for item in images:
+        p = Path(item)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise SaeVitError(f"Image {p} does not exist; check the path.")
+    if not files:
+        raise SaeVitError("No images to attack; pass image files or folders that hold PNG/JPEG images.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SaeVitError(f"{out} is not empty; choose another --out or pass --overwrite.")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0xA77])
+    lines = ["path,label,text,kind"]
+    for i, f in enumerate(files):
+        label = _safe(f.parent.name) or "unknown"
+        w = word
+        if w is None:
+            choices = [c for c in classes if c != label]
+            w = choices[int(rng.integers(len(choices)))]
+        base, att, ctrl, ctrl_word = attack_twins(open_image(f), w, rng, cfg, list(classes or []) + [w], control)
+        stem = _safe(f.stem)
+        for kind, text, im in (("attack", w, att), *((("control", ctrl_word, ctrl), ("clean", "none", base))
+                                                      if control else ())):
+            name = f"label={label}_text={_safe(text)}_{i:05d}{stem and '-' + stem}.png"
+            atomic_write(out / name, lambda tmp, im=im: im.save(tmp, format="PNG"))
+            lines.append(f"{name},{label},{text},{kind}")
+    write_text(out / "metadata.csv", "\n".join(lines) + "\n")
+    return out
+
+
+def _safe(text: str) -> str:
+    """A name part without the separators of the PAINT layout (``_``, ``=``, ``.``, ``,``)."""
+    return "".join(c if c.isalnum() or c in "-+ " else "-" for c in str(text)).strip()

@@ -1,25 +1,31 @@
-"""Defences against typographic attacks: each changes the forward pass, the class text embeddings or the image
-embedding. The SAE defence zeroes the top-N text features in one splice edit; the baselines ablate attention
-heads at the CLS token (Dyslexify-style), act on the prompts, or remove a linear probe's "text present"
-direction."""
+"""Defences against typographic attacks (the SAE's and the baselines'), each changing the forward pass, the
+class text embeddings or the image embedding, and their zero-shot evaluation with ``"a photo of a {}."`` over
+the union of true labels and attack words."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sae_vit.analysis.common import ModelBundle, class_embeddings, zero_shot_logits
+from sae_vit.analysis.typo.attacks import TypoSet, open_image
 from sae_vit.core import edits
 from sae_vit.core.backbone import Backbone, splice
 from sae_vit.core.sae import SAE
+
+TEMPLATE = "a photo of a {}."
 
 
 class Defence:
     """No defence. Subclasses change the forward pass (:meth:`context`), the class text embeddings
     (:meth:`text`) or the image embedding (:meth:`image`)."""
-
 
     def context(self, backbone: Backbone) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
@@ -37,7 +43,6 @@ class Defence:
 class SaeDefence(Defence):
     """Zero the top-``n`` text features of an SAE during the forward pass (one ``splice`` edit)."""
 
-
     def __init__(self, sae: SAE, features: Sequence[int]):
         self.sae, self.features = sae, [int(i) for i in features]
 
@@ -52,46 +57,34 @@ class SaeDefence(Defence):
 class HeadDefence(Defence):
     """Dyslexify-style: zero chosen attention heads' output at the CLS token."""
 
-
     def __init__(self, heads: Sequence[tuple[int, int]]):
         self.heads = [(int(layer), int(h)) for layer, h in heads]
 
     @contextlib.contextmanager
     def context(self, backbone: Backbone) -> Iterator[Backbone]:
-        handles = []
-        by_layer: dict[int, list[int]] = {}
-        for layer, h in self.heads:
-            by_layer.setdefault(layer, []).append(h)
-        for layer, hs in by_layer.items():
-            attn = backbone.model.blocks[layer].attn
-            hd = attn.head_dim if hasattr(attn, "head_dim") else backbone.d_model // attn.num_heads
+        with contextlib.ExitStack() as hooks:
+            for layer, h in self.heads:
+                attn = backbone.model.blocks[layer].attn
+                hd = getattr(attn, "head_dim", backbone.d_model // attn.num_heads)
 
-            def hook(_m, inp, hs=hs, hd=hd):
-                x = inp[0].clone()
-                for h in hs:
-                    x[:, 0, h * hd : (h + 1) * hd] = 0
-                return (x, *inp[1:])
+                def hook(_m, inp, head=slice(h * hd, (h + 1) * hd)):  # the head's slice of the input to proj
+                    x = inp[0].clone()
+                    x[:, 0, head] = 0
+                    return (x, *inp[1:])
 
-            handles.append(attn.proj.register_forward_pre_hook(hook))
-        try:
+                hooks.callback(attn.proj.register_forward_pre_hook(hook).remove)
             yield backbone
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def describe(self) -> str:
         return f"{len(self.heads)} heads: " + ", ".join(f"L{layer}H{h}" for layer, h in self.heads)
 
 
 class ProbeDefence(Defence):
-    """Set the component along a linear probe's "text present" direction to its mean on clean images,
-    at every token of one layer."""
-
+    """At every token of a layer, set the part along a probe's "text present" direction to its clean mean."""
 
     def __init__(self, layer: int, direction: Tensor, clean_mean: float, tokens: str = "all"):
-        self.layer, self.tokens = layer, tokens
+        self.layer, self.tokens, self.clean_mean = layer, tokens, float(clean_mean)
         self.direction = F.normalize(direction.float(), dim=0)
-        self.clean_mean = float(clean_mean)
 
     def context(self, backbone: Backbone):
         edit = edits.project(self.direction.to(backbone.device), self.clean_mean)
@@ -105,7 +98,6 @@ class PromptDefence(Defence):
     """Prompt side. ``class``: each class embedding minus ``strength`` × the embedding of "the word {class}."
     (needs no knowledge of the attack). ``oracle``: the image embedding with ``strength`` × its component along
     the written word's embedding removed (needs the written word)."""
-
 
     def __init__(self, kind: str, strength: float, word_emb: Tensor):
         self.kind, self.strength, self.word_emb = kind, float(strength), F.normalize(word_emb.float(), dim=-1)
@@ -124,3 +116,104 @@ class PromptDefence(Defence):
 
     def describe(self) -> str:
         return f"prompt ({self.kind}), strength {self.strength:g}"
+
+
+@torch.no_grad()
+def embed_images(backbone: Backbone, images: Tensor, defence: Defence = Defence(), batch_size: int = 256) -> Tensor:
+    """Image embeddings [n, d] under ``defence``."""
+    with defence.context(backbone):
+        return torch.cat([backbone.image_embedding(x.to(backbone.device)).float().cpu()
+                          for x in images.split(batch_size)])
+
+
+@torch.no_grad()
+def predict(backbone: Backbone, images: Tensor, class_emb: Tensor, defence: Defence = Defence(),
+            written: Tensor | None = None) -> Tensor:
+    """Zero-shot probabilities [n, n_classes] (softmax of 100 · cos) under ``defence``."""
+    emb = defence.image(embed_images(backbone, images, defence), written)
+    return zero_shot_logits(emb, defence.text(class_emb)).softmax(-1)
+
+
+@dataclass
+class TypoMetrics:
+    """Zero-shot results of one defence on one :class:`TypoSet` (fractions in [0, 1])."""
+
+    clean: float
+    """Accuracy on clean images."""
+    attacked: float
+    """Accuracy on attacked images."""
+    control: float
+    """Accuracy on images with a same-length pseudo-word (covering without meaning)."""
+    asr: float
+    """Attack success rate: the prediction is the written word."""
+    n_images: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(backbone: Backbone, data: TypoSet, class_emb: Tensor, defence: Defence = Defence(),
+             control: bool = True) -> TypoMetrics:
+    """Accuracy on clean, attacked and control images and the ASR, under ``defence`` (``control=False`` skips
+    the control images and reports NaN for them, to save time in sweeps)."""
+    kinds = ("clean", "attacked", "control") if control else ("clean", "attacked")
+    pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written).argmax(-1)
+            for k in kinds}
+    acc = {k: float((p == data.labels).float().mean()) for k, p in pred.items()}
+    return TypoMetrics(acc["clean"], acc["attacked"], acc.get("control", float("nan")),
+                       float((pred["attacked"] == data.written).float().mean()), len(data.labels))
+
+
+def best_setting(metrics: Sequence[TypoMetrics], clean_ref: float, max_clean_drop: float) -> int:
+    """The selection rule of every setting: the index of the best attacked accuracy among the settings
+    whose clean accuracy is at most ``max_clean_drop`` below ``clean_ref`` (the first on ties; 0 if none)."""
+    best = None
+    for i, m in enumerate(metrics):
+        eligible = clean_ref - m.clean <= max_clean_drop + 1e-9
+        if eligible and (best is None or m.attacked > metrics[best].attacked + 1e-9):
+            best = i
+    return best or 0
+
+
+def classify_image(bundle: ModelBundle, image: str | os.PathLike, classes: Sequence[str],
+                   defence: Defence) -> tuple[Tensor, Tensor]:
+    """Zero-shot probabilities [n_classes] of one image file without and with ``defence``."""
+    x = bundle.backbone.transform(open_image(image))[None]
+    emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
+    return predict(bundle.backbone, x, emb)[0], predict(bundle.backbone, x, emb, defence)[0]
+
+
+def folder_eval(bundle: ModelBundle, directory: str | os.PathLike, defence: Defence) -> dict[str, TypoMetrics | dict]:
+    """A typographic set on disk (PAINT / RTA-100 names or a ``path,label,text`` CSV): accuracy and ASR on its
+    attacked images (and accuracy on its clean ones, rows whose text is empty or ``none``), without and with
+    ``defence``. Classes: the union of labels and written words."""
+    import pandas as pd
+
+    from sae_vit.io.datasets import read_typographic
+
+    frame = read_typographic(directory)
+    texts = frame["text"].astype(str).str.strip().str.lower()
+    is_clean = texts.isin(["", "none", "nan", "clean"])
+    meta = Path(directory) / "metadata.csv"
+    if meta.is_file() and "kind" in (kinds := pd.read_csv(meta)).columns and len(kinds) == len(frame):
+        # sets written by `defend-typo attack --control`: keep only the attacks (controls are not classes)
+        keep = kinds["kind"].astype(str).isin(["attack", "clean"]).values
+        frame, is_clean = frame[keep].reset_index(drop=True), is_clean[keep].reset_index(drop=True)
+    classes = sorted(set(frame["label_name"]) | set(frame.loc[~is_clean, "text"]))
+    index = {c: i for i, c in enumerate(classes)}
+    images = torch.stack([bundle.backbone.transform(open_image(p)) for p in frame["path"]])
+    labels = torch.tensor([index[n] for n in frame["label_name"]])
+    written = torch.tensor([index.get(t, -1) if not c else -1 for t, c in zip(frame["text"], is_clean, strict=True)])
+    emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
+    out: dict = {"classes": classes}
+    mask_a, mask_c = torch.tensor((~is_clean).values), torch.tensor(is_clean.values)
+
+    def rate(hit: Tensor, mask: Tensor) -> float:
+        return float(hit[mask].float().mean()) if mask.any() else float("nan")
+
+    for name, d in (("none", Defence()), ("sae", defence)):
+        pred = predict(bundle.backbone, images, emb, d).argmax(-1)
+        out[name] = {"attacked": rate(pred == labels, mask_a), "clean": rate(pred == labels, mask_c),
+                     "asr": rate(pred == written, mask_a), "n_attacked": int(mask_a.sum()),
+                     "n_clean": int(mask_c.sum())}
+    return out
