@@ -81,8 +81,9 @@ def test_inspect_command_writes_pngs_and_index(tiny_vit, image_dir, tmp_path):
     parser = _Links()
     parser.feed((out / "index.html").read_text())
     assert parser.links and all((out / link).is_file() for link in parser.links)
-    assert {"feature_1.png", "feature_5.png"} <= {p.name for p in out.iterdir()}
-    assert Image.open(out / "feature_1.png").size[0] > 4 * 100
+    tiles = {p.name for p in (out / "tiles").iterdir()}
+    assert {"f1_patch_0.png", "f1_cls_0.png", "f5_patch_0.png"} <= tiles
+    assert Image.open(out / "tiles" / "f1_patch_0.png").size[0] >= 2 * 160  # image and heatmap, readable size
     r = CliRunner().invoke(app, ["inspect", "--sae", str(path), "--model", tiny_vit[0], "--weights", str(tiny_vit[1]),
                                  "--images", str(image_dir), "--features", "1", "--out", str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output

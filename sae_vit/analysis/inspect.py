@@ -7,7 +7,6 @@ of images, not images × features. Rendering needs only Pillow; the index page i
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae_vit.core.atomic import atomic_write, write_text
+from sae_vit.core.atomic import atomic_write
 from sae_vit.core.backbone import Backbone
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
@@ -56,54 +55,72 @@ class Inspection:
 
     features: Tensor
     """[F] the inspected feature indices."""
-    by_patch: TopK
-    """Top images by the feature's maximum over patch tokens."""
+    by_patch: TopK | None
+    """Top images by the feature's maximum over patch tokens (None when the SAE does not read patch tokens)."""
     by_cls: TopK | None
-    """Top images by the feature's CLS activation (None if the model has no CLS token)."""
+    """Top images by the feature's CLS activation (None when the SAE does not read the CLS token)."""
     density: Tensor
-    """[F] fraction of tokens (CLS and patches, all images) on which the feature fires."""
+    """[F] fraction of the tokens the SAE reads (its ``cfg.tokens``, all images) on which the feature fires."""
     grid_shape: tuple[int, int]
     n_images: int
+    tokens: str = "all"
+    """The token types the SAE reads and the density counts: ``cls``, ``patches`` or ``all``."""
+
+    def rows(self) -> dict[str, TopK]:
+        """The rankings present, by their name in the page and the table (``patch`` / ``cls``)."""
+        return {name: top for name, top in (("patch", self.by_patch), ("cls", self.by_cls)) if top is not None}
+
+    def max_activation(self) -> Tensor:
+        """[F] the largest activation seen per feature (0 when it never fires)."""
+        best = torch.stack([top.values[:, 0] for top in self.rows().values()]).max(0).values
+        return best.clamp_min(0)
 
     def to_frame(self):
         """One row per (feature, rank, ranking): feature, ranking ('patch' / 'cls'), rank, image, activation,
-        hottest_patch (row-major index in the patch grid), density."""
+        hottest_patch (row-major index in the patch grid, −1 for a CLS-only SAE), density."""
         import pandas as pd
 
-        tops = {"patch": self.by_patch, "cls": self.by_cls}
         return pd.DataFrame([{"feature": feat, "ranking": name, "rank": r, "image": int(top.images[fi, r]),
                               "activation": float(top.values[fi, r]),
-                              "hottest_patch": int(top.grids[fi, r].argmax()),
+                              "hottest_patch": int(top.grids[fi, r].argmax()) if top.grids.shape[-1] else -1,
                               "density": float(self.density[fi])}
-                             for name, top in tops.items() if top is not None
+                             for name, top in self.rows().items()
                              for fi, feat in enumerate(self.features.tolist())
                              for r in range(top.values.shape[1]) if top.images[fi, r] >= 0])
+
+
+def read_tokens(backbone: Backbone, sae: SAE) -> tuple[str, bool, bool]:
+    """``(tokens to capture, reads CLS, reads patches)`` for the SAE's ``cfg.tokens`` on this backbone."""
+    tokens = sae.cfg.tokens if backbone.has_cls else "patches"
+    return tokens, tokens in ("cls", "all"), tokens in ("patches", "all")
 
 
 @torch.no_grad()
 def collect(backbone: Backbone, sae: SAE, images: Callable[[], object], features: Sequence[int], k: int = 16,
             progress: Callable[[int], None] | None = None) -> Inspection:
     """One pass over ``images()`` (an iterable of ``(image_indices [B], preprocessed [B,3,H,W])``) collecting
-    the top-``k`` images of every feature in ``features``."""
+    the top-``k`` images of every feature in ``features``, on the tokens the SAE reads only: a CLS-only SAE
+    is never run on patch tokens, so it has no patch ranking and no heatmap."""
     layer, site = sae.cfg.layer, sae.cfg.site
     feats = torch.tensor(list(features), dtype=torch.long)
     if len(feats) == 0 or feats.min() < 0 or feats.max() >= sae.cfg.d_sae:
         raise SaeVitError(f"Features must be indices in 0..{sae.cfg.d_sae - 1}.")
-    n_patches = backbone.n_patches
-    side = int(round(n_patches**0.5))
+    tokens, reads_cls, reads_patches = read_tokens(backbone, sae)
+    n_patches = backbone.n_patches if reads_patches else 0
+    side = int(round(backbone.n_patches**0.5))
     grid_shape = tuple(backbone.model.patch_embed.grid_size) if hasattr(backbone.model.patch_embed, "grid_size") \
-        else (side, n_patches // side)
-    by_patch = TopK.empty(len(feats), k, n_patches)
-    by_cls = TopK.empty(len(feats), k, n_patches) if backbone.has_cls else None
+        else (side, backbone.n_patches // side)
+    by_patch = TopK.empty(len(feats), k, n_patches) if reads_patches else None
+    by_cls = TopK.empty(len(feats), k, n_patches) if reads_cls else None
     fired = torch.zeros(len(feats))
     n_tokens = n_images = 0
-    tokens = "all" if backbone.has_cls else "patches"
     for index, batch in images():
         acts = backbone.capture(batch.to(backbone.device), [layer], site, tokens)[layer]     # [B, T, d]
         f = sae.encode(acts)[..., feats.to(acts.device)].float().cpu()                      # [B, T, F]
-        patches = f[:, 1:] if backbone.has_cls else f                                       # [B, P, F]
+        patches = f[:, int(reads_cls):]                                                      # [B, P, F]
         grids = patches.transpose(1, 2)                                                      # [B, F, P]
-        by_patch.update(patches.max(dim=1).values, index, grids)
+        if by_patch is not None:
+            by_patch.update(patches.max(dim=1).values, index, grids)
         if by_cls is not None:
             by_cls.update(f[:, 0], index, grids)
         fired += (f > 0).float().sum(dim=(0, 1))
@@ -116,7 +133,23 @@ def collect(backbone: Backbone, sae: SAE, images: Callable[[], object], features
     for top in (by_patch, by_cls):
         if top is not None:  # an image where the feature does not fire is not a top image
             top.images[top.values <= 0] = -1
-    return Inspection(feats, by_patch, by_cls, fired / max(n_tokens, 1), grid_shape, n_images)
+    return Inspection(feats, by_patch, by_cls, fired / max(n_tokens, 1), grid_shape, n_images, tokens)
+
+
+@torch.no_grad()
+def live_features(backbone: Backbone, sae: SAE, images: Callable[[], object], max_images: int = 256) -> Tensor:
+    """Indices of the features that fire at least once on the tokens the SAE reads, over up to ``max_images``
+    of ``images()`` (same iterable as :func:`collect`)."""
+    tokens = read_tokens(backbone, sae)[0]
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    seen = 0
+    for _index, batch in images():
+        acts = backbone.capture(batch.to(backbone.device), [sae.cfg.layer], sae.cfg.site, tokens)[sae.cfg.layer]
+        fired |= (sae.encode(acts) > 0).flatten(0, 1).any(0).cpu()
+        seen += len(batch)
+        if seen >= max_images:
+            break
+    return fired.nonzero().flatten()
 
 
 @torch.no_grad()
@@ -144,69 +177,78 @@ def text_labels(backbone: Backbone, sae: SAE, features: Sequence[int], probe: Te
     return labels
 
 
-def heatmap_overlay(image, grid: Tensor, grid_shape: tuple[int, int], vmax: float, size: int = 128):
-    """The image resized to ``size`` with the patch activations overlaid in red (alpha ∝ activation)."""
+def heatmap(grid: Tensor, grid_shape: tuple[int, int], vmax: float, size: int = 160, cmap: str = "magma"):
+    """The patch activations as a ``size``-pixel image in a perceptual colormap (0 → dark, ``vmax`` → bright);
+    matplotlib's colormap when it is installed, else grey levels."""
+    import numpy as np
+    from PIL import Image
+
+    heat = (grid.reshape(grid_shape).clamp_min(0) / max(vmax, 1e-8)).clamp(0, 1).numpy()
+    try:
+        import matplotlib
+
+        rgb = matplotlib.colormaps[cmap](heat)[..., :3]
+    except ImportError:
+        rgb = np.repeat(heat[..., None], 3, axis=-1)
+    return Image.fromarray((rgb * 255).astype("uint8")).resize((size, size), Image.NEAREST)
+
+
+def tile(image, grid: Tensor, grid_shape: tuple[int, int], vmax: float, size: int = 160):
+    """The image at ``size`` pixels with, when ``grid`` holds patch activations, its heatmap beside it."""
     from PIL import Image
 
     base = image.convert("RGB").resize((size, size), Image.BICUBIC)
-    heat = (grid.reshape(grid_shape).clamp_min(0) / max(vmax, 1e-8)).clamp(0, 1)
-    alpha = Image.fromarray((heat.numpy() * 170).astype("uint8")).resize((size, size), Image.NEAREST)
-    red = Image.new("RGB", (size, size), (255, 0, 0))
-    return Image.composite(red, base, alpha)
+    if grid.numel() == 0:
+        return base
+    canvas = Image.new("RGB", (2 * size + 4, size), (255, 255, 255))
+    canvas.paste(base, (0, 0))
+    canvas.paste(heatmap(grid, grid_shape, vmax, size), (size + 4, 0))
+    return canvas
 
 
-def render_feature(path: Path, feature: int, inspection: Inspection, fi: int, load_image: Callable[[int], object],
-                   labels: list[tuple[str, float]] | None, size: int = 112) -> Path:
-    """One PNG: title line, then the top images by patch maximum (row 1) and by CLS (row 2), with heatmaps."""
-    from PIL import Image, ImageDraw
-
-    tops = {"max over patches": inspection.by_patch, "CLS token": inspection.by_cls}
-    rows = [(name, top) for name, top in tops.items() if top is not None]
-    k = inspection.by_patch.values.shape[1]
-    pad, title_h, label_h = 4, 34, 14
-    canvas = Image.new("RGB", (pad + k * (size + pad), title_h + len(rows) * (size + label_h + 18 + pad)),
-                       (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    words = ", ".join(f"{w} ({c:.2f})" for w, c in labels) if labels else "-"
-    draw.text((pad, 2), f"feature {feature}   density {100 * float(inspection.density[fi]):.2f}% of tokens", fill=0)
-    draw.text((pad, 16), f"text labels: {words}", fill=0)
-    y = title_h
-    for name, top in rows:
-        draw.text((pad, y), name, fill=(60, 60, 60))
-        y += 14
-        vmax = float(top.grids[fi].max()) if top.images[fi, 0] >= 0 else 1.0
-        if top.images[fi, 0] < 0:
-            draw.text((pad, y + size // 2), "(the feature does not fire on any image)", fill=(150, 0, 0))
-        for r in range(k):
+def render_tiles(folder: Path, feature: int, inspection: Inspection, fi: int, load_image: Callable[[int], object],
+                 image_ids: Sequence[str], size: int = 160) -> dict[str, list[dict]]:
+    """Write one PNG per top image of ``feature`` under ``folder``; per ranking, the tiles' ``src`` (relative to
+    the folder's parent), image index and id, and activation, best first. Heatmaps of a ranking share a scale."""
+    rows = {}
+    for name, top in inspection.rows().items():
+        vmax = float(top.grids[fi].max()) if top.grids.shape[-1] and top.images[fi, 0] >= 0 else 1.0
+        tiles = []
+        for r in range(top.values.shape[1]):
             img_index = int(top.images[fi, r])
             if img_index < 0:
                 continue
-            x = pad + r * (size + pad)
-            tile = heatmap_overlay(load_image(img_index), top.grids[fi, r], inspection.grid_shape, vmax, size)
-            canvas.paste(tile, (x, y))
-            draw.text((x, y + size + 1), f"#{img_index}: {float(top.values[fi, r]):.2f}", fill=0)
-        y += size + label_h + pad
-    return atomic_write(path, lambda tmp: canvas.save(tmp, format="PNG"))
+            png = folder / f"f{feature}_{name}_{r}.png"
+            picture = tile(load_image(img_index), top.grids[fi, r], inspection.grid_shape, vmax, size)
+            atomic_write(png, lambda tmp, p=picture: p.save(tmp, format="PNG"))
+            tiles.append({"src": f"{folder.name}/{png.name}", "image": img_index, "id": str(image_ids[img_index]),
+                          "activation": float(top.values[fi, r])})
+        rows[name] = tiles
+    return rows
 
 
-def write_index(out: Path, rows: list[dict], title: str) -> Path:
-    """A static index.html linking every feature's PNG (opens from disk, no server)."""
-    body = [f"<h1>{html.escape(title)}</h1>", "<table border=1 cellpadding=4>",
-            "<tr><th>feature</th><th>density</th><th>text labels</th><th>image</th></tr>"]
-    for r in rows:
-        body.append(f"<tr><td>{r['feature']}</td><td>{100 * r['density']:.2f}%</td><td>{html.escape(r['labels'])}</td>"
-                    f"<td><a href=\"{html.escape(r['png'])}\"><img src=\"{html.escape(r['png'])}\" width=480></a></td></tr>")
-    body.append("</table>")
-    page = "<!doctype html><html><head><meta charset=utf-8><title>sae-vit inspect</title></head><body>" + \
-        "\n".join(body) + "</body></html>\n"
-    return write_text(out / "index.html", page)
+def clean_labels(labels: Sequence[tuple[str, float]] | None, target: str | None) -> list[tuple[str, float]]:
+    """Text labels without NaN scores, repeated words or the steer target (which the page shows on its own)."""
+    seen = {target} if isinstance(target, str) else set()
+    kept = []
+    for word, score in labels or []:
+        if word in seen or score != score:
+            continue
+        seen.add(word)
+        kept.append((word, score))
+    return kept
 
 
 def pick_features(d_sae: int, scores, steer_csv: Path, top_steerable: int | None, random: int | None,
-                  seed: int) -> list[int]:
-    """The ``top_steerable`` most steerable features by steer-score's ``scores``, or else ``random`` (16) random ones."""
+                  seed: int, live: Tensor | None = None) -> list[int]:
+    """The ``top_steerable`` most steerable features by steer-score's ``scores``, or else ``random`` (16) random
+    ones among ``live`` (all features when None)."""
     if not top_steerable:
-        return torch.randperm(d_sae, generator=torch.Generator().manual_seed(seed))[: random or 16].tolist()
+        pool = torch.arange(d_sae) if live is None else live
+        if len(pool) == 0:
+            raise SaeVitError("No feature of this SAE fires on these images; pass --features or --include-dead.")
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[: random or 16]
+        return pool[order].tolist()
     if scores is None or scores.empty:
         raise SaeVitError(f"No steer-score results for this SAE in {steer_csv.parent}; run `saevit steer-score` "
                           "first or pass --features / --random.")
@@ -234,12 +276,15 @@ def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
                 vocab: str | os.PathLike | None = None, text_embeddings: str | os.PathLike | None = None,
                 steer_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                 seed: int = 0, batch_size: int = 64, overwrite: bool = False, device: str = "auto",
-                progress: Callable | None = None) -> dict:
-    """Top-activating images, patch heatmaps, density and text labels for features of one SAE; writes one PNG
-    per feature, ``features.csv`` and a static ``index.html`` under ``out``. Returns paths and the table."""
+                progress: Callable | None = None, include_dead: bool = False) -> dict:
+    """Top-activating images, patch heatmaps, density and text labels for features of one SAE; writes the
+    tiles (image | heatmap) under ``out/tiles``, ``features.csv`` and the feature browser ``index.html``.
+    Random features are drawn among those that fire on the images unless ``include_dead``. Returns paths and
+    the table."""
     import pandas as pd
 
     from sae_vit.analysis.common import check_sae_matches, concept_vocabulary, load_model, load_probe_images
+    from sae_vit.analysis.report import write_feature_browser
     from sae_vit.analysis.steer import results_stem
     from sae_vit.core.atomic import write_csv
     from sae_vit.core.defaults import DEFAULT_MODEL, workdir
@@ -259,12 +304,12 @@ def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
     steer_csv = (Path(steer_dir) if steer_dir is not None else workdir() / "steer") / f"{results_stem(c)}.csv"
     # steer-score's rows for this SAE's features, None when steer-score has not been run on it
     scores = pd.read_csv(steer_csv).query("kind == 'feature'") if steer_csv.is_file() else None
-    targets = {} if scores is None else dict(zip(scores["index"].astype(int), scores["target"], strict=True))
-    if features is None:
-        features = pick_features(c.d_sae, scores, steer_csv, top_steerable, random, seed)
     items = open_source(images, world, n=n_images, seed=seed, split="val").items[:n_images]
-    found = collect(bundle.backbone, model_sae, lambda: _image_batches(items, bundle.backbone.transform, batch_size),
-                    features, k=k, progress=progress)
+    batches = lambda: _image_batches(items, bundle.backbone.transform, batch_size)  # noqa: E731
+    if features is None:
+        live = None if include_dead or top_steerable else live_features(bundle.backbone, model_sae, batches)
+        features = pick_features(c.d_sae, scores, steer_csv, top_steerable, random, seed, live)
+    found = collect(bundle.backbone, model_sae, batches, features, k=k, progress=progress)
     try:
         words, text = concept_vocabulary(bundle, vocab)
     except SaeVitError:  # no text head for this model: labels are left out, not an error
@@ -273,14 +318,28 @@ def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
         probe = load_probe_images(bundle.backbone, images, world, n_images=32, seed=seed + 1)
         labels = text_labels(bundle.backbone, model_sae, features, probe, words, text.to(device))
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for fi, feat in enumerate(features):
-        lab = ([(f"steer: {targets[feat]}", float("nan"))] if feat in targets else []) + (labels[fi] if labels else [])
-        png = render_feature(out / f"feature_{feat}.png", feat, found, fi, lambda i: items[i].open(), lab)
-        rows.append({"feature": feat, "density": float(found.density[fi]), "png": png.name,
-                     "labels": ", ".join(w for w, _ in lab)})
+    rows = _feature_entries(out, found, features, labels, scores, items)
     table = found.to_frame()
     table["image_id"] = [items[i].id for i in table["image"]]
     write_csv(out / "features.csv", table)
-    index = write_index(out, rows, f"{path} — layer {c.layer} {c.site} {c.tokens}, {found.n_images} images")
+    title = f"{path} — layer {c.layer} {c.site}, SAE reads {c.tokens} tokens, {found.n_images} images"
+    index = write_feature_browser(out, rows, title, found.tokens)
     return {"out": out, "index": index, "features": rows, "table": table, "inspection": found}
+
+
+def _feature_entries(out: Path, found: Inspection, features: Sequence[int], labels, scores, items) -> list[dict]:
+    """One dict per feature for the browser: feature, density, max_activation, S (steer-score's, NaN when not
+    scored), target, labels ``[(word, cosine)]``, labels_text and its tiles per ranking."""
+    steer = {} if scores is None else {int(r["index"]): r for _, r in scores.iterrows()}
+    ids = [item.id for item in items]
+    max_act = found.max_activation()
+    rows = []
+    for fi, feat in enumerate(features):
+        row = steer.get(feat)
+        target = None if row is None else str(row["target"])
+        lab = clean_labels(labels[fi] if labels else None, target)
+        tiles = render_tiles(out / "tiles", feat, found, fi, lambda i: items[i].open(), ids)
+        rows.append({"feature": feat, "density": float(found.density[fi]), "max_activation": float(max_act[fi]),
+                     "S": float("nan") if row is None else float(row["S"]), "target": target, "labels": lab,
+                     "labels_text": ", ".join(w for w, _ in lab), "tiles": tiles})
+    return rows

@@ -22,7 +22,9 @@ def inspect_cmd(
     features: opt.FeatureIds = None,
     top_steerable: Annotated[int | None, typer.Option(
         "--top-steerable", help="The N most steerable features (needs `saevit steer-score` results).")] = None,
-    random: Annotated[int | None, typer.Option("--random", help="N random features (default 16).")] = None,
+    random: Annotated[int | None, typer.Option("--random", help="N random live features (default 16).")] = None,
+    include_dead: Annotated[bool, typer.Option(
+        "--include-dead", help="Let --random pick features that never fire on the images too.")] = False,
     top_images: Annotated[int, typer.Option("--top-images", min=1, help="Top images shown per feature.")] = 16,
     old_k: Annotated[int | None, typer.Option(
         "--k", min=1, hidden=True, help="Deprecated spelling of --top-images.")] = None,
@@ -33,7 +35,7 @@ def inspect_cmd(
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
 ) -> None:
-    """Top-activating images with patch heatmaps, density and text labels per feature; PNGs + index.html."""
+    """Feature browser: top images with patch heatmaps, density, steerability and text labels per feature."""
     from sae_vit.analysis.inspect import inspect_sae
     from sae_vit.io.resolve import find_saes
 
@@ -47,7 +49,8 @@ def inspect_cmd(
     with LazyProgress("scanning", "what") as bar:
         result = inspect_sae(str(path), model, weights, images, world, n_images, feature_list, top_steerable, random,
                              top_images, vocab, text_embeddings, None, out, seed, 64, overwrite, device,
-                             progress=lambda n: bar.update(completed=n, total=n_images, what="images"))
+                             progress=lambda n: bar.update(completed=n, total=n_images, what="images"),
+                             include_dead=include_dead)
     for row in result["features"]:
-        say(f"feature {row['feature']:>6}  density {100 * row['density']:.2f}%  {row['labels']}")
+        say(f"feature {row['feature']:>6}  density {100 * row['density']:.2f}%  {row['labels_text']}")
     say(f"open {result['index']} in a browser")
