@@ -93,3 +93,45 @@ def test_browser_page_for_a_cls_only_sae(tiny_vit, image_dir, tmp_path):
     for row in result["features"]:
         assert row["feature"] >= 20 and row["density"] > 0  # sampled among live features; none called dead
         assert row["tiles"]["cls"]
+
+
+def _capture_figure(monkeypatch):
+    import sae_vit.core.atomic as atomic
+
+    figures = []
+    real = atomic.save_figure
+    monkeypatch.setattr(atomic, "save_figure", lambda fig, path, **kw: (figures.append(fig), real(fig, path))[1])
+    return figures
+
+
+def test_sparsity_plot_has_fvu_l0_and_dead_panels(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from sae_vit.analysis.sparsity import plot_l0
+
+    figures = _capture_figure(monkeypatch)
+    df = pd.DataFrame([{"layer": layer, "tokens": t, "site": "resid_post", "l0": 16, "fvu": 0.1 * layer + i,
+                        "dead_fraction": 0.01 * i} for i, t in enumerate(("cls", "patches", "all")) for layer in (2, 5)])
+    assert plot_l0(df, tmp_path / "s.png").is_file()
+    axes = figures[0].axes
+    assert [ax.get_title() for ax in axes] == ["FVU", "L0", "dead latents"]
+    assert all(len(ax.get_lines()) == 3 for ax in axes)
+    assert max(max(line.get_ydata()) for line in axes[2].get_lines()) == 2.0  # dead fraction in percent
+
+
+def test_steer_plot_families_differ_and_legend_is_outside(monkeypatch, tmp_path):
+    import pandas as pd
+
+    from sae_vit.analysis.steer import plot_curves
+
+    figures = _capture_figure(monkeypatch)
+    units = pd.DataFrame([{"kind": kind, "index": i, "target": "red", "S": 0.1, "S_alpha_0": 0.0, "S_alpha_5": 0.1 * i}
+                          for kind in ("feature", "neuron", "random") for i in range(10)])
+    assert plot_curves(units, tmp_path / "c.png").is_file()
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): (line.get_color(), line.get_linestyle()) for line in ax.get_lines()
+             if not line.get_label().startswith("_")}
+    styles = [style for label, style in lines.items() if "top" in label]
+    assert len(styles) == 3 and len(set(styles)) == 3 and len({c for c, _ in styles}) == 3
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, never over the curves

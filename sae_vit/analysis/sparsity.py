@@ -86,15 +86,23 @@ def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | 
 
 
 def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
-    """L0 by layer, one line per token type (and site); None when matplotlib is not installed."""
+    """Three panels against layer: FVU, L0 and dead %, one line per token type (and site); None when matplotlib
+    is not installed. (The name is kept from when only L0 was plotted.)"""
     from sae_vit.analysis.common import plot
 
-    def draw(ax):
-        for (site, tokens), g in df.groupby(["site", "tokens"]):
-            g = g.sort_values("layer")
-            ax.plot(g["layer"], g["l0"], marker="o", label=f"{tokens} ({site})")
-        ax.set(xlabel="layer", ylabel="L0 (active latents per token)",
-               title="SAE sparsity by layer and token type")
-        ax.legend()
+    panels = [("fvu", "FVU (fraction of variance unexplained)", 1.0), ("l0", "L0 (active latents per token)", 1.0),
+              ("dead_fraction", "dead latents (%)", 100.0)]
+    styles = {"cls": ("tab:blue", "o", "-"), "patches": ("tab:orange", "s", "--"), "all": ("tab:green", "^", ":")}
 
-    return plot(path, draw, figsize=(6, 4))
+    def draw(axes):
+        for ax, (column, label, scale) in zip(axes, panels, strict=True):
+            for (site, tokens), g in df.groupby(["site", "tokens"]):
+                g = g.sort_values("layer")
+                colour, marker, line = styles.get(tokens, ("tab:grey", "x", "-."))
+                ax.plot(g["layer"], scale * g[column], color=colour, marker=marker, linestyle=line,
+                        label=f"{tokens} ({site})")
+            ax.set(xlabel="layer", ylabel=label, title=label.split(" (")[0])
+            ax.grid(alpha=0.3)
+        axes[-1].legend(title="tokens", loc="upper left", bbox_to_anchor=(1.02, 1))
+
+    return plot(path, draw, ncols=3, figsize=(13, 3.8))

@@ -337,14 +337,20 @@ def plot_curves(units, path) -> object:
     xs = [float(c[len("S_alpha_"):]) for c in cols]
     with_curve = units[units[cols].notna().all(axis=1)] if cols else units.iloc[:0]
 
-    def draw(ax):
-        for _, row in with_curve.iterrows():
-            ax.plot(xs, [row[c] for c in cols], marker="o", label=f"{row['kind']} {row['index']}: {row['target']}")
-        ax.axhline(0.10, color="grey", linestyle="--", linewidth=0.8)
-        ax.set(xlabel="steering strength alpha (see the summary for s)", ylabel="steerability S = Σ Δp²")
-        ax.legend(fontsize=6)
+    styles = {"feature": ("tab:blue", "-"), "neuron": ("tab:red", "--"), "mlp_neuron": ("tab:purple", "-."),
+              "random": ("tab:grey", ":")}
 
-    return plot(path, draw, figsize=(6, 4))
+    def draw(ax):
+        for kind, group in with_curve.groupby("kind", sort=False):
+            colour, line = styles.get(kind, ("black", "-"))
+            for n, (_, row) in enumerate(group.iterrows()):
+                ax.plot(xs, [row[c] for c in cols], color=colour, linestyle=line, marker="o", markersize=3,
+                        alpha=0.8, label=f"{kind}s (top {len(group)} by S)" if n == 0 else None)
+        ax.axhline(0.10, color="black", linestyle="--", linewidth=0.8, label="steerable threshold 0.10")
+        ax.set(xlabel="steering strength alpha (see the summary for s)", ylabel="steerability S = Σ Δp²")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+
+    return plot(path, draw, figsize=(8, 4))
 
 
 def score_saes(saes: list[str | os.PathLike] | None = None, model: str | None = None,
