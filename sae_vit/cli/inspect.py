@@ -32,6 +32,7 @@ def inspect_cmd(
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Top-activating images with patch heatmaps, density and text labels per feature; PNGs + index.html."""
     from sae_vit.analysis.inspect import inspect_sae

@@ -23,13 +23,14 @@ def sparsity_cmd(
     tokens: Annotated[str, typer.Option("--tokens", help="With --grid: token selections.")] = "cls,patches,all",
     n_tokens: Annotated[int | None, typer.Option(
         "--n-tokens", min=1, help="With --grid: training tokens per SAE.")] = None,
-    architecture: opt.Architecture = "topk",
+    architecture: opt.Architecture = opt.Arch.topk,
     k: opt.K = 32,
     l1_coefficient: opt.L1 = 8e-5,
     expansion: opt.Expansion = 16,
     out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Table of L0, FVU, MSE, dead % and dense % per layer and token selection (the paper's sparsity
     analysis).
