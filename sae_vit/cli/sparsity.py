@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import note, parse_layers, parse_names, print_table, say
+from sae_vit.cli._ui import note, parse_layers, parse_names, print_table, result, say
 
 
 def sparsity_cmd(
@@ -43,15 +43,15 @@ def sparsity_cmd(
     config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion)
     config.validate()
     layer_list = parse_layers(layers)
-    result = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
+    table = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
                           n_tokens, out, plot, overwrite, progress=note, config=config)
-    print_sparsity(result)
+    print_sparsity(table)
 
 
-def print_sparsity(result) -> None:
+def print_sparsity(sparsity) -> None:
     """The table of a :class:`~sae_vit.analysis.sparsity.SparsityResult`; columns equal for every SAE go into the
     title, so the table fits a terminal."""
-    rows = result.rows
+    rows = sparsity.rows
     same = {c: rows[c].iloc[0] for c in ("site", "architecture", "d_sae", "evaluated_on") if rows[c].nunique() == 1}
     title = "SAE sparsity (held-out tokens" + "".join(f"; {k} {v}" for k, v in same.items()) + ")"
     cols = [("layer", "layer"), ("tokens", "tokens"), ("site", "site"), ("arch", "architecture"),
@@ -64,6 +64,7 @@ def print_sparsity(result) -> None:
         return f"{100 * v:.1f}" if key.endswith("_fraction") else fmt.get(key, "{}").format(v)
 
     records = rows.to_dict("records")
+    result(rows=records, csv=str(sparsity.csv_path), plot=str(sparsity.plot_path) if sparsity.plot_path else None)
     print_table(title, [name for name, _ in cols], [[cell(key, r[key]) for _, key in cols] for r in records],
                 left=("tokens", "site", "arch", "eval"))
-    say(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
+    say(f"table -> {sparsity.csv_path}" + (f", plot -> {sparsity.plot_path}" if sparsity.plot_path else ""))
