@@ -299,8 +299,6 @@ def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
     bundle = load_model(model or c.model or DEFAULT_MODEL, weights, text_embeddings, device)
     check_sae_matches(model_sae, bundle.backbone, path)
     out = Path(out) if out is not None else workdir() / "inspect" / f"layer_{c.layer}_{c.site}_{c.tokens}"
-    if (out / "index.html").exists() and not overwrite:
-        raise SaeVitError(f"{out} already holds an inspection; pass --overwrite or choose another --out.")
     steer_csv = (Path(steer_dir) if steer_dir is not None else workdir() / "steer") / f"{results_stem(c)}.csv"
     # steer-score's rows for this SAE's features, None when steer-score has not been run on it
     scores = pd.read_csv(steer_csv).query("kind == 'feature'") if steer_csv.is_file() else None

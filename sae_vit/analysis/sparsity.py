@@ -55,10 +55,12 @@ def _matches(sae, reader) -> bool:
 
 
 def check_out(out: str | os.PathLike | None, overwrite: bool) -> Path:
-    """The table's path (default ``<workdir>/sparsity.csv``); refuse an existing one unless ``overwrite``."""
+    """The table's path (default ``<workdir>/sparsity.csv``). The table and its plot are derived outputs, so an
+    existing one is regenerated (``overwrite`` is accepted for compatibility); only a folder in its place is
+    refused."""
     out = Path(out) if out is not None else workdir() / "sparsity.csv"
-    if out.exists() and not overwrite:
-        raise SaeVitError(f"{out} already exists; pass --overwrite to replace it or choose another --out.")
+    if out.is_dir():
+        raise SaeVitError(f"--out {out} is a folder; give the CSV file to write.")
     return out
 
 

@@ -374,8 +374,6 @@ def score_saes(saes: list[str | os.PathLike] | None = None, model: str | None = 
 
     device = resolve_device(device)
     out = Path(out) if out is not None else workdir() / "steer"
-    if (out / "steer_summary.csv").exists() and not overwrite:
-        raise SaeVitError(f"{out} already holds steer-score results; pass --overwrite or choose another --out.")
     loaded = [(p, SAE.load(p, device)) for p in find_saes(saes)]
     bundle = load_model(model or loaded[0][1].cfg.model or DEFAULT_MODEL, weights, text_embeddings, device)
     backbone = bundle.backbone

@@ -17,6 +17,41 @@ from sae_vit.core.errors import SaeVitError
 #: Progress, notes and errors go to stderr; results to stdout.
 console = Console(stderr=True)
 out_console = Console()
+#: The result document of a command run with ``--json`` (None otherwise): tables and fields are collected here,
+#: result lines go to stderr, and the root command prints it as the one JSON document on stdout.
+_json: dict | None = None
+
+
+def json_mode(on: bool | None) -> None:
+    """``--json``'s callback (also called with None by the root command to reset before each command)."""
+    global _json
+    _json = {"tables": [], "messages": []} if on else None
+
+
+def result(**fields) -> None:
+    """Add structured fields to the ``--json`` document (a no-op without ``--json``)."""
+    if _json is not None:
+        _json.update(fields)
+
+
+def _plain(value):
+    """A JSON-ready value: numpy and torch scalars as Python numbers, paths and anything else as text."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def dump_json() -> None:
+    """Print the collected ``--json`` document on stdout, once (then leave JSON mode)."""
+    import json
+    import sys
+
+    global _json
+    if _json is not None:
+        doc, _json = _json, None
+        sys.stdout.write(json.dumps(doc, default=_plain, allow_nan=True, indent=1) + "\n")
 
 
 def error(message: str) -> None:
@@ -34,7 +69,11 @@ def note_default(what: str, value) -> None:
 
 
 def say(message: str) -> None:
-    """Print one result line on stdout as plain text (paths, names and words are never read as rich markup)."""
+    """Print one result line on stdout as plain text (paths, names and words are never read as rich markup); under
+    ``--json`` it goes to stderr and into the document's ``messages``."""
+    if _json is not None:
+        _json["messages"].append(str(message))
+        return note(message, "")
     out_console.print(Text(str(message)), highlight=False, soft_wrap=True)
 
 
@@ -42,6 +81,9 @@ def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
     """Print a table on stdout, its title and cells as plain text (a user's path or word such as ``a[b]`` is
     shown as written): ``columns`` are headers, right-aligned unless named in ``left``; ``rows`` are sequences
     of cells; ``styles`` is a rich style (or None) per row; ``column_kw`` go to every column."""
+    if _json is not None:
+        _json["tables"].append({"title": str(title), "rows": [dict(zip(columns, row, strict=False)) for row in rows]})
+        return
     from rich.table import Table
 
     table = Table(title=Text(str(title), style="table.title"))

@@ -14,18 +14,23 @@ import typer
 from typer.core import TyperGroup
 
 from sae_vit.cli import cache, demo, hub, inspect, sparsity, steer, suppress, typo, world
-from sae_vit.cli._ui import error, note, out_console
+from sae_vit.cli._ui import dump_json, error, json_mode, note, out_console
 from sae_vit.core.errors import SaeVitError
 
 
 class _Root(TyperGroup):
     """The ``saevit`` group: a :class:`SaeVitError` raised below it (by a command, or by defend-typo's
-    argument routing) prints one red line and exits with code 2, or shows its traceback under ``--debug``."""
+    argument routing) prints one red line and exits with code 2, or shows its traceback under ``--debug``. A
+    command run with ``--json`` has its collected result printed here, once, as the one document on stdout."""
 
     def invoke(self, ctx):
+        json_mode(None)
         try:
-            return super().invoke(ctx)
+            value = super().invoke(ctx)
+            dump_json()
+            return value
         except SaeVitError as exc:
+            json_mode(None)
             if ctx.params.get("debug"):
                 raise
             error(str(exc))
@@ -40,7 +45,6 @@ app = typer.Typer(
     name="saevit",
     help="Sparse autoencoders on CLIP's vision transformer: cache activations, train SAEs, analyse sparsity.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

@@ -18,6 +18,7 @@ from sae_vit.cli._ui import (
     note_default,
     parse_layers,
     parse_names,
+    result,
     say,
 )
 from sae_vit.core.defaults import DEFAULT_MODEL, REAL_CLIP, default_cache_dir
@@ -32,9 +33,9 @@ def cache_cmd(
     weights: opt.Weights = None,
     layers: Annotated[str | None, typer.Option(
         "--layers", help="Comma-separated 0-based blocks, or 'all'. Default: 0,2,4,6,8,10,11.")] = None,
-    site: Annotated[str, typer.Option("--site", help="resid_post, mlp_out or mlp_hidden.")] = "resid_post",
-    tokens: Annotated[str, typer.Option("--tokens", help="Token selection: cls, patches or all.")] = "all",
-    dtype: Annotated[str, typer.Option("--dtype", help="Storage dtype: float16, bfloat16, float32.")] = "float16",
+    site: Annotated[opt.Site, typer.Option("--site", help="Hook site.")] = opt.Site.resid_post,
+    tokens: Annotated[opt.Tokens, typer.Option("--tokens", help="Token selection.")] = opt.Tokens.all,
+    dtype: Annotated[opt.CacheDtype, typer.Option("--dtype", help="Storage dtype.")] = opt.CacheDtype.float16,
     batch_size: opt.BatchSize = 64,
     images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1)] = 1024,
     num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader workers.")] = 0,
@@ -42,18 +43,17 @@ def cache_cmd(
         "--max-images", min=1, help="Cache at most this many images (world default: 4096).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic world.")] = 0,
     device: opt.Device = "auto",
-    precision: Annotated[str, typer.Option(
-        "--precision", help="Forward pass in fp32, or under bf16 autocast (faster on AMX CPUs and GPUs).")] = "fp32",
+    precision: Annotated[opt.Precision, typer.Option(
+        "--precision", help="Forward pass in fp32, or under bf16 autocast (faster on AMX CPUs and GPUs).")
+    ] = opt.Precision.fp32,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Run a ViT over images and store activations (layers x token selection) on disk; resumable.
 
     Scale out with PyTorch's launcher: torchrun --nproc-per-node N -m sae_vit.cli cache ...
     """
     import sae_vit.pipeline as api
-    from sae_vit.core.backbone import SITES, check_choice
-
-    check_choice(site, SITES, "hook site")
     check_images(images, world)
     check_inputs(weights=weights)
     if images is None:
@@ -75,9 +75,12 @@ def cache_cmd(
                              precision)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
+    if manifest.get("reused"):
+        note(f"{manifest['path']} already holds this cache; kept as it is (pass --overwrite to build it again)")
     if manifest["skipped"]:
         note(f"warning: skipped {len(manifest['skipped'])} unreadable images, e.g. {manifest['skipped'][0]}",
              "yellow")
+    result(cache=manifest)
     say(f"cached {manifest['n_images_cached']} images, {manifest['n_tokens']:,} tokens per layer, layers "
         f"{manifest['layers']} ({manifest['site']}, tokens={manifest['tokens']}) -> {manifest['path']}")
 
@@ -104,12 +107,12 @@ def train_cmd(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Checkpoint path (a folder with several layers/tokens). "
         "Default: <workdir>/saes/layer_{L}/{tokens}/sae.safetensors.")] = None,
-    architecture: opt.Architecture = "topk",
+    architecture: opt.Architecture = opt.Arch.topk,
     k: opt.K = 32,
     expansion: opt.Expansion = 16,
     l1_coefficient: opt.L1 = 8e-5,
-    normalization: Annotated[str, typer.Option(
-        "--normalization", help="none, layer_norm (per token, as the paper's SAEs) or constant.")] = "none",
+    normalization: Annotated[opt.Normalization, typer.Option(
+        "--normalization", help="layer_norm: per token, as the paper's SAEs.")] = opt.Normalization.none,
     lr: Annotated[str, typer.Option(
         "--lr", help="Peak learning rate, or 'auto': 2e-4 / sqrt(d_sae / 2^14) for topk, 4e-4 for relu.")] = "4e-4",
     batch_size: opt.BatchSize = 4096,
@@ -118,11 +121,12 @@ def train_cmd(
     epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
     warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = 200,
     grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
-    b_dec_init: Annotated[str, typer.Option("--b-dec-init", help="mean, geometric_median or zeros.")] = "mean",
-    precision: Annotated[str, typer.Option("--precision", help="bf16 autocast or fp32.")] = "bf16",
+    b_dec_init: Annotated[opt.BDecInit, typer.Option("--b-dec-init")] = opt.BDecInit.mean,
+    precision: Annotated[opt.Precision, typer.Option("--precision", help="bf16 autocast or fp32.")] = opt.Precision.bf16,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Train an SAE on one layer and token selection of a cache (e.g. --layer 8 --tokens cls), or one per layer
     and token selection (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""

@@ -21,6 +21,7 @@ def demo_cmd(
     layers: Annotated[str, typer.Option("--layers", help="Toy CLIP blocks to analyse, or 'all'.")] = "2,5,8,11",
     n_tokens: Annotated[int, typer.Option("--n-tokens", min=1, help="Training tokens per SAE.")] = 400_000,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """The paper in miniature on the toy CLIP and the synthetic world: cache, train SAEs, sparsity table."""
     from sae_vit.pipeline.demo import DemoConfig, run_demo

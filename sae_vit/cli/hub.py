@@ -20,6 +20,7 @@ def push_cmd(
     revision: Annotated[str | None, typer.Option(
         "--revision", "--branch", help="Branch to push to (created if missing). Default: main.")] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    as_json: opt.Json = False,
 ) -> None:
     """Upload SAEs to the Hugging Face Hub as layer_{L}/{tokens}/sae.safetensors with a model card.
 
@@ -40,6 +41,7 @@ def pull_cmd(
         "--out", help="Also copy the checkpoints here as <path>/sae.safetensors. Default: only the HF cache.")] = None,
     list_only: Annotated[bool, typer.Option("--list", help="Only list the SAEs the repo holds.")] = False,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Download SAEs from the Hub into its cache; works offline once cached (HF_HUB_OFFLINE=1).
 
@@ -57,25 +59,45 @@ def pull_cmd(
 
 
 def list_cmd(
-    repo: Annotated[str, typer.Argument(help="owner/repo[@revision].")],
+    repo: Annotated[str | None, typer.Argument(help="owner/repo[@revision].")] = None,
+    released: Annotated[bool, typer.Option(
+        "--released", help="List the paper's released SAEs by name instead (no Hub access).")] = False,
+    as_json: opt.Json = False,
 ) -> None:
-    """List the SAEs a Hub repo holds (from its file list; offline, from the local cache)."""
-    _print_list(repo)
+    """List the SAEs a Hub repo holds (from its file list; offline, from the local cache), or with --released the
+    registered names of the paper's SAEs, each loadable by name (SAE.from_pretrained, every command)."""
+    if released == (repo is not None):
+        raise SaeVitError("Pass either a Hub repo (saevit list owner/repo) or --released.")
+    if released:
+        _print_released()
+    else:
+        _print_list(repo)
+
+
+def _print_released() -> None:
+    from sae_vit.io.released import list_released
+
+    rows = list_released()
+    cols = ("name", "Hub repo", "layer", "site", "expansion", "architecture", "L1 / k")
+    print_table("The paper's released SAEs (CLIP ViT-B/32, ViT-Prisma)", cols, [
+        (r.name, r.repo, r.layer, r.site, r.expansion, r.architecture,
+         r.k if r.architecture == "topk" else r.l1_coefficient) for r in rows], left=cols[:2], overflow="fold")
+    say(f"{len(rows)} SAEs; load one by name, e.g. SAE.from_pretrained({rows[0].name!r}) or "
+        f"saevit sparsity {rows[0].name}")
 
 
 def convert_cmd(
     src: Annotated[str, typer.Argument(
         help="A foreign SAE: its folder (or weights file), or hf://owner/repo[/path][@revision].")],
     to: Annotated[Path, typer.Option("--to", help="Output checkpoint (.safetensors) or folder.")],
-    fmt: Annotated[str, typer.Option(
-        "--from", help="saelens, sparsify, prisma, or auto (detect from the files).")] = "auto",
+    fmt: Annotated[opt.ConvertFrom, typer.Option(
+        "--from", help="The source library; auto detects it from the files.")] = opt.ConvertFrom.auto,
     layer: Annotated[int | None, typer.Option("--layer", help="Set the layer when the source lacks it.")] = None,
-    site: Annotated[str | None, typer.Option("--site", help="Set the hook site: resid_post, mlp_out, "
-                                                             "mlp_hidden.")] = None,
-    tokens: Annotated[str | None, typer.Option(
-        "--tokens", help="Set the token selection: cls, patches, all.")] = None,
+    site: Annotated[opt.Site | None, typer.Option("--site", help="Set the hook site.")] = None,
+    tokens: Annotated[opt.Tokens | None, typer.Option("--tokens", help="Set the token selection.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Set the backbone name.")] = None,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Convert an SAE saved by SAELens, EleutherAI sparsify or ViT-Prisma into an sae-vit checkpoint."""
     from sae_vit.core.sae import read_checkpoint
@@ -95,8 +117,9 @@ def convert_cmd(
 def export_cmd(
     sae: Annotated[str, typer.Argument(help=f"The SAE: {opt.SAE_HELP}.")],
     to: Annotated[Path, typer.Option("--to", help="Output folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="Target layout: saelens.")] = "saelens",
+    fmt: Annotated[opt.ExportFormat, typer.Option("--format", help="Target layout.")] = opt.ExportFormat.saelens,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Write an sae-vit checkpoint in another library's layout (SAELens: cfg.json + sae_weights.safetensors)."""
     from sae_vit.io.interop import export

@@ -34,6 +34,7 @@ def inspect_cmd(
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Feature browser: top images with patch heatmaps, density, steerability and text labels per feature."""
     from sae_vit.analysis.inspect import inspect_sae

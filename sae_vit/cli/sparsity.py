@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import note, parse_layers, parse_names, print_table, say
+from sae_vit.cli._ui import note, parse_layers, parse_names, print_table, result, say
 
 
 def sparsity_cmd(
@@ -23,13 +23,14 @@ def sparsity_cmd(
     tokens: Annotated[str, typer.Option("--tokens", help="With --grid: token selections.")] = "cls,patches,all",
     n_tokens: Annotated[int | None, typer.Option(
         "--n-tokens", min=1, help="With --grid: training tokens per SAE.")] = None,
-    architecture: opt.Architecture = "topk",
+    architecture: opt.Architecture = opt.Arch.topk,
     k: opt.K = 32,
     l1_coefficient: opt.L1 = 8e-5,
     expansion: opt.Expansion = 16,
     out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Table of L0, FVU, MSE, dead % and dense % per layer and token selection (the paper's sparsity
     analysis).
@@ -42,15 +43,15 @@ def sparsity_cmd(
     config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion)
     config.validate()
     layer_list = parse_layers(layers)
-    result = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
+    table = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
                           n_tokens, out, plot, overwrite, progress=note, config=config)
-    print_sparsity(result)
+    print_sparsity(table)
 
 
-def print_sparsity(result) -> None:
+def print_sparsity(sparsity) -> None:
     """The table of a :class:`~sae_vit.analysis.sparsity.SparsityResult`; columns equal for every SAE go into the
     title, so the table fits a terminal."""
-    rows = result.rows
+    rows = sparsity.rows
     same = {c: rows[c].iloc[0] for c in ("site", "architecture", "d_sae", "evaluated_on") if rows[c].nunique() == 1}
     title = "SAE sparsity (held-out tokens" + "".join(f"; {k} {v}" for k, v in same.items()) + ")"
     cols = [("layer", "layer"), ("tokens", "tokens"), ("site", "site"), ("arch", "architecture"),
@@ -63,6 +64,7 @@ def print_sparsity(result) -> None:
         return f"{100 * v:.1f}" if key.endswith("_fraction") else fmt.get(key, "{}").format(v)
 
     records = rows.to_dict("records")
+    result(rows=records, csv=str(sparsity.csv_path), plot=str(sparsity.plot_path) if sparsity.plot_path else None)
     print_table(title, [name for name, _ in cols], [[cell(key, r[key]) for _, key in cols] for r in records],
                 left=("tokens", "site", "arch", "eval"))
-    say(f"table -> {result.csv_path}" + (f", plot -> {result.plot_path}" if result.plot_path else ""))
+    say(f"table -> {sparsity.csv_path}" + (f", plot -> {sparsity.plot_path}" if sparsity.plot_path else ""))

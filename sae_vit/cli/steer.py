@@ -31,34 +31,34 @@ def steer_score_cmd(
     world: opt.World = None,
     n_images: Annotated[int, typer.Option("--n-images", min=1, help="Probe images (paper: 192).")] = 64,
     alphas: Annotated[str, typer.Option("--alphas", help="Strengths (paper's sweep).")] = "-20,-5,0,5,10,20,50,150",
-    strength_unit: Annotated[str, typer.Option(
-        "--strength-unit", help="auto (absolute for CLIP ViT-B/32, relative to the activation norm otherwise), "
-                                "absolute or relative.")] = "auto",
+    strength_unit: Annotated[opt.StrengthUnit, typer.Option(
+        "--strength-unit", help="auto: absolute for CLIP ViT-B/32, relative to the activation norm otherwise.")
+    ] = opt.StrengthUnit.auto,
     threshold: Annotated[float, typer.Option("--threshold", help="Steerable if S exceeds it.")] = 0.10,
     temperature: Annotated[float, typer.Option("--temperature")] = 100.0,
-    tokens: Annotated[str, typer.Option(
-        "--tokens", help="Token selection to clamp: sae (the SAE's own), all, patches or cls.")] = "sae",
+    tokens: Annotated[opt.SteerTokens, typer.Option(
+        "--tokens", help="Token selection to clamp: sae is the SAE's own.")] = opt.SteerTokens.sae,
     features: opt.FeatureIds = None,
     max_features: Annotated[int, typer.Option("--max-features", help="Sample this many features (quick estimate).")] = 256,
     full: Annotated[bool, typer.Option("--full", help="Score every feature (ignores --max-features).")] = False,
     neurons: Annotated[bool, typer.Option("--neurons/--no-neurons", help="Residual-basis neuron baseline.")] = True,
     mlp_neurons: Annotated[bool, typer.Option("--mlp-neurons", help="Also the MLP hidden units.")] = False,
     random_control: Annotated[int, typer.Option("--random-control", help="Random unit directions as a control.")] = 256,
-    precision: Annotated[str, typer.Option("--precision", help="fp32 or bf16 for the steered passes.")] = "fp32",
+    precision: Annotated[opt.Precision, typer.Option(
+        "--precision", help="For the steered passes.")] = opt.Precision.fp32,
     seed: opt.Seed = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/steer.")] = None,
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
     from sae_vit.analysis.steer import SteerConfig, score_saes
-    from sae_vit.core.backbone import check_choice
     from sae_vit.core.defaults import workdir
     from sae_vit.io.resolve import find_saes
 
     alpha_list = tuple(parse_numbers(alphas, "--alphas", float))
     feature_list = parse_numbers(features, "--features")
-    check_choice(tokens, ("sae", "all", "patches", "cls"), "--tokens")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
     if not sae:

@@ -25,7 +25,7 @@ def suppress_cmd(
     data: Annotated[Path, typer.Option(
         "--data", help="Dataset folder (Waterbirds: metadata.csv; CelebA: list_attr_celeba.txt ...) or, for "
                        "--task csv, a CSV with path, target, spurious and split columns.")],
-    task: Annotated[str, typer.Option("--task", help="waterbirds, celeba or csv.")],
+    task: Annotated[opt.SuppressTask, typer.Option("--task", help="The benchmark, or csv for your own.")],
     sae: Annotated[list[str], typer.Option(
         "--sae", help=f"Repeatable, one SAE per layer: {opt.SAE_HELP}, or a folder of checkpoints.")],
     target: Annotated[str | None, typer.Option(
@@ -36,9 +36,9 @@ def suppress_cmd(
         "--layers", help="Only these layers' SAEs, e.g. 4,6,8 or all. Default: every --sae.")] = None,
     n_features: Annotated[str, typer.Option(
         "--n-features", help="Numbers of top-ranked features to suppress (chosen on val).")] = "1,2,4,8,16,32,64",
-    ranking: Annotated[str, typer.Option(
-        "--ranking", help="mean_diff (standardised difference of means), auroc, or text (--text-query).")]
-    = "mean_diff",
+    ranking: Annotated[opt.Ranking, typer.Option(
+        "--ranking", help="mean_diff: standardised difference of means; text: by --text-query.")]
+    = opt.Ranking.mean_diff,
     within_class: Annotated[bool, typer.Option(
         "--within-class/--pooled", help="Score association within each target class (default) or over all "
                                        "train images.")] = True,
@@ -59,6 +59,7 @@ def suppress_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seeds the random-feature baseline.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/suppress.")] = None,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Suppress the SAE features most associated with a spurious attribute; report group accuracies.
 

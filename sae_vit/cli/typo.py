@@ -146,6 +146,7 @@ def classify_cmd(
     text_embeddings: opt.TextEmbeddings = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Classes shown per image.")] = 5,
     device: opt.Device = "auto",
+    as_json: opt.Json = False,
 ) -> None:
     """Top class probabilities of each image without and with the defence (the default sub-command)."""
     import torch
@@ -183,13 +184,14 @@ def attack_cmd(
         "--font-size", help="Font size range as fractions of the image side, e.g. 0.2,0.28.")] = None,
     palette: Annotated[str | None, typer.Option(
         "--palette", help="Fill/stroke colours to draw from (two different ones per image).")] = None,
-    position: Annotated[str, typer.Option("--position", help="random, top, middle or bottom.")] = "random",
+    position: Annotated[opt.Position, typer.Option("--position", help="Where the word goes.")] = opt.Position.random,
     crop: Annotated[bool, typer.Option("--crop/--no-crop", help="Centre-crop to a square first.")] = True,
     font: Annotated[Path | None, typer.Option("--font", help="A .ttf font (default: Pillow's).")] = None,
     control: Annotated[bool, typer.Option(
         "--control", help="Also write same-placement pseudo-word controls and the clean crops.")] = False,
     seed: opt.Seed = 0,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Write typographic attacks on images: a word painted on each (PAINT layout)."""
     from sae_vit.analysis.typo import AttackConfig, write_attacks
@@ -228,6 +230,7 @@ def eval_cmd(
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Evaluate the defence: the world protocol (choose layer and N on validation, write the feature file), or
     accuracy and attack success rate on a typographic folder."""
@@ -258,6 +261,7 @@ def make_assets_cmd(
     n_test: NTestOpt = 600,
     seed: opt.Seed = 0,
     overwrite: opt.Overwrite = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Train SAEs on the toy CLIP, choose layer and features on validation, write the shipped SAE and feature
     file."""
@@ -298,15 +302,12 @@ def _eval_world(paths, out, model, weights, text_embeddings, cfg, device, overwr
     paths = paths or [default_pair()[0]]
     saes = [(p, SAE.load(p, device)) for p in paths]
     bundle = _bundle(model, weights, text_embeddings, device, saes[0][1].cfg.model)
-    # checked once every input is known to be good
+    # eval results (the feature file included) are derived outputs: regenerated on every run
     targets = {str(p): Path(out) if out is not None else _feature_file(p) for p in paths}
-    for t in targets.values():
-        if t.exists() and not overwrite:
-            raise SaeVitError(f"{t} already exists; pass --overwrite to replace it or choose another --out.")
     start = time.perf_counter()
     report = run_world_eval(bundle, saes, cfg, progress=lambda m: note(m, "cyan"))
     chosen = {str(p): s for p, s in saes}[report.sae_path]
-    path = write_report_features(report, chosen, targets[report.sae_path], cfg, overwrite=overwrite)
+    path = write_report_features(report, chosen, targets[report.sae_path], cfg, overwrite=True)
     print_report(report)
     say(f"model: {bundle.description}; chosen layer {report.layer}, N={report.n} on the validation split; "
         f"features -> {path} ({time.perf_counter() - start:.0f} s)")

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+import sae_vit.cli._options as opt
 from sae_vit.cli._ui import print_table, say
 from sae_vit.core.errors import SaeVitError
 
@@ -17,11 +18,12 @@ world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", n
 
 @world_app.command("export")
 def export(
-    task: Annotated[str, typer.Option("--task", help="shapes | typographic | waterbirds | celeba.")],
+    task: Annotated[opt.WorldTask, typer.Option("--task", help="The task to export.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (real-dataset layout).")],
     n: Annotated[int, typer.Option("--n", min=1, help="Images per split (train, val, test).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder.")] = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Write a task's train/val/test images in the layout of the real dataset (Waterbirds metadata.csv,
     CelebA list_attr_celeba.txt, or a path,label CSV)."""
@@ -50,6 +52,7 @@ def train_clip(
     eval_n: Annotated[int, typer.Option(
         "--eval-n", min=0, help="Held-out images per task for the final evaluation.")] = 1200,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing weights file.")] = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Retrain the toy CLIP from scratch on fresh world images and evaluate it on held-out ones."""
     import dataclasses
@@ -83,11 +86,12 @@ def train_clip(
 @world_app.command("show")
 def show(
     out: Annotated[Path, typer.Option("--out", help="PNG file to write.")] = Path("world_samples.png"),
-    task: Annotated[str | None, typer.Option(
+    task: Annotated[opt.WorldTask | None, typer.Option(
         "--task", help="A task's test split instead of the CLIP training mix.")] = None,
     n: Annotated[int, typer.Option("--n", min=1, max=1024, help="Number of images.")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    as_json: opt.Json = False,
 ) -> None:
     """Save a grid of sample images (and print their captions)."""
     from sae_vit.core.atomic import atomic_write

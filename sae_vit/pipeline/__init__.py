@@ -37,10 +37,28 @@ def cache(images: str | os.PathLike | None = None, world: str | None = None,
     layer_list = (list(range(backbone.n_layers)) if layers == "all" else
                   list(layers) if layers is not None else default_layers(backbone.n_layers))
     source = open_source(images, world, n=max_images or DEFAULT_WORLD_IMAGES, seed=seed)
+    done = _finished_cache(out, backbone, source, layer_list, site, tokens, dtype) if not overwrite else None
+    if done is not None:  # the same cache again: kept, not replaced (a re-run of the quickstart is a no-op here)
+        return {**done, "path": str(out), "reused": True}
     manifest = write_cache(backbone, source, out, layer_list, site=site, tokens=tokens, dtype=dtype,
                            batch_size=batch_size, images_per_shard=images_per_shard, num_workers=num_workers,
                            max_images=max_images, overwrite=overwrite, progress=progress, precision=precision)
     return {**manifest, "path": str(out)}
+
+
+def _finished_cache(out: Path, backbone, source, layers, site, tokens, dtype) -> dict | None:
+    """The manifest of a finished cache at ``out`` made with these settings, else None (write_cache then
+    resumes an unfinished one, or refuses other settings without --overwrite)."""
+    from sae_vit.io.cache import MANIFEST, read_manifest
+
+    if not (out / MANIFEST).is_file():
+        return None
+    m = read_manifest(out)
+    described = m.get("source", {})
+    same_source = all(described.get(k) == v for k, v in source.describe().items() if k != "n_images")
+    same = (m.get("model"), m.get("weights"), m.get("layers"), m.get("site"), m.get("tokens"), m.get("dtype")) == (
+        backbone.name, backbone.weights_id, list(layers), str(site), str(tokens), str(dtype))
+    return m if m.get("complete") and same and same_source else None
 
 
 def train(layer: int | list[int] | None, tokens: str | list[str] = "all",

@@ -90,10 +90,6 @@ def suppress(data: str | os.PathLike, task: str, saes: Sequence[str | os.PathLik
     from sae_vit.io.resolve import find_saes
 
     out = Path(out) if out is not None else workdir() / "suppress"
-    existing = [f for f in OUTPUT_FILES if (out / f).exists()]
-    if existing and not overwrite:
-        raise SaeVitError(f"{out} already holds suppress results ({existing[0]}); pass --overwrite or choose "
-                          "another --out.")
     if not saes:
         raise SaeVitError("No SAEs given; pass --sae with one checkpoint per layer (or a folder of them).")
     paths = find_saes(list(saes))
