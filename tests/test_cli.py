@@ -64,7 +64,10 @@ def test_cache_errors(tiny_vit, image_dir, tmp_path, cli_cache):
                       "out of range")
     assert_user_error(["cache", "--images", image_dir, "--model", "vit_nonexistent_x", "--out", tmp_path / "o4"],
                       "Unknown model")
-    assert_user_error(["cache", "--images", image_dir, *w, "--layers", "1,3", "--out", cli_cache,
+    # the same finished cache again is kept (re-running the quickstart); other settings need --overwrite
+    code, text = run("cache", "--images", image_dir, *w, "--layers", "1,3", "--out", cli_cache, "--images-per-shard", "4")
+    assert code == 0 and "kept as it is" in text, text
+    assert_user_error(["cache", "--images", image_dir, *w, "--layers", "1", "--out", cli_cache,
                        "--images-per-shard", "4"], "--overwrite")
     assert_user_error(["cache", "--images", image_dir, *w, "--layers", "x", "--out", tmp_path / "o5"], "--layers")
 

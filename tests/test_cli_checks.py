@@ -44,7 +44,7 @@ def test_cache_and_train_check_options_before_their_outputs(tmp_path):
     args = ["cache", "--model", "toy", "--max-images", "40", "--layers", "2", "--batch-size", "40", "--out", cache]
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
-    refuses([*args, "--site", "resid_pre"], "hook site")
+    refuses([*args, "--site", "resid_pre"], "--site")
     refuses([*args, "--world", "forest"], "forest")
     refuses([*args, "--weights", tmp_path / "missing.safetensors"], "--weights")
     existing = toy_sae(tmp_path / "sae.safetensors")
