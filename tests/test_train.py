@@ -9,6 +9,7 @@ from sae_vit.core.errors import SaeVitError
 from sae_vit.core.metrics import evaluate
 from sae_vit.core.sae import SAE, read_checkpoint
 from sae_vit.core.train import (
+    ADAM_BETAS,
     LR_AT_16K,
     TrainConfig,
     Trainer,
@@ -207,7 +208,7 @@ def test_trainer_matches_plain_adamw_on_the_sae_parameters(train_acts):
     ours, ref = init_sae(D_IN, cfg, train_acts[:2048]), init_sae(D_IN, cfg, train_acts[:2048])
     start = ref.W_enc.detach().clone()
     trainer = Trainer(ours, cfg)
-    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, betas=ADAM_BETAS, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, trainer.n_steps, cfg))
     for x in train_acts[: 4 * 512].split(512):
         trainer.step(x)
@@ -247,8 +248,9 @@ def test_lr_schedule_warms_up_then_decays():
 def test_auto_lr_and_defaults():
     cfg = resolve(TrainConfig(device="cpu"), 768)  # lr="auto" is the default
     assert cfg.d_sae == 16 * 768
-    assert cfg.lr == pytest.approx(LR_AT_16K * math.sqrt(2**14 / (16 * 768)))
+    assert cfg.lr == pytest.approx(LR_AT_16K * math.sqrt(2**14 / (16 * 768)))  # at d_in 768, batch 4096
     assert resolve(TrainConfig(device="cpu", batch_size=1024), 768).lr == pytest.approx(cfg.lr / 2)  # sqrt(batch)
+    assert resolve(TrainConfig(device="cpu", d_sae=16 * 768), 192).lr == pytest.approx(cfg.lr * 2)  # 1/sqrt(d_in)
     assert cfg.aux_k == 384 and cfg.schedule == "wsd"
     assert cfg.warmup_steps == round(0.05 * math.ceil(10_000_000 / 4096))
     assert cfg.dead_tokens == 256 * 16 * 768 // 32  # 256 average firings of a latent
