@@ -6,6 +6,9 @@
   the "token ids" it is given. Its checkpoint is read back with :func:`sae_vit.io.interop.from_sparsify`, so
   both are scored by the same code. Without CUDA its decoder runs eagerly (``SPARSIFY_DISABLE_TRITON=1``); on a
   GPU it uses its Triton kernels and its own bf16 autocast.
+* ``sae-lens``: SAELens's ``SAETrainer.fit`` on a ``TopKTrainingSAE`` with its default configs, fed the batches
+  as its activation iterator (its trainer's seam); its decoder norms folded into the encoder (as its inference
+  save does) and the weights copied into a sae-vit :class:`SAE`.
 
 Step times are wall-clock seconds between consecutive steps (the first step, which allocates, is excluded by
 the callers).
@@ -22,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sae_vit.core.sae import SAE
+from sae_vit.core.sae import SAE, SAEConfig
 from sae_vit.core.train import TrainConfig, train_sae
 
 if not torch.cuda.is_available():
@@ -155,3 +158,37 @@ def run_sparsify(train: Tensor, order: Tensor, d_sae: int, k: int, batch_size: i
         sae = from_sparsify(Path(tmp) / "run" / "layers.0")
     steps = [b - a for a, b in zip(model.times, model.times[1:], strict=False)]
     return Run(sae, steps, dead.float().mean().item())
+
+
+def run_saelens(train: Tensor, order: Tensor, d_sae: int, k: int, batch_size: int, seed: int,
+                lr: float | None = None) -> Run:
+    """SAELens's ``SAETrainer.fit`` with its defaults (Adam at 3e-4, constant schedule, AuxK coefficient 1,
+    decoder rows initialised at norm 0.1 with activations rescaled by them) on ``train[order]``."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    times: list[float] = []
+
+    def batches():
+        for i in order.split(batch_size):
+            times.append(time.perf_counter())
+            yield train[i]
+        while True:  # fit() stops by its sample count; never reached with full batches
+            yield train[order[:batch_size]]
+
+    torch.manual_seed(seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=train.shape[1], d_sae=d_sae, k=k, device=str(train.device)))
+    cfg = SAETrainerConfig(total_training_samples=len(order), train_batch_size_samples=batch_size,
+                           device=str(train.device), **({"lr": lr} if lr is not None else {}))
+    cfg.lr_end = cfg.lr / 10  # what its runner config sets (used only by its cosine schedule)
+    trainer = SAETrainer(cfg, sae, batches())
+    trained = trainer.fit()
+    dead = (trainer.n_forward_passes_since_fired > cfg.dead_feature_window).float().mean().item()
+    trained.fold_W_dec_norm()  # unit decoder rows, the norms moved into the encoder (what its inference save does)
+    w = {n: p.detach().float().cpu() for n, p in trained.state_dict().items()}
+    b_enc = w["b_enc"] if trained.cfg.apply_b_dec_to_input else w["b_enc"] + w["b_dec"] @ w["W_enc"]
+    ours = SAE.from_tensors(SAEConfig(d_in=train.shape[1], d_sae=d_sae, k=k),
+                            {"W_enc": w["W_enc"], "b_enc": b_enc, "W_dec": w["W_dec"], "b_dec": w["b_dec"]})
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    return Run(ours, steps, dead)

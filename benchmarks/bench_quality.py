@@ -1,4 +1,4 @@
-"""Training quality: our trainer against EleutherAI sparsify on identical activations, at equal tokens.
+"""Training quality: our trainer against EleutherAI sparsify and SAELens on identical activations, at equal tokens.
 
 For each data set (benchmarks/_data.py: ``known`` dictionary, ``toyclip`` layer-8 cache, ``heavy``-tailed 768-d
 synthetic) and seed, both trainers see the same token sequence (same shuffled order, 4,096 tokens per step)
@@ -7,11 +7,13 @@ setting was chosen on. Rows give the median over seeds of held-out FVU, L0, dead
 the held-out tokens) and, for ``known``, the mean best |cos| between a true atom and a decoder row.
 
 * ``defaults``: each trainer as a user runs it (ours: :class:`TrainConfig`; sparsify: its ``TrainConfig``,
-  i.e. signum + schedule-free at 5e-3 / sqrt(d_sae / 2**14), no AuxK), both in fp32 on the CPU.
+  i.e. signum + schedule-free at 5e-3 / sqrt(d_sae / 2**14), no AuxK; SAELens: ``SAETrainerConfig`` and
+  ``TopKTrainingSAEConfig``, i.e. Adam at 3e-4, constant, AuxK 1.0), all in fp32 on the CPU. A peer that is
+  not installed is skipped (``pip install -e .[bench]``).
 * ``--tuned``: each trainer's learning rate picked from a grid (x0.25 .. x4 of its default) by FVU on a
   validation split carved from the *training* tokens (seed 0), then run on every seed.
 
-    python benchmarks/bench_quality.py                          # 3 data sets x 3 seeds, ~20 min on 1 core
+    python benchmarks/bench_quality.py                          # 3 data sets x 3 seeds x 3 trainers
     python benchmarks/bench_quality.py --data known --seeds 0 --tuned
 """
 
@@ -39,6 +41,8 @@ def default_lr(trainer: str, setting: dict) -> float:
     d_sae = setting["d_sae"]
     if trainer == "ours":
         return auto_lr(TrainConfig(batch_size=BATCH), setting["d_in"], d_sae)
+    if trainer == "sae-lens":
+        return 3e-4  # SAETrainerConfig.lr
     return 5e-3 / (d_sae / 2**14) ** 0.5  # sparsify's signum default
 
 
@@ -46,6 +50,8 @@ def train(trainer: str, train_x, order, setting: dict, seed: int, lr: float | No
     if trainer == "ours":
         extra = {"lr": lr} if lr is not None else {}
         return _peers.run_ours(train_x, order, setting["d_sae"], setting["k"], BATCH, seed, dtype="fp32", **extra)
+    if trainer == "sae-lens":
+        return _peers.run_saelens(train_x, order, setting["d_sae"], setting["k"], BATCH, seed, lr=lr)
     return _peers.run_sparsify(train_x, order, setting["d_sae"], setting["k"], BATCH, seed, lr=lr)
 
 
@@ -76,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="known,toyclip,heavy")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--trainers", default="ours,sparsify")
+    parser.add_argument("--trainers", default="ours,sparsify,sae-lens")
     parser.add_argument("--tuned", action="store_true", help="also tune each trainer's lr (see above)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "saevit-bench-toyclip",

@@ -118,8 +118,8 @@ def train_cmd(
     normalization: Annotated[str, typer.Option(
         "--normalization", help="none, layer_norm (per token, as the paper's SAEs) or constant.")] = "none",
     lr: Annotated[str, typer.Option(
-        "--lr", help="Peak learning rate, or 'auto': 2e-3 x sqrt(2^14 / d_sae) x sqrt(batch / 4096) for topk, "
-                     "4e-4 for relu.")] = "auto",
+        "--lr", help="Peak learning rate, or 'auto': for topk 1.75e-3 x sqrt(2^14 / d_sae) x sqrt(768 / d_in) x "
+                     "sqrt(batch / 4096), for relu 4e-4.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4096,
     n_tokens: Annotated[int | None, typer.Option(
         "--n-tokens", min=1, help="Training tokens. Default: 10 epochs, at least 1M tokens.")] = None,
