@@ -9,6 +9,8 @@ from sae_vit.core.errors import SaeVitError
 from sae_vit.core.metrics import evaluate
 from sae_vit.core.sae import SAE, read_checkpoint
 from sae_vit.core.train import (
+    ADAM_BETAS,
+    LR_AT_16K,
     TrainConfig,
     Trainer,
     TrainState,
@@ -206,7 +208,7 @@ def test_trainer_matches_plain_adamw_on_the_sae_parameters(train_acts):
     ours, ref = init_sae(D_IN, cfg, train_acts[:2048]), init_sae(D_IN, cfg, train_acts[:2048])
     start = ref.W_enc.detach().clone()
     trainer = Trainer(ours, cfg)
-    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(ref.parameters(), lr=cfg.lr, betas=ADAM_BETAS, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, trainer.n_steps, cfg))
     for x in train_acts[: 4 * 512].split(512):
         trainer.step(x)
@@ -234,7 +236,7 @@ def test_geometric_median_resists_outliers():
 
 
 def test_lr_schedule_warms_up_then_decays():
-    cfg = TrainConfig(warmup_steps=10)
+    cfg = TrainConfig(warmup_steps=10, schedule="cosine")
     assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
     assert lr_factor(9, 100, cfg) == pytest.approx(1.0)
     assert lr_factor(55, 100, cfg) == pytest.approx(0.5)  # cosine half-way through the decay
@@ -244,11 +246,32 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_auto_lr_and_defaults():
-    cfg = resolve(TrainConfig(lr="auto", device="cpu"), 768)
+    cfg = resolve(TrainConfig(device="cpu"), 768)  # lr="auto" is the default
     assert cfg.d_sae == 16 * 768
-    assert cfg.lr == pytest.approx(2e-4 / math.sqrt(16 * 768 / 2**14))
-    assert cfg.aux_k == 384 and cfg.dead_tokens == 1_000_000
+    assert cfg.lr == pytest.approx(LR_AT_16K * math.sqrt(2**14 / (16 * 768)))  # at d_in 768, batch 4096
+    assert resolve(TrainConfig(device="cpu", batch_size=1024), 768).lr == pytest.approx(cfg.lr / 2)  # sqrt(batch)
+    assert resolve(TrainConfig(device="cpu", d_sae=16 * 768), 192).lr == pytest.approx(cfg.lr * 2)  # 1/sqrt(d_in)
+    assert cfg.aux_k == 384 and cfg.schedule == "wsd"
+    assert cfg.warmup_steps == round(0.05 * math.ceil(10_000_000 / 4096))
+    assert cfg.dead_tokens == 256 * 16 * 768 // 32  # 256 average firings of a latent
+    # A small dictionary's latents fire every few dozen tokens: dead after a few thousand, not 10 % of the run.
+    small = resolve(TrainConfig(device="cpu", d_sae=512, k=6, n_tokens=1_000_000, batch_size=512), 128)
+    assert small.dead_tokens == 256 * 512 // 6
+    # ... but never after a tenth of the run, nor within a batch.
+    assert resolve(TrainConfig(device="cpu", n_tokens=100_000), 768).dead_tokens == 10_000
+    assert resolve(TrainConfig(device="cpu", n_tokens=8192), 768).dead_tokens == 4096
     assert resolve(TrainConfig(architecture="relu", lr="auto", device="cpu"), 768).lr == 4e-4
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_over_the_last_fifth():
+    cfg = TrainConfig(warmup_steps=10)  # schedule="wsd" is the default
+    assert [lr_factor(s, 100, cfg) for s in (0, 9, 10, 79)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+    assert lr_factor(80, 100, cfg) == pytest.approx(1.0)
+    assert lr_factor(90, 100, cfg) == pytest.approx(0.5)
+    assert lr_factor(99, 100, cfg) == pytest.approx(0.05)
+    assert lr_factor(100, 100, cfg) == 0.0
+    # A run shorter than its warm-up still reaches the peak (warm-up capped at a fifth of the run).
+    assert lr_factor(1, 10, TrainConfig(warmup_steps=200)) == 1.0
 
 
 @pytest.mark.parametrize("bad", [{"architecture": "gated"}, {"normalization": "rms"}, {"lr": -1.0},

@@ -110,16 +110,23 @@ def train_cmd(
     architecture: opt.Architecture = opt.Arch.topk,
     k: opt.K = 32,
     expansion: opt.Expansion = 16,
+    d_sae: Annotated[int | None, typer.Option(
+        "--d-sae", min=1, help="Number of latents (overrides --expansion).")] = None,
     l1_coefficient: opt.L1 = 8e-5,
     normalization: Annotated[opt.Normalization, typer.Option(
         "--normalization", help="layer_norm: per token, as the paper's SAEs.")] = opt.Normalization.none,
     lr: Annotated[str, typer.Option(
-        "--lr", help="Peak learning rate, or 'auto': 2e-4 / sqrt(d_sae / 2^14) for topk, 4e-4 for relu.")] = "4e-4",
+        "--lr", help="Peak learning rate, or 'auto': for topk 1.75e-3 x sqrt(2^14 / d_sae) x sqrt(768 / d_in) x "
+                     "sqrt(batch / 4096), for relu 4e-4.")] = "auto",
     batch_size: opt.BatchSize = 4096,
     n_tokens: Annotated[int | None, typer.Option(
         "--n-tokens", min=1, help="Training tokens. Default: 10 epochs, at least 1M tokens.")] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = 200,
+    warmup_steps: Annotated[int | None, typer.Option(
+        "--warmup-steps", min=0, help="Linear warm-up steps. Default: 5 % of the run, at most 1000.")] = None,
+    schedule: Annotated[str, typer.Option(
+        "--schedule", help="wsd (constant, then linear decay over the last 20 %), cosine, linear or constant.")]
+    = "wsd",
     grad_clip: Annotated[float, typer.Option("--grad-clip")] = 1.0,
     b_dec_init: Annotated[opt.BDecInit, typer.Option("--b-dec-init")] = opt.BDecInit.mean,
     precision: Annotated[opt.Precision, typer.Option("--precision", help="bf16 autocast or fp32.")] = opt.Precision.bf16,
@@ -135,9 +142,10 @@ def train_cmd(
 
     if cache is None:
         note_default("cache", default_cache_dir())
-    cfg = TrainConfig(architecture=architecture, k=k, expansion=expansion, l1_coefficient=l1_coefficient,
-                      normalization=normalization, lr=parse_lr(lr), batch_size=batch_size, warmup_steps=warmup_steps,
-                      grad_clip=grad_clip, b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
+    cfg = TrainConfig(architecture=architecture, k=k, expansion=expansion, d_sae=d_sae,
+                      l1_coefficient=l1_coefficient, normalization=normalization, lr=parse_lr(lr),
+                      batch_size=batch_size, warmup_steps=warmup_steps, schedule=schedule, grad_clip=grad_clip,
+                      b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
     cfg.validate()
     if epochs is not None and not epochs > 0:
         raise SaeVitError(f"--epochs must be positive (got {epochs}).")

@@ -159,8 +159,6 @@ class Encoded(NamedTuple):
     """[n, k] fp32 pre-activations of the selected latents (differentiable; apply ReLU yourself)."""
     idx: Tensor
     """[n, k] int64 indices of the selected latents."""
-    pre: Tensor
-    """[n, d_sae] all pre-activations, detached, in the compute dtype (for AuxK's selection)."""
     bags: Bags
     """``idx`` grouped by latent, shared by the encoder's and the decoder's backward."""
 
@@ -175,12 +173,11 @@ def encoder_pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: t
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
                 dtype: torch.dtype = torch.float32) -> Encoded:
     """TopK encoder of ``x`` [n, d_in]: dense forward in ``dtype``, k-sparse backward to ``W_enc``, ``b_enc``,
-    ``b_dec`` (and ``x`` when it needs a gradient)."""
-    pre = encoder_pre(x, W_enc, b_enc, b_dec, dtype)
-    raw, idx = topk(pre, k)
+    ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae] pre-activations are freed on return."""
+    raw, idx = topk(encoder_pre(x, W_enc, b_enc, b_dec, dtype), k)
     bags = bags_by_latent(idx, W_enc.shape[1])
     vals = EncoderValues.apply(x, b_dec, W_enc, b_enc, idx, raw, bags)
-    return Encoded(vals, idx, pre, bags)
+    return Encoded(vals, idx, bags)
 
 
 def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-"""The SAE training loop: initialisation, loss, AdamW with warm-up and decay, dead latents (AuxK), evaluation.
+"""The SAE training loop: initialisation, loss, AdamW with warm-up, a held peak and a decay, dead latents (AuxK), evaluation.
 
 The trainer depends only on an iterator of activation batches [n, d_in] and an optional held-out tensor (the
 seam SAELens uses), so one loop serves the activation cache, a live stream and the tests alike. It never
@@ -23,10 +23,29 @@ from sae_vit.core.errors import SaeVitError
 from sae_vit.core.metrics import evaluate
 from sae_vit.core.sae import ARCHITECTURES, NORMALIZATIONS, SAE, SAEConfig
 
-SCHEDULES = ("cosine", "constant", "linear")
+SCHEDULES = ("wsd", "cosine", "constant", "linear")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 DTYPES = ("fp32", "bf16")
 
+
+#: ``lr="auto"`` for TopK: the peak AdamW rate of a 2**14-latent SAE on 768-d activations at 4,096 tokens per
+#: step. It scales as 1 / sqrt(d_sae) (Gao et al.'s fit), 1 / sqrt(d_in) (Adam moves every weight by about
+#: ``lr``, and a unit decoder row's elements are ~1 / sqrt(d_in)) and sqrt(batch_size) (Adam's square-root rule).
+#: Chosen on tuning data the benchmark never scores (docs/benchmarks.md, "Training quality").
+LR_AT_16K = 1.75e-3
+#: AdamW's betas. beta2 0.99 (not torch's 0.999) lets the second moments follow the fast early changes of a
+#: short run; it gave 1-4 % lower FVU on the tuning data and no instability.
+ADAM_BETAS = (0.9, 0.99)
+#: ``schedule="wsd"`` decays the learning rate linearly to 0 over this last fraction of the run.
+DECAY_FRACTION = 0.2
+#: ``warmup_steps=None``: warm up over this fraction of the run, at most :data:`MAX_WARMUP_STEPS` steps.
+WARMUP_FRACTION = 0.05
+MAX_WARMUP_STEPS = 1000
+#: ``dead_tokens=None`` for TopK: a latent is dead once it has missed this many of its average firings, i.e.
+#: after ``DEAD_FIRINGS * d_sae / k`` tokens (an average latent fires on ``k / d_sae`` of the tokens).
+DEAD_FIRINGS = 256
+#: ...and never later than this (OpenAI's and sparsify's fixed window) nor after a tenth of the run.
+MAX_DEAD_TOKENS = 10_000_000
 
 #: Training length when none is given: 10 epochs (the paper's recipe) but at least this many tokens, so that
 #: small CLS-only caches still train for enough steps.
@@ -62,16 +81,19 @@ class TrainConfig:
     normalization: str = "none"
     """Input normalisation: ``none``, ``layer_norm`` (per token, as the paper's SAEs) or ``constant``
     (one scale so that the mean squared norm of the inputs is ``d_in``)."""
-    lr: float | str = 4e-4
-    """Peak learning rate, or ``auto``: 2e-4 / sqrt(d_sae / 2**14) for TopK (OpenAI's scaling law), 4e-4 for ReLU."""
+    lr: float | str = "auto"
+    """Peak learning rate, or ``auto``: for TopK ``LR_AT_16K * sqrt(2**14 / d_sae) * sqrt(768 / d_in) *
+    sqrt(batch_size / 4096)`` (1.75e-3 at 16k latents on ViT-B's 768-d stream), 4e-4 (the paper's) for ReLU."""
     batch_size: int = 4096
     """Tokens per optimisation step; incoming batches are re-chunked to this size."""
     n_tokens: int = 10_000_000
     """Training tokens in total; the run stops earlier if the batches run out."""
-    warmup_steps: int = 200
-    """Linear learning-rate warm-up steps (capped at a fifth of the run so short runs reach the peak)."""
-    schedule: str = "cosine"
-    """Decay after warm-up: ``cosine`` or ``linear`` down to 0, or ``constant``."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warm-up steps (capped at a fifth of the run so short runs reach the peak);
+    ``None`` means 5 % of the run, at most 1,000 steps."""
+    schedule: str = "wsd"
+    """After warm-up: ``wsd`` (constant, then linear decay to 0 over the last 20 % of the run), ``cosine`` or
+    ``linear`` decay to 0 from the peak, or ``constant``."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     weight_decay: float = 0.0
@@ -83,7 +105,9 @@ class TrainConfig:
     aux_coef: float = 1 / 32
     """Weight of the AuxK loss; 0 disables it."""
     dead_tokens: int | None = None
-    """A latent that has not fired for this many tokens is dead; ``None`` means min(10M, n_tokens / 10)."""
+    """A latent that has not fired for this many tokens is dead. ``None``: for TopK ``256 * d_sae / k`` (256 of
+    an average latent's firings), at most a tenth of the run and 10M; for ReLU a tenth of the run, at most 10M;
+    never less than one batch."""
     dtype: str = "bf16"
     """Compute precision: ``bf16`` autocast (weights and optimiser state stay fp32) or ``fp32``."""
     seed: int = 0
@@ -104,11 +128,11 @@ class TrainConfig:
                 raise SaeVitError(f"Unknown {name} {getattr(self, name)!r}; use one of {', '.join(allowed)}.")
         if isinstance(self.lr, str) and self.lr != "auto" or not isinstance(self.lr, str) and self.lr <= 0:
             raise SaeVitError(f"Learning rate must be positive or 'auto' (got {self.lr!r}).")
-        for name in ("expansion", "k", "batch_size", "n_tokens", "log_every"):
-            if getattr(self, name) <= 0:
+        for name in ("expansion", "k", "batch_size", "n_tokens", "log_every", "d_sae", "dead_tokens", "aux_k"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise SaeVitError(f"{name} must be positive (got {getattr(self, name)}).")
         for name in ("warmup_steps", "grad_clip", "weight_decay", "aux_coef", "l1_coefficient"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise SaeVitError(f"{name} must not be negative (got {getattr(self, name)}).")
 
 
@@ -150,17 +174,37 @@ def resolve(cfg: TrainConfig, d_in: int) -> TrainConfig:
     d_sae = cfg.d_sae or cfg.expansion * d_in
     n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
     if cfg.architecture == "topk" and cfg.k > d_sae:
-        raise SaeVitError(f"k={cfg.k} exceeds the {d_sae} latents; lower --k or raise --expansion.")
-    lr = cfg.lr
-    if lr == "auto":
-        lr = 2e-4 / math.sqrt(d_sae / 2**14) if cfg.architecture == "topk" else 4e-4
+        raise SaeVitError(f"k={cfg.k} exceeds the {d_sae} latents; lower --k or raise --expansion or --d-sae.")
     device = str(resolve_device(cfg.device))
     return TrainConfig(**{
-        **asdict(cfg), "d_sae": d_sae, "lr": float(lr), "device": device,
+        **asdict(cfg), "d_sae": d_sae, "lr": float(auto_lr(cfg, d_in, d_sae) if cfg.lr == "auto" else cfg.lr),
+        "device": device,
+        "warmup_steps": cfg.warmup_steps if cfg.warmup_steps is not None else
+        min(MAX_WARMUP_STEPS, round(WARMUP_FRACTION * n_steps)),
         "l1_warmup_steps": cfg.l1_warmup_steps if cfg.l1_warmup_steps is not None else n_steps // 20,
         "aux_k": cfg.aux_k or max(1, d_in // 2),
-        "dead_tokens": cfg.dead_tokens or min(10_000_000, max(cfg.n_tokens // 10, cfg.batch_size)),
+        "dead_tokens": cfg.dead_tokens or default_dead_tokens(cfg, d_sae),
     })
+
+
+def auto_lr(cfg: TrainConfig, d_in: int, d_sae: int) -> float:
+    """The learning rate ``lr="auto"`` stands for (see :attr:`TrainConfig.lr`)."""
+    if cfg.architecture != "topk":
+        return 4e-4
+    return LR_AT_16K * math.sqrt(2**14 / d_sae) * math.sqrt(768 / d_in) * math.sqrt(cfg.batch_size / 4096)
+
+
+def default_dead_tokens(cfg: TrainConfig, d_sae: int) -> int:
+    """The dead-latent window ``dead_tokens=None`` stands for (see :attr:`TrainConfig.dead_tokens`).
+
+    A fixed window (10M tokens in OpenAI's and sparsify's recipes) never fires in short runs and, in a small
+    dictionary whose latents each fire every few dozen tokens, waits thousands of firings before AuxK helps;
+    counting in a latent's own expected firings fits both ends.
+    """
+    window = min(MAX_DEAD_TOKENS, cfg.n_tokens // 10)
+    if cfg.architecture == "topk":
+        window = min(window, DEAD_FIRINGS * d_sae // cfg.k)
+    return max(window, cfg.batch_size)
 
 
 def rebatch(batches: Iterable[Tensor], batch_size: int, d_in: int) -> Iterator[Tensor]:
@@ -218,12 +262,16 @@ def init_sae(d_in: int, cfg: TrainConfig, init_acts: Tensor, sae_config_extra: d
 
 
 def lr_factor(step: int, n_steps: int, cfg: TrainConfig) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then the configured decay."""
-    warmup = min(cfg.warmup_steps, n_steps // 5)
+    """Learning-rate multiplier at ``step`` of ``n_steps``: linear warm-up, then the configured schedule
+    (``cfg`` resolved, or with an explicit ``warmup_steps``)."""
+    warmup = min(cfg.warmup_steps or 0, n_steps // 5)
     if step < warmup:
         return (step + 1) / warmup
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "wsd":
+        decay_start = max(warmup, n_steps - max(1, round(DECAY_FRACTION * n_steps)))
+        return 1.0 if step < decay_start else max(0.0, (n_steps - step) / (n_steps - decay_start))
     progress = min(1.0, (step - warmup) / max(1, n_steps - warmup))
     return 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -235,31 +283,53 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def auxk_loss(sae: SAE, xn: Tensor, pre: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
+#: AuxK differentiates the dead latents' pre-activations densely while at most this fraction of the latents is
+#: dead (its matmuls then cost at most ~6/8 of the encoder's), and through the k-sparse kernels beyond.
+AUXK_DENSE_FRACTION = 1 / 8
+
+
+def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
               W_enc: Tensor | None = None) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
 
-    ``xn`` [n, d_in] normalised inputs, ``pre`` [n, d_sae] their (detached) pre-activations, ``residual``
-    [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead columns are searched and only the selected
-    (token, latent) pairs are differentiated (:mod:`sae_vit.kernels`). Normalised by the residual's own
+    ``xn`` [n, d_in] normalised inputs, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead
+    latents' pre-activations are computed, [n, n_dead], by their own matmul. While few latents are dead (at most
+    :data:`AUXK_DENSE_FRACTION`), they are differentiated densely: when ``aux_k`` or more latents are dead the
+    top ``aux_k`` of each token are kept, else all of them, and the cost stays a few per cent of the step
+    (listing every (token, dead latent) pair for the sparse kernels cost 40 % of it). With many dead latents the
+    selected pairs go through the k-sparse kernels of :mod:`sae_vit.kernels`. Normalised by the residual's own
     variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify. ``W_enc`` stands in for
     ``sae.W_enc`` (see :func:`sae_loss`).
     """
     W_enc = sae.W_enc if W_enc is None else W_enc
     dead_idx = dead.nonzero().squeeze(1)
-    k_aux = min(aux_k, len(dead_idx))
-    raw, j = pre[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
-    idx = dead_idx[j]
-    bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
-    vals = kernels.EncoderValues.apply(xn, sae.b_dec, W_enc, sae.b_enc, idx, raw, bags).relu()
-    e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
+    n_dead = len(dead_idx)
+    k_aux = min(aux_k, n_dead)
+    x_c = xn - sae.b_dec
+    if n_dead <= AUXK_DENSE_FRACTION * sae.cfg.d_sae:
+        # [n_dead, d_in] rows of W_enc^T: a contiguous gather for the trainer's row-major leaf.
+        pre = torch.addmm(sae.b_enc.index_select(0, dead_idx), x_c, W_enc.T.index_select(0, dead_idx).T)
+        if k_aux < n_dead:
+            top, j = pre.topk(k_aux, dim=-1, sorted=False)
+            acts = torch.zeros_like(pre).scatter(1, j, top.relu())
+        else:
+            acts = pre.relu()
+        e_hat = acts @ sae.W_dec.index_select(0, dead_idx).to(acts.dtype)
+    else:
+        with torch.no_grad():
+            pre = torch.addmm(sae.b_enc[dead_idx], x_c, W_enc[:, dead_idx])
+            raw, j = pre.topk(k_aux, dim=-1, sorted=False)
+        idx = dead_idx[j]
+        bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
+        vals = kernels.EncoderValues.apply(xn, sae.b_dec, W_enc, sae.b_enc, idx, raw, bags).relu()
+        e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
     # A change in normalised space maps back without the offsets, as in SAE.edit.
     if sae.cfg.normalization == "layer_norm":
         e_hat = e_hat * ctx[1]
     elif sae.cfg.normalization == "constant":
         e_hat = e_hat / sae.scale
     err = (e_hat.float() - residual).pow(2).sum()
-    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, len(dead_idx) / aux_k)
+    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, n_dead / aux_k)
 
 
 def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
@@ -290,12 +360,13 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
         fired = (f > 0).any(dim=0)
     x_hat = sae.denormalize(x_hat_n, ctx).float()
     with torch.no_grad():
-        total_var = x.var(dim=0, correction=0).sum().mul_(x.shape[0]).clamp_min(1e-12)  # sum of squares, centred
+        # Centred sum of squares; a norm of the centred batch is several times faster than var(dim=0) on CPU.
+        total_var = torch.linalg.vector_norm(x - x.mean(dim=0)).square().clamp_min(1e-12)
     if cfg.architecture == "topk":
         fvu = F.mse_loss(x_hat, x, reduction="sum") / total_var  # one fused pass forward and backward
         loss = fvu
         if cfg.aux_coef > 0 and dead.any():
-            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, enc.pre, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
+            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
     else:
         sq_err = (x_hat - x).pow(2)
         fvu = sq_err.sum() / total_var
@@ -310,9 +381,19 @@ def optimizer_step(sae: SAE, opt: torch.optim.Optimizer, loss: Tensor, grad_clip
     loss.backward()
     with torch.no_grad():
         w, g = sae.W_dec, sae.W_dec.grad
-        g.addcmul_(torch.linalg.vecdot(g, w).neg_().unsqueeze(1), w)  # one pass: g -= (g . w) w per row
+        # g -= (g . w) w per row; the row dots as a batched matmul (linalg.vecdot makes a [d_sae, d_in] temporary)
+        g.addcmul_(torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).view(-1, 1).neg_(), w)
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], grad_clip, foreach=True)
+        params = opt.param_groups[0]["params"]
+        if sae.W_dec.device.type == "cpu":
+            # Scale only when the norm exceeds the clip (rarely after the first steps): a pass over every
+            # gradient saved. On a GPU the comparison would wait for the device, so scale always, as torch does.
+            grads = [p.grad for p in params if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+            if norm > grad_clip:
+                torch._foreach_mul_(grads, grad_clip / (norm + 1e-6))
+        else:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     opt.step()
     sae.normalize_decoder()
 
@@ -371,7 +452,8 @@ class Trainer:
         # Fused AdamW: one pass over parameters and moments instead of a dozen (it matters at d_sae x d_in).
         fused = self.device.type in ("cpu", "cuda")
         params = [p for p in loss_fn.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, betas=ADAM_BETAS, weight_decay=cfg.weight_decay,
+                                     fused=fused)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.n_steps, cfg))
         self.since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.step_count = self.tokens = 0

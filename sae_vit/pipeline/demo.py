@@ -79,7 +79,7 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
     t0 = time.perf_counter()
     n_saes = len(cfg.layers) * len(cfg.tokens)
     say(f"2/4 training {n_saes} TopK SAEs (k={cfg.k}, x{cfg.expansion}, {cfg.n_tokens:,} tokens each)")
-    train_cfg = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed, warmup_steps=20)
+    train_cfg = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed)
     table = api.sparsity(
         cache=out / "cache", grid=True, layers=list(cfg.layers), tokens=list(cfg.tokens),
         n_tokens=cfg.n_tokens, out=out / "sparsity.csv", config=train_cfg, sae_dir=out / "saes", progress=say,
