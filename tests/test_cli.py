@@ -166,7 +166,10 @@ def test_train_lr_auto_and_bad_lr(cli_cache, tmp_path):
 
     sae = SAE.load(out)
     assert sae.cfg.d_sae == 128  # expansion 2 x width 64
-    assert sae.cfg.training["recipe"]["lr"] == pytest.approx(2e-4 / (128 / 2**14) ** 0.5)
+    recipe = sae.cfg.training["recipe"]
+    # the auto rule (core.train.resolve): scaled with d_sae, d_in and the batch actually used
+    expected = 1.75e-3 * (2**14 / 128) ** 0.5 * (768 / 64) ** 0.5 * (recipe["batch_size"] / 4096) ** 0.5
+    assert recipe["lr"] == pytest.approx(expected)
     assert_user_error(["train", "--cache", cli_cache, "--layer", "1", "--out", tmp_path / "x.safetensors",
                        "--lr", "fast"], "--lr")
     assert_user_error(["train", "--cache", cli_cache, "--layer", "1", "--out", tmp_path / "x.safetensors",
