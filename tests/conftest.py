@@ -71,16 +71,19 @@ HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
     """HF_HUB_OFFLINE=1, a private Hub cache (returned; fill it with :func:`lay_out_hub_cache`) and converted-SAE
-    cache under ``HF_HOME``, and no socket may connect."""
+    cache under ``HF_HOME``, and no network socket may connect (local ones may: DataLoader workers use them)."""
     import socket
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.delenv("SAEVIT_CONVERTED", raising=False)
+    connect = socket.socket.connect
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
+    def refuse(sock, address, *args, **kwargs):
+        if sock.family == socket.AF_UNIX:
+            return connect(sock, address, *args, **kwargs)
+        raise AssertionError(f"network access attempted: {address}")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     return tmp_path / "hf_cache"
