@@ -1,16 +1,14 @@
 """The top-level Python API: lazy names, SAE.from_pretrained for every source kind, encode / decode.
 
 Foreign checkpoints are written by hand in each library's layout (as tests/test_interop.py does), Hub repos are
-laid out on disk exactly as huggingface_hub's cache stores them (as tests/test_hub.py does), and nothing may open
-a network connection.
+laid out on disk exactly as huggingface_hub's cache stores them (tests/conftest.py's lay_out_hub_cache), and nothing
+may open a network connection (its offline_hub fixture).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,25 +19,12 @@ from safetensors.torch import save_file
 
 import sae_vit
 from sae_vit import SAE, SAEConfig, SaeVitError, TokenNorm
+from tests.conftest import HUB_COMMIT as COMMIT
+from tests.conftest import lay_out_hub_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 D_IN, D_SAE = 16, 48
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1, private Hub and converted-SAE caches, and no socket may connect."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setenv("SAEVIT_CONVERTED", str(tmp_path / "converted"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return tmp_path / "hf_cache"
+pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: offline, private caches
 
 
 def make_sae(architecture="topk", normalization="none", seed=0, layer=4, site="resid_post", tokens="all") -> SAE:
@@ -191,22 +176,6 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     return folder
 
 
-def lay_out_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str = COMMIT) -> Path:
-    """A repo snapshot exactly as huggingface_hub's cache stores it: blobs, relative symlinks, refs/main."""
-    storage = cache / f"models--{repo_id.replace('/', '--')}"
-    (storage / "blobs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / "main").write_text(commit)
-    snap = storage / "snapshots" / commit
-    for path, data in files.items():
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snap / path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return snap
-
-
 def our_bytes(sae: SAE, tmp_path: Path) -> bytes:
     path = sae.save(tmp_path / "scratch" / "sae.safetensors", overwrite=True)
     return path.read_bytes()
@@ -217,7 +186,7 @@ SOURCES = ["our file", "our folder", "saelens folder", "sparsify folder", "prism
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_from_pretrained_round_trips(source, tmp_path, offline):
+def test_from_pretrained_round_trips(source, tmp_path, offline_hub):
     prisma_like = "prisma" in source or source == "released name"
     ref_sae = make_sae("relu", "layer_norm", seed=3) if prisma_like else make_sae("topk", "none", seed=2)
     if source == "our file":
@@ -233,16 +202,16 @@ def test_from_pretrained_round_trips(source, tmp_path, offline):
     elif source == "prisma weights file":
         ref = write_files(tmp_path / "prisma", prisma_files(ref_sae)) / "n_images_2600058.pt"
     elif source == "hf:// ours":
-        lay_out_hub_cache(offline, "me/saes", {"layer_4/all/sae.safetensors": our_bytes(ref_sae, tmp_path)})
+        lay_out_hub_cache(offline_hub, "me/saes", {"layer_4/all/sae.safetensors": our_bytes(ref_sae, tmp_path)})
         ref = "hf://me/saes/layer_4/all@main"
     elif source == "hf:// prisma":
-        lay_out_hub_cache(offline, "me/prisma-sae", prisma_files(ref_sae))
+        lay_out_hub_cache(offline_hub, "me/prisma-sae", prisma_files(ref_sae))
         ref = "hf://me/prisma-sae"
     else:
         from sae_vit.io.released import get_released
 
         row = get_released("clip-b32/resid_post/layer_11/l1-8e-05")
-        lay_out_hub_cache(offline, row.repo, prisma_files(ref_sae, layer=11))
+        lay_out_hub_cache(offline_hub, row.repo, prisma_files(ref_sae, layer=11))
         ref = row.name
 
     for loader in (SAE.from_pretrained, sae_vit.load_sae):

@@ -4,7 +4,6 @@ Face cache laid out on disk), a SAELens folder and an EleutherAI sparsify folder
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,8 @@ from sae_vit.analysis import typo
 from sae_vit.cli import app
 from sae_vit.core.sae import SAE, SAEConfig
 from sae_vit.core.text import TextHead
-from tests.test_hub import COMMIT, lay_out_cache
+from tests.conftest import HUB_COMMIT as COMMIT
+from tests.conftest import lay_out_hub_cache
 from tests.test_interop import SAELENS_V6_TOPK, write_saelens
 from tests.test_suppress import write_waterbirds
 
@@ -34,17 +34,9 @@ def run(*args):
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path, offline_hub):
     """An offline Hub cache holding owner/vit-saes: layer_3/all/{sae.safetensors, typo_features.json} for the tiny
     ViT; returns the local SAE the repo was made from."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
     torch.manual_seed(3)
     sae = SAE(SAEConfig(d_in=64, d_sae=48, k=6, model="test_vit", layer=3, tokens="all"))
     with torch.no_grad():
@@ -52,7 +44,7 @@ def hub(tmp_path, monkeypatch):
     local = sae.save(tmp_path / "local" / "sae.safetensors")
     feats = typo.save_features(local.with_name("typo_features.json"), local, sae,
                                [{"index": i, "score": 1.0} for i in range(8)], 4, {"split": "train"})
-    lay_out_cache(tmp_path / "hf_cache", "owner/vit-saes", {
+    lay_out_hub_cache(offline_hub, "owner/vit-saes", {
         "layer_3/all/sae.safetensors": local.read_bytes(), "layer_3/all/typo_features.json": feats.read_bytes()})
     return local
 

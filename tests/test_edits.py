@@ -35,47 +35,38 @@ def test_identity_edits_change_nothing(normalization):
     sae = _sae(normalization)
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
-        for edit in (edits.latent_edit(sae, lambda f: f), edits.zero(sae, []), edits.add(sae, torch.zeros(40))):
+        f = sae.encode(x)
+        same = (edits.latent_edit(sae, lambda f: f), edits.zero(sae, []), edits.add(sae, torch.zeros(40)),
+                edits.clamp(sae, 5, f[..., 5]))  # clamping a feature to the value it already has
+        for edit in same:
             assert torch.allclose(edit(x), x, atol=1e-5, rtol=0)
 
 
+def _edit_and_change(name: str, sae: SAE, f: torch.Tensor):
+    """The edit ``name`` on latents ``f``, and the change it must add, decoded in the SAE's (normalised) space."""
+    if name == "zero":
+        idx = f.sum(dim=(0, 1)).topk(3).indices  # features that fire here
+        assert float(f[..., idx].abs().sum()) > 0
+        return edits.zero(sae, idx.tolist()), -(f[..., idx] @ sae.W_dec[idx])
+    if name == "clamp":
+        return edits.clamp(sae, 5, 3.0), (3.0 - f[..., 5:6]) * sae.W_dec[5]
+    amount = torch.zeros(40)
+    amount[[1, 7]] = torch.tensor([2.0, -0.5])
+    return edits.add(sae, amount), 2.0 * sae.W_dec[1] - 0.5 * sae.W_dec[7]
+
+
+@pytest.mark.parametrize("name", ["zero", "clamp", "add"])
 @pytest.mark.parametrize("normalization", NORMS)
-def test_zero_removes_the_features_decoded_part(normalization):
+def test_edit_adds_only_its_decoded_change(name, normalization):
+    """zero removes the features' decoded part, clamp sets one feature, add moves along decoder rows: the output
+    is the input plus that change, mapped back to the input's space (the SAE's error term is kept)."""
     sae = _sae(normalization)
     x = torch.randn(4, 7, 16)
     with torch.no_grad():
         f = sae.encode(x)
-        idx = f.sum(dim=(0, 1)).topk(3).indices  # features that fire here
-        got = edits.zero(sae, idx.tolist())(x)
-        want = x - (f[..., idx] @ sae.W_dec[idx]) * _change_scale(sae, x)
-    assert float(f[..., idx].abs().sum()) > 0
-    assert torch.allclose(got, want, atol=1e-5)
-
-
-@pytest.mark.parametrize("normalization", NORMS)
-def test_clamp_sets_one_feature(normalization):
-    sae = _sae(normalization)
-    x = torch.randn(2, 6, 16)
-    with torch.no_grad():
-        f = sae.encode(x)
-        got = edits.clamp(sae, 5, 3.0)(x)
-        want = x + (3.0 - f[..., 5:6]) * sae.W_dec[5] * _change_scale(sae, x)
-        # clamping a feature to the value it already has changes nothing
-        same = edits.clamp(sae, 5, f[..., 5])(x)
-    assert torch.allclose(got, want, atol=1e-5)
-    assert torch.allclose(same, x, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("normalization", NORMS)
-def test_add_moves_along_the_decoder_rows(normalization):
-    sae = _sae(normalization)
-    x = torch.randn(2, 6, 16)
-    amount = torch.zeros(40)
-    amount[[1, 7]] = torch.tensor([2.0, -0.5])
-    with torch.no_grad():
-        got = edits.add(sae, amount)(x)
-    want = x + (2.0 * sae.W_dec[1] - 0.5 * sae.W_dec[7]).detach() * _change_scale(sae, x)
-    assert torch.allclose(got, want, atol=1e-5)
+        edit, change = _edit_and_change(name, sae, f)
+        got = edit(x)
+    assert torch.allclose(got, x + change * _change_scale(sae, x), atol=1e-5)
 
 
 def test_project_sets_the_component_and_nothing_else():

@@ -7,11 +7,8 @@ network methods and check the files and the model card they would upload.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -22,25 +19,12 @@ from sae_vit.cli import app
 from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE, SAEConfig
 from sae_vit.io.hub import HubRef, list_repo, model_card, parse_ref, pull, push, resolve_hf_uri
+from tests.conftest import HUB_COMMIT as COMMIT
+from tests.conftest import lay_out_hub_cache
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER = "fedcba9876543210fedcba9876543210fedcba98"
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(tmp_path, monkeypatch):
-    """HF_HUB_OFFLINE=1, a private cache, and no socket may connect."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.delenv("SAEVIT_CONVERTED", raising=False)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return tmp_path / "hf_cache"
+pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: offline, private caches
 
 
 def make_sae(layer=2, tokens="all", site="resid_post", model="toy", seed=0, l0=11.5, fvu=0.0625):
@@ -59,22 +43,6 @@ def sae_bytes(sae, tmp_path):
     data = path.read_bytes()
     path.unlink()
     return data
-
-
-def lay_out_cache(cache, repo_id, files, commit=COMMIT, ref="main"):
-    """Write a repo snapshot exactly as huggingface_hub's cache stores it: blobs + relative symlinks + refs."""
-    storage = cache / f"models--{repo_id.replace('/', '--')}"
-    (storage / "blobs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / ref).write_text(commit)
-    snap = storage / "snapshots" / commit
-    for path, data in files.items():
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snap / path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    return snap
 
 
 # -- references --------------------------------------------------------------------------------------
@@ -97,7 +65,7 @@ def test_parse_ref_rejects(text):
 # -- resolve / pull through the cache ------------------------------------------------------------------
 def test_resolve_our_layout_offline(tmp_path, offline_hub):
     a, b = make_sae(2, "all", seed=1), make_sae(8, "cls", site="mlp_out", seed=2)
-    snap = lay_out_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(a, tmp_path),
+    snap = lay_out_hub_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(a, tmp_path),
                                                      "layer_8/mlp_out/cls/sae.safetensors": sae_bytes(b, tmp_path)})
     assert resolve_hf_uri("hf://owner/saes/layer_2/all") == snap / "layer_2/all/sae.safetensors"
     assert resolve_hf_uri("hf://owner/saes/layer_2/all@main") == snap / "layer_2/all/sae.safetensors"
@@ -135,7 +103,7 @@ def prisma_files():
 def test_prisma_repo_converts_once_into_local_cache(tmp_path, offline_hub):
     tensors, files = prisma_files()
     repo = "Prisma-Multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-11-hook_resid_post-l1-8e-05"
-    lay_out_cache(offline_hub, repo, files)
+    lay_out_hub_cache(offline_hub, repo, files)
     path = resolve_hf_uri(f"hf://{repo}")
     expected = (tmp_path / "hf_home" / "sae_vit" / "converted" / f"{repo.replace('/', '--')}@{COMMIT}"
                 / "sae.safetensors")
@@ -153,10 +121,10 @@ def test_prisma_repo_converts_once_into_local_cache(tmp_path, offline_hub):
 
 def test_pull_offline_with_out_and_revisions(tmp_path, offline_hub):
     a, b = make_sae(2, "all", seed=1), make_sae(2, "cls", seed=2)
-    lay_out_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(a, tmp_path),
+    lay_out_hub_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(a, tmp_path),
                                               "layer_2/cls/sae.safetensors": sae_bytes(b, tmp_path),
                                               "README.md": b"card"})
-    lay_out_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(b, tmp_path)},
+    lay_out_hub_cache(offline_hub, "owner/saes", {"layer_2/all/sae.safetensors": sae_bytes(b, tmp_path)},
                   commit=OTHER, ref="v2")
     pulled = pull("owner/saes", tmp_path / "out")
     assert [p.path for p in pulled] == ["layer_2/all", "layer_2/cls"]
@@ -172,7 +140,7 @@ def test_pull_offline_with_out_and_revisions(tmp_path, offline_hub):
 
 
 def test_list_from_cache_and_offline_error(tmp_path, offline_hub):
-    lay_out_cache(offline_hub, "owner/mixed", {
+    lay_out_hub_cache(offline_hub, "owner/mixed", {
         "layer_2/all/sae.safetensors": sae_bytes(make_sae(), tmp_path),
         "layer_8/mlp_out/cls/sae.safetensors": sae_bytes(make_sae(8, "cls", "mlp_out"), tmp_path),
         "blocks.3.hook_resid_post/cfg.json": b"{}", "blocks.3.hook_resid_post/sae_weights.safetensors": b"x",
@@ -194,30 +162,6 @@ def test_list_from_cache_and_offline_error(tmp_path, offline_hub):
 
 
 # -- push ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def fake_hub(monkeypatch):
-    """Replace HfApi's network calls; record what would be uploaded."""
-    calls = {}
-
-    def create_repo(self, repo_id, **kw):
-        calls["create_repo"] = (repo_id, kw)
-        return f"https://huggingface.co/{repo_id}"
-
-    def create_branch(self, repo_id, **kw):
-        calls["create_branch"] = (repo_id, kw)
-
-    def upload_folder(self, *, repo_id, folder_path, **kw):
-        root = os.path.abspath(folder_path)
-        calls["files"] = {os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/"): open(os.path.join(d, f), "rb")
-                          .read() for d, _, fs in os.walk(root) for f in fs}
-        calls["upload"] = (repo_id, kw)
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_branch", create_branch)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return calls
-
-
 def test_push_builds_layout_and_card(tmp_path, fake_hub):
     real = "vit_base_patch32_clip_224.datacompxl"
     make_sae(8, "cls", model=real, l0=31.25, fvu=0.1875).save(tmp_path / "saes/layer_8/cls/sae.safetensors")

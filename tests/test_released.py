@@ -6,12 +6,9 @@ layout (config.json + n_images_2600058.pt) under the registered repo id, with HF
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import re
-import socket
 
 import pytest
 import torch
@@ -20,24 +17,12 @@ from sae_vit.core.errors import SaeVitError
 from sae_vit.core.sae import SAE
 from sae_vit.io.released import get_released, is_released_name, list_released, released_uri
 from sae_vit.io.resolve import find_saes, resolve_sae_path
+from tests.conftest import HUB_COMMIT as COMMIT
+from tests.conftest import lay_out_hub_cache
 
-COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 REPO_RE = re.compile(r"^Prisma-Multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-(\d+)-hook_"
                      r"(resid_post|mlp_out)-l1-(1e-05|5e-05|8e-05|0\.0001)$")
-
-
-@pytest.fixture(autouse=True)
-def offline_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.delenv("SAEVIT_CONVERTED", raising=False)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    return tmp_path / "hf_cache"
+pytestmark = pytest.mark.usefixtures("offline_hub")  # every test: offline, private caches
 
 
 # -- the registry --------------------------------------------------------------------------------------------
@@ -100,19 +85,6 @@ def fake_prisma_repo(layer: int, subtype: str, l1: float, seed: int = 0):
     return files, t
 
 
-def lay_out_cache(cache, repo_id, files, commit=COMMIT):
-    storage = cache / f"models--{repo_id.replace('/', '--')}"
-    (storage / "blobs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs").mkdir(exist_ok=True)
-    (storage / "refs" / "main").write_text(commit)
-    snap = storage / "snapshots" / commit
-    for path, data in files.items():
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / path).parent.mkdir(parents=True, exist_ok=True)
-        (snap / path).symlink_to(os.path.relpath(blob, (snap / path).parent))
-
-
 def prisma_forward(x, t):
     """ViT-Prisma's forward for these SAEs: layer-norm in, ReLU, decode, de-normalise with the same mu, std."""
     mu = x.mean(-1, keepdim=True)
@@ -129,7 +101,7 @@ def prisma_forward(x, t):
 def test_load_a_released_sae_by_name_offline(name, layer, subtype, site, tmp_path, offline_hub):
     row = get_released(name)
     files, t = fake_prisma_repo(layer, subtype, row.l1_coefficient)
-    lay_out_cache(offline_hub, row.repo, files)
+    lay_out_hub_cache(offline_hub, row.repo, files)
     sae = SAE.from_pretrained(name)
     c = sae.cfg
     assert (c.layer, c.site, c.tokens, c.architecture, c.l1_coefficient, c.normalization, c.model) == (

@@ -1,6 +1,8 @@
 """The re-run rule: derived outputs (tables, plots, pages) are regenerated on a re-run; a trained SAE (like a cache
 or any other expensive output) is never replaced without --overwrite."""
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 import sae_vit.pipeline as api
@@ -29,3 +31,36 @@ def test_readme_quickstart_runs_twice(monkeypatch, tmp_path):
             r = runner.invoke(app, args)
             assert r.exit_code == 0, (attempt, args, r.output)
     assert (home / "sparsity.csv").is_file() and (home / "steer" / "steer_summary.csv").is_file()
+
+
+def test_defend_typo_eval_world_regenerates_its_feature_file(tmp_path):
+    """The feature file eval world writes is a derived output: the protocol is seeded, so a re-run writes the same file
+    again rather than stopping at "already exists"."""
+    runner = CliRunner()
+    args = ["defend-typo", "eval", "world", "--n-discovery", "8", "--n-val", "8", "--n-test", "8", "--no-baselines"]
+    feature_file = tmp_path / "saevit_home" / "typo" / "typo_sae.typo.json"  # the shipped SAE's, in the work folder
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    first = feature_file.read_bytes()
+    feature_file.write_text("stale")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert feature_file.read_bytes() == first
+
+
+@pytest.mark.parametrize("command", [["steer-score"], ["inspect"], ["suppress"], ["defend-typo", "eval"]])
+def test_overwrite_is_hidden_where_every_output_is_derived(command):
+    """Nothing of these commands needs --overwrite, so --help does not offer it; old scripts that pass it still run."""
+    r = CliRunner().invoke(app, [*command, "--help"])
+    assert r.exit_code == 0 and "--overwrite" not in r.output
+    cmd = typer.main.get_command(app)
+    for word in command:
+        cmd = cmd.commands[word]
+    assert next(p for p in cmd.params if "--overwrite" in p.opts).hidden
+
+
+@pytest.mark.parametrize("command", [["cache"], ["train"], ["pull"], ["convert"], ["export"], ["world", "export"],
+                                     ["defend-typo", "attack"], ["defend-typo", "make-assets"]])
+def test_overwrite_is_offered_where_an_output_is_expensive(command):
+    r = CliRunner().invoke(app, [*command, "--help"])
+    assert r.exit_code == 0 and "--overwrite" in r.output

@@ -42,6 +42,9 @@ Weights = Annotated[Path | None, typer.Option(
     "--weights", help="Local weights file for --model (safetensors or a PyTorch state dict; for toy, also a "
                       "toy-CLIP file).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+#: ``--overwrite`` of a command whose outputs are all derived (tables, plots, pages: regenerated on every run, the
+#: README's re-run rule): hidden from --help, since it changes nothing, and still accepted so older scripts run.
+Regenerated = Annotated[bool, typer.Option("--overwrite", hidden=True, help="Ignored: outputs are regenerated.")]
 Device = Annotated[str, typer.Option(
     "--device", help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun cuda is cuda:LOCAL_RANK.")]
 Seed = Annotated[int, typer.Option("--seed")]

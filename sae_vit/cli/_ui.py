@@ -8,6 +8,7 @@ imported here (``saevit --help`` must not import torch).
 from __future__ import annotations
 
 import itertools
+import math
 
 from rich.console import Console
 from rich.text import Text
@@ -37,10 +38,22 @@ def result(**fields) -> None:
 def _plain(value):
     """A JSON-ready value: numpy and torch scalars as Python numbers, paths and anything else as text."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
+        return _finite(value.item())
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return _finite(value.tolist())
     return str(value)
+
+
+def _finite(value):
+    """``value`` with NaN and infinities as None (null), and every key as text: strict JSON (RFC 8259; jq,
+    JavaScript) has no NaN, and a table's missing cell is NaN in pandas."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def dump_json() -> None:
@@ -51,7 +64,7 @@ def dump_json() -> None:
     global _json
     if _json is not None:
         doc, _json = _json, None
-        sys.stdout.write(json.dumps(doc, default=_plain, allow_nan=True, indent=1) + "\n")
+        sys.stdout.write(json.dumps(_finite(doc), default=_plain, allow_nan=False, indent=1) + "\n")
 
 
 def error(message: str) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import note, print_table, say
+from sae_vit.cli._ui import note, print_table, result, say
 from sae_vit.core.errors import SaeVitError
 
 
@@ -28,10 +28,11 @@ def push_cmd(
     """
     from sae_vit.io.hub import push
 
-    result = push(sae, repo, private, revision, message)
-    n = sum(f.endswith(".safetensors") for f in result.files)
-    say(f"pushed {n} SAE(s) + README.md to {result.url}" + (f" (branch {result.revision})" if result.revision else ""))
-    for f in result.files:
+    pushed = push(sae, repo, private, revision, message)
+    result(url=pushed.url, revision=pushed.revision, files=pushed.files)
+    n = sum(f.endswith(".safetensors") for f in pushed.files)
+    say(f"pushed {n} SAE(s) + README.md to {pushed.url}" + (f" (branch {pushed.revision})" if pushed.revision else ""))
+    for f in pushed.files:
         say(f"  {f}")
 
 
@@ -53,6 +54,7 @@ def pull_cmd(
     from sae_vit.io.hub import pull
 
     pulled = pull(ref, out, overwrite)
+    result(pulled=[{"path": p.path, "local": p.local} for p in pulled])
     for p in pulled:
         say(f"{p.path or '.'} -> {p.local}")
     say(f"pulled {len(pulled)} SAE(s); load them by path or as hf://{ref.removeprefix('hf://')}")
@@ -100,6 +102,8 @@ def convert_cmd(
     as_json: opt.Json = False,
 ) -> None:
     """Convert an SAE saved by SAELens, EleutherAI sparsify or ViT-Prisma into an sae-vit checkpoint."""
+    import dataclasses
+
     from sae_vit.core.sae import read_checkpoint
     from sae_vit.io.interop import convert
     from sae_vit.io.resolve import resolve_sae_path
@@ -110,6 +114,7 @@ def convert_cmd(
         src = resolve_sae_path(src)
     path = convert(src, to, fmt, overwrite, layer=layer, site=site, tokens=tokens, model=model)
     cfg, _ = read_checkpoint(path)
+    result(path=path, config=dataclasses.asdict(cfg))
     say(f"converted {cfg.architecture} SAE d_in={cfg.d_in} d_sae={cfg.d_sae} (layer {cfg.layer}, {cfg.site}, "
         f"tokens={cfg.tokens}, normalization={cfg.normalization}) -> {path}")
 
@@ -125,6 +130,7 @@ def export_cmd(
     from sae_vit.io.interop import export
 
     folder = export(sae, to, fmt, overwrite)
+    result(folder=folder)
     say(f"exported {sae} as {fmt} -> {folder}")
 
 

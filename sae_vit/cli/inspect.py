@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import LazyProgress, check_images, check_inputs, note, parse_numbers, say
+from sae_vit.cli._ui import LazyProgress, check_images, check_inputs, note, parse_numbers, result, say
 
 
 def inspect_cmd(
@@ -33,7 +33,7 @@ def inspect_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/inspect/...")] = None,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
-    overwrite: opt.Overwrite = False,
+    overwrite: opt.Regenerated = False,
     as_json: opt.Json = False,
 ) -> None:
     """Feature browser: top images with patch heatmaps, density, steerability and text labels per feature."""
@@ -48,10 +48,11 @@ def inspect_cmd(
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
     path = find_saes([sae] if sae else None)[0]  # resolved before the library checks --out
     with LazyProgress("scanning", "what") as bar:
-        result = inspect_sae(str(path), model, weights, images, world, n_images, feature_list, top_steerable, random,
+        found = inspect_sae(str(path), model, weights, images, world, n_images, feature_list, top_steerable, random,
                              top_images, vocab, text_embeddings, None, out, seed, 64, overwrite, device,
                              progress=lambda n: bar.update(completed=n, total=n_images, what="images"),
                              include_dead=include_dead)
-    for row in result["features"]:
+    result(features=found["features"], index=found["index"])
+    for row in found["features"]:
         say(f"feature {row['feature']:>6}  density {100 * row['density']:.2f}%  {row['labels_text']}")
-    say(f"open {result['index']} in a browser")
+    say(f"open {found['index']} in a browser")

@@ -15,6 +15,7 @@ from sae_vit.cli._ui import (
     note_default,
     parse_numbers,
     print_table,
+    result,
     say,
 )
 
@@ -49,7 +50,7 @@ def steer_score_cmd(
     seed: opt.Seed = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/steer.")] = None,
     device: opt.Device = "auto",
-    overwrite: opt.Overwrite = False,
+    overwrite: opt.Regenerated = False,
     as_json: opt.Json = False,
 ) -> None:
     """How precisely each SAE feature (and, as baselines, each neuron and random direction) steers CLIP's output."""
@@ -90,5 +91,6 @@ def print_steer(reports) -> None:
             f"{int(i)} -> {t} (S {v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"], strict=True)))
         rows += [(s["layer"], s["steer_tokens"], kind, k["scored"], k["steerable"],
                   f"{100 * k['fraction']:.1f}", k["distinct_targets"]) for kind, k in s["kinds"].items()]
+    result(steer=[r.summary for r in reports])
     print_table("Steerability (S > threshold at the largest strength)", cols, rows, left=cols)
     say("top features: " + "; ".join(tops))

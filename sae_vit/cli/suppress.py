@@ -16,6 +16,7 @@ from sae_vit.cli._ui import (
     parse_names,
     parse_numbers,
     print_table,
+    result,
     say,
 )
 from sae_vit.core.errors import SaeVitError
@@ -58,7 +59,7 @@ def suppress_cmd(
     batch_size: opt.BatchSize = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the random-feature baseline.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: <workdir>/suppress.")] = None,
-    overwrite: opt.Overwrite = False,
+    overwrite: opt.Regenerated = False,
     as_json: opt.Json = False,
 ) -> None:
     """Suppress the SAE features most associated with a spurious attribute; report group accuracies.
@@ -81,12 +82,12 @@ def suppress_cmd(
                          text_query=tuple(parse_names(text_query) or ()), n_random=n_random, probe=probe,
                          batch_size=batch_size, seed=seed)
     with LazyProgress("suppress", "what") as bar:
-        result, written = suppress(
+        res, written = suppress(
             data, task, paths, target, spurious, parse_layers(layers), model, weights, parse_names(classes),
             text_embeddings, vocab, cfg, out, overwrite,
             progress=lambda what, done, total: bar.update(completed=done, total=total, what=what),
         )
-    _print(result, written)
+    _print(res, written)
 
 
 def _pct(x) -> str:
@@ -97,9 +98,10 @@ def _int(x) -> str:
     return "" if x is None or x != x else str(int(x))
 
 
-def _print(result, written) -> None:
-    s = result.summary
-    t = result.table
+def _print(res, written) -> None:
+    s = res.summary
+    t = res.table
+    result(rows=t.to_dict("records"), summary=s, files={k: v for k, v in written.items() if v is not None})
     group_cols = [c for c in t.columns if c.startswith("test_acc_g")]
     cols = ("method", "layer", "N", "val worst", "avg", "avg (w)", "worst",
             *[f"g{c.removeprefix('test_acc_g')}" for c in group_cols])
@@ -112,7 +114,7 @@ def _print(result, written) -> None:
                          *[_pct(r[c]) for c in group_cols]))
         title = f"{how.replace('_', '-')}: predicting {s['target']} with {s['spurious']} suppressed"
         print_table(title + " (test %; layer and N chosen on val)", cols, rows, left=("method",))
-        part = result.features[result.features["eval"] == how].head(8)
+        part = res.features[res.features["eval"] == how].head(8)
         desc = "; ".join(f"{int(f)} ({sc:.2f}{': ' + c if isinstance(c, str) and c else ''})" for f, sc, c in
                          zip(part["feature"], part["score"], part["concepts"], strict=True))
         ch = s["chosen"][how]

@@ -23,6 +23,7 @@ from sae_vit.cli._ui import (
     parse_names,
     parse_numbers,
     print_table,
+    result,
     say,
 )
 from sae_vit.core.defaults import DEFAULT_MODEL, workdir
@@ -164,12 +165,17 @@ def classify_cmd(
     class_list = _class_list(classes, bundle)
     note(f"model: {bundle.description}; SAE: {sae_path} (layer {defence.sae.cfg.layer}); "
          f"suppressing {len(defence.features)} text features from {feats['path']}")
+    rows = []
     for image in images:
         before, after = classify_image(bundle, image, class_list, defence)
         b, a = int(before.argmax()), int(after.argmax())
         order = torch.maximum(before, after).argsort(descending=True)[:top].tolist()  # by the larger one
+        rows.append({"image": str(image), "no defence": class_list[b], "defended": class_list[a],
+                     "probabilities": {class_list[i]: {"no defence": float(before[i]), "defended": float(after[i])}
+                                       for i in order}})
         print_table(image, ("class", "no defence", "defended"), left=("class",), rows=[
             (class_list[i], _prob(before[i], i == b), _prob(after[i], i == a)) for i in order])
+    result(classes=class_list, images=rows)
 
 
 @typo_app.command("attack")
@@ -219,7 +225,8 @@ def eval_cmd(
     features: FeaturesOpt = None,
     n_features: NFeaturesOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="world: the feature JSON to write (default: <sae>.typo.json).")] = None,
+        "--out", help="world: the feature JSON to write, regenerated on every run (default: <sae>.typo.json).")
+    ] = None,
     model: opt.SaeModel = None,
     weights: opt.Weights = None,
     text_embeddings: opt.TextEmbeddings = None,
@@ -229,7 +236,7 @@ def eval_cmd(
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="world: run baselines.")] = True,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
-    overwrite: opt.Overwrite = False,
+    overwrite: opt.Regenerated = False,
     as_json: opt.Json = False,
 ) -> None:
     """Evaluate the defence: the world protocol (choose layer and N on validation, write the feature file), or
@@ -240,7 +247,7 @@ def eval_cmd(
     if target == "world":
         cfg = EvalConfig(n_discovery=n_discovery, n_val=n_val, n_test=n_test, seed=seed, baselines=baselines)
         paths = [_local_sae(s) for s in sae] if sae else None
-        _eval_world(paths, out, model, weights, text_embeddings, cfg, _torch_device(device), overwrite)
+        _eval_world(paths, out, model, weights, text_embeddings, cfg, _torch_device(device))
         return
     if sae and len(sae) > 1:
         raise SaeVitError("Pass one --sae with eval DIR (several are for eval world).")
@@ -283,6 +290,7 @@ def make_assets_cmd(
     report, sae_path, feat_path = make_typo_assets(bundle, out, workdir() / "typo_work", cfg, eval_cfg,
                                                    overwrite, progress=lambda m: note(m, "cyan"))
     print_report(report)
+    result(features_file=feat_path)
     say(f"model: {bundle.description}; layer {report.layer}, N={report.n}; wrote {sae_path} and {feat_path}")
 
 
@@ -295,20 +303,22 @@ def _feature_file(sae_path) -> Path:
     return workdir() / "typo" / path.name if shipped else path
 
 
-def _eval_world(paths, out, model, weights, text_embeddings, cfg, device, overwrite) -> None:
+def _eval_world(paths, out, model, weights, text_embeddings, cfg, device) -> None:
     from sae_vit.analysis.typo import default_pair, run_world_eval, write_report_features
     from sae_vit.core.sae import SAE
 
     paths = paths or [default_pair()[0]]
     saes = [(p, SAE.load(p, device)) for p in paths]
     bundle = _bundle(model, weights, text_embeddings, device, saes[0][1].cfg.model)
-    # eval results (the feature file included) are derived outputs: regenerated on every run
+    # The feature file is a derived output like every eval result: the protocol is seeded, so a re-run with the same
+    # SAE, model and options writes the same file again (the README's re-run rule); it is regenerated, never refused.
     targets = {str(p): Path(out) if out is not None else _feature_file(p) for p in paths}
     start = time.perf_counter()
     report = run_world_eval(bundle, saes, cfg, progress=lambda m: note(m, "cyan"))
     chosen = {str(p): s for p, s in saes}[report.sae_path]
     path = write_report_features(report, chosen, targets[report.sae_path], cfg, overwrite=True)
     print_report(report)
+    result(features_file=path)
     say(f"model: {bundle.description}; chosen layer {report.layer}, N={report.n} on the validation split; "
         f"features -> {path} ({time.perf_counter() - start:.0f} s)")
 
@@ -316,6 +326,8 @@ def _eval_world(paths, out, model, weights, text_embeddings, cfg, device, overwr
 def print_report(report) -> None:
     """The validation sweep and the test tables of a :class:`~sae_vit.analysis.typo.TypoReport`."""
     sweep, chosen = report.sweep, (report.layer, report.n)
+    result(layer=report.layer, n=report.n, sae_file=report.sae_path, sweep=sweep, settings=report.settings,
+           results={name: {d: m.as_dict() for d, m in metrics.items()} for name, metrics in report.results.items()})
     print_table("Validation sweep (discovery recipe): layer x N suppressed features",
                 ("layer", "N", "clean", "attacked", "ASR"),
                 [(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["asr"])) for r in sweep],
@@ -335,6 +347,7 @@ def _eval_folder(directory, sae, features, n, model, weights, text_embeddings, d
     defence, _ = defence_from_files(sae_path, feat_path, n, device)
     bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
     res = folder_eval(bundle, directory, defence)
+    result(folder=directory, sae_file=sae_path, defence=defence.describe(), **res)
     print_table(f"{directory}: {len(res['classes'])} classes (labels and written words)",
                 ("defence", "clean", "attacked", "ASR"), left=("defence",),
                 rows=[(label, _pct(res[d]["clean"]), _pct(res[d]["attacked"]), _pct(res[d]["asr"]))
