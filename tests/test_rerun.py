@@ -1,5 +1,6 @@
 """The re-run rule: derived outputs (tables, plots, pages) are regenerated on a re-run; a trained SAE (like a cache
-or any other expensive output) is never replaced without --overwrite."""
+or any other expensive output) is never replaced without --overwrite: the same recipe on the same cache keeps it,
+other settings are refused."""
 
 import pytest
 import typer
@@ -24,6 +25,9 @@ def test_readme_quickstart_runs_twice(monkeypatch, tmp_path):
             if attempt == 1 and args[0] == "train":
                 before = sae.read_bytes()
                 r = runner.invoke(app, args)
+                assert r.exit_code == 0 and "kept it" in r.output, r.output
+                assert sae.read_bytes() == before
+                r = runner.invoke(app, [*args, "--k", "4"])  # other settings: refused, the SAE untouched
                 lines = [ln for ln in r.output.splitlines() if ln.strip() and not ln.startswith("using default")]
                 assert r.exit_code == 2 and len(lines) == 1 and "--overwrite" in lines[0], r.output
                 assert sae.read_bytes() == before

@@ -158,11 +158,16 @@ def train_cmd(
             bar.update(completed=s.step, total=s.n_steps, stats=f"{name}loss {s.loss:.4g}  L0 {s.l0:.1f}  "
                        f"FVU {s.fvu:.3f}  dead {100 * s.dead_fraction:.1f}%")
 
+        kept = []
         result = api.train(None if layer_list == "all" else layer_list, parse_names(tokens), cache, out, cfg,
-                           n_tokens, epochs, overwrite, progress)
+                           n_tokens, epochs, overwrite, progress, kept=kept.append)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return
     for sae, path in result if isinstance(result, list) else [result]:
+        if path in kept:
+            note(f"{path} was already trained with these settings on this cache; kept it (pass --overwrite to "
+                 "train it again).", "yellow")
+            continue
         t = sae.cfg.training
         say(f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {sae.cfg.layer} ({sae.cfg.tokens}): "
             f"held-out L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "

@@ -64,7 +64,7 @@ def _finished_cache(out: Path, backbone, source, layers, site, tokens, dtype) ->
 def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
           cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, config=None,
           n_tokens: int | None = None, epochs: float | None = None, overwrite: bool = False,
-          progress: Callable | None = None):
+          progress: Callable | None = None, *, kept: Callable[[Path], None] | None = None):
     """Train one SAE on ``layer`` / ``tokens`` of a cache and save it. Returns ``(sae, path)``.
 
     ``config`` is a :class:`sae_vit.core.train.TrainConfig`; the training length follows
@@ -76,6 +76,10 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
     ``layer_{L}/{tokens}/...``, and ``progress`` receives ``(index, state)`` (one SAE: ``(state)``). Under
     ``torchrun`` every rank trains (DistributedDataParallel on disjoint slices of the batches) and rank 0
     evaluates and saves.
+
+    Re-runs lose nothing (:func:`~sae_vit.pipeline.training.train_many`): an interrupted run resumes from the state
+    saved beside its checkpoint; a finished checkpoint with the same recipe from the same cache is kept
+    (``kept(path)`` is told); any other is replaced only with ``overwrite``.
     """
     from sae_vit.core.train import TrainConfig
     from sae_vit.io.cache import CacheReader
@@ -94,7 +98,7 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
     jobs = [Job(lay, t, cfg, Path(out) if single and out is not None else default_sae_path(lay, t, site, root))
             for lay in layers for t in token_types]
     report = progress if not single or progress is None else (lambda _i, state: progress(state))
-    results = train_many(cache_dir, jobs, n_tokens, epochs, overwrite, report)
+    results = train_many(cache_dir, jobs, n_tokens, epochs, overwrite, report, kept=kept)
     return results[0] if single else results
 
 
