@@ -152,6 +152,20 @@ def parse_numbers(text: str | None, option: str, kind: type = int) -> list | Non
         raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17.") from exc
 
 
+def check_number(value, option: str, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """Raise one clear error unless ``value`` (None passes) is a finite number >= ``minimum`` (> with ``strict``):
+    NaN, infinities and negative values are refused where they enter, naming ``option``."""
+    import math
+
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"{'greater than' if strict else 'at least'} {minimum:g}"
+        raise SaeVitError(f"{option} must be a finite number {bound} (got {value!r}).")
+
+
 def parse_layers(text: str | None) -> list[int] | str | None:
     """``--layers``: ``"4,8"`` -> [4, 8] (sorted, unique); ``"all"`` stays ``"all"`` (every block, resolved by the
     library once the model is known); None (not given) stays None (the command's default)."""
