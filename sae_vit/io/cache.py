@@ -262,7 +262,7 @@ def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
         _remove_cache(root)
     for layer in settings["layers"]:
         (root / f"layer_{layer}").mkdir(parents=True, exist_ok=True)
-    manifest = {**settings, "complete": False, "shards": [], "n_tokens": 0, "mean_norm": {}, "skipped": []}
+    manifest = {**settings, "complete": False, "shards": [], "n_tokens": 0, "n_images_cached": 0, "mean_norm": {}, "skipped": []}
     write_json(path, manifest)
     return manifest
 
@@ -370,17 +370,21 @@ def _is_num(v) -> bool:
 #: The manifest's fields: name -> (check, what it must be). Rank files and extra fields are not checked.
 _MANIFEST_SCHEMA: dict[str, tuple[Callable, str]] = {
     "model": (lambda v: isinstance(v, str), "a string"),
+    "weights": (lambda v: isinstance(v, str), "a string"),
     "layers": (lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v)
                and len(set(v)) == len(v), "a non-empty list of distinct block indices"),
-    "site": (lambda v: v in SITES, f"one of {', '.join(SITES)}"),
-    "tokens": (lambda v: v in TOKENS, f"one of {', '.join(TOKENS)}"),
-    "dtype": (lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+    "site": (lambda v: isinstance(v, str) and v in SITES, f"one of {', '.join(SITES)}"),
+    "tokens": (lambda v: isinstance(v, str) and v in TOKENS, f"one of {', '.join(TOKENS)}"),
+    "dtype": (lambda v: isinstance(v, str) and v in DTYPES, f"one of {', '.join(DTYPES)}"),
     "d_model": (lambda v: _is_int(v) and v > 0, "a positive integer"),
     "images_per_shard": (lambda v: _is_int(v) and v > 0, "a positive integer"),
     "n_images": (lambda v: _is_int(v) and v >= 0, "a count"),
     "complete": (lambda v: isinstance(v, bool), "true or false"),
     "source": (lambda v: isinstance(v, dict), "an object"),
     "shards": (lambda v: isinstance(v, list), "a list"),
+    "n_tokens": (lambda v: _is_int(v) and v >= 0, "a count"),
+    "n_images_cached": (lambda v: _is_int(v) and v >= 0, "a count"),
+    "skipped": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of image ids"),
 }
 _SHARD_SCHEMA: dict[str, tuple[Callable, str]] = {
     "index": (lambda v: _is_int(v) and v >= 0, "a shard index"),

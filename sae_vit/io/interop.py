@@ -21,7 +21,15 @@ from sae_vit import __version__
 from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint, weight_shapes
+from sae_vit.core.sae import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    SAE,
+    SAEConfig,
+    check_weights,
+    is_checkpoint,
+    weight_shapes,
+)
 
 FORMATS = ("sae_vit", "saelens", "sparsify", "prisma")
 EXPORT_FORMATS = ("saelens",)
@@ -118,7 +126,10 @@ def _need(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], where:
 
 
 def _build(cfg: SAEConfig, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor) -> SAE:
-    return SAE.from_tensors(cfg, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
+    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    cfg.validate()
+    check_weights("the SAE to import", cfg, tensors)
+    return SAE.from_tensors(cfg, tensors)
 
 
 def _int(value, what: str, where: Path) -> int:
