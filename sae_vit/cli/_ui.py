@@ -145,11 +145,16 @@ def parse_numbers(text: str | None, option: str, kind: type = int) -> list | Non
     naming ``option``."""
     if text is None:
         return None
+    import math
+
+    what = "comma-separated integers" if kind is int else "comma-separated finite numbers"
     try:
-        return [kind(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        what = "comma-separated integers" if kind is int else "comma-separated numbers"
         raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17.") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17 (no nan or inf).")
+    return values
 
 
 def check_number(value, option: str, *, minimum: float = 0.0, strict: bool = False) -> None:
