@@ -270,6 +270,26 @@ def _config_from_meta(meta: dict, where: Path) -> SAEConfig:
         raise SaeVitError(f"{where} has incomplete sae-vit metadata ({exc}); re-export it.") from exc
 
 
+#: The files an export writes; ``--overwrite`` replaces a folder holding only these, never one holding more.
+SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def _check_export_target(folder: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, or a folder holding anything but a previous export's own files; a previous
+    export is replaced only with ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise SaeVitError(f"{folder} is a file, not a folder; choose another --to.")
+    if not folder.exists():
+        return
+    foreign = sorted(p for p in folder.iterdir() if p.name not in SAELENS_FILES or not p.is_file())
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise SaeVitError(f"{folder} holds {foreign[0]}{more}, which an export did not write; choose another --to "
+                          "(--overwrite only ever replaces a previous export's own files).")
+    if any(folder.iterdir()) and not overwrite:
+        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
+
+
 def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``sae`` in SAELens's layout: ``folder/cfg.json`` + ``folder/sae_weights.safetensors``.
 
@@ -278,8 +298,7 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
     """
     from safetensors.torch import save_file
 
-    if Path(folder).exists() and not overwrite:
-        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
+    _check_export_target(Path(folder), overwrite)
     cfg = sae.cfg
     W_enc, b_enc = sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu()
     W_dec, b_dec = sae.W_dec.detach().float().cpu(), sae.b_dec.detach().float().cpu()
