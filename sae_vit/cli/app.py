@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from sae_vit.cli import cache, demo, hub, inspect, sparsity, steer, suppress, typo, world
-from sae_vit.cli._ui import dump_json, error, json_mode, note, out_console
+from sae_vit.cli._ui import drop_notes, dump_json, error, flush_notes, json_mode, note, out_console
 from sae_vit.core.errors import SaeVitError
 
 #: Click's UsageError as the Click that Typer runs on raises it (Typer vendors its own Click; BadParameter, which Typer
@@ -26,8 +26,9 @@ def _usage_error(exc) -> typer.Exit:
     """A command-line mistake Click found (unknown option, value out of range, missing argument) as one red line
     naming the command's --help, instead of Click's usage block; exit code 2 as Click's own."""
     json_mode(None)
+    drop_notes()
     where = exc.ctx.command_path if exc.ctx is not None else "saevit"
-    error(f"{exc.format_message()} (see `{where} --help`)".replace("\n", " "))
+    error(" ".join(f"{exc.format_message()} (see `{where} --help`)".split()))
     return typer.Exit(2)
 
 
@@ -45,8 +46,10 @@ class _Root(TyperGroup):
 
     def invoke(self, ctx):
         json_mode(None)
+        drop_notes()
         try:
             value = super().invoke(ctx)
+            flush_notes()
             dump_json()
             return value
         except UsageError as exc:
@@ -55,6 +58,7 @@ class _Root(TyperGroup):
             raise _usage_error(exc) from None
         except SaeVitError as exc:
             json_mode(None)
+            drop_notes()
             if ctx.params.get("debug"):
                 raise
             error(str(exc))

@@ -94,7 +94,7 @@ def parse_lr(text: str) -> float | str:
         lr = float(text)
     except ValueError:
         lr = float("nan")
-    if not lr > 0:
+    if not 0 < lr < float("inf"):
         raise SaeVitError(f"Could not read --lr {text!r}; give a positive number like 4e-4, or 'auto'.")
     return lr
 

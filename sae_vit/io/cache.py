@@ -97,6 +97,10 @@ def write_cache(backbone: Backbone, source: ImageSource, out: str | os.PathLike,
     root = Path(out)
     rank, world = distributed()
     settings = _settings(backbone, source, items, layers, site, tokens, dtype, images_per_shard)
+    if root.exists() and not root.is_dir():
+        raise SaeVitError(f"{root} is a file, not a folder; choose another --out.")
+    if rank == 0 and root.is_dir():
+        _refuse_foreign(root)  # before the lock file is made: a user's folder is left exactly as it was
     with cache_lock(root) if rank == 0 else _no_lock():
         return _write_locked(backbone, root, items, settings, overwrite, rank, world, progress, stop_after_shards,
                              precision, batch_size, num_workers)
@@ -212,10 +216,11 @@ def cache_lock(root: str | os.PathLike):
         yield
     finally:
         (root / LOCK_OWNER).unlink(missing_ok=True)
-        lock.release()  # the lock file stays: deleting it could let two writers lock two different files
-        if created and [p.name for p in root.iterdir()] == [LOCK]:
-            (root / LOCK).unlink()  # refused before anything was written: leave no folder behind
-            root.rmdir()
+        lock.release()  # the lock file of a cache stays: deleting it could let two writers lock two different files
+        if not (root / MANIFEST).exists():  # refused before anything was written: leave nothing behind
+            (root / LOCK).unlink(missing_ok=True)
+            if created and not any(root.iterdir()):
+                root.rmdir()
 
 
 def _lock_owner(root: Path) -> str:
@@ -241,13 +246,18 @@ def foreign_files(root: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
-    path = root / MANIFEST
+def _refuse_foreign(root: Path) -> None:
+    """Refuse a folder holding anything a cache does not consist of, naming the first such file."""
     foreign = foreign_files(root) if root.exists() else []
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
         raise SaeVitError(f"{root} is not empty: it holds {foreign[0]}{more}, which sae-vit did not write; choose "
                           "another --out (--overwrite only ever replaces a cache's own files).")
+
+
+def _start_or_resume(root: Path, settings: dict, overwrite: bool) -> dict:
+    path = root / MANIFEST
+    _refuse_foreign(root)
     if path.exists() and not overwrite:
         old = read_manifest(root)
         same = all(old.get(k) == v for k, v in settings.items())

@@ -99,9 +99,27 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
     root = Path(out) if out is not None and not single else None
     jobs = [Job(lay, t, cfg, Path(out) if single and out is not None else default_sae_path(lay, t, site, root))
             for lay in layers for t in token_types]
+    for job in jobs:
+        check_destination(job.out, overwrite)
     report = progress if not single or progress is None else (lambda _i, state: progress(state))
     results = train_many(cache_dir, jobs, n_tokens, epochs, overwrite, report)
     return results[0] if single else results
+
+
+def check_destination(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a checkpoint path that could not be written at the end: a folder, an existing file
+    without ``overwrite``, or a place whose folder cannot be created or written."""
+    if path.is_dir():
+        raise SaeVitError(f"{path} is a folder; give --out a file path such as {path / 'sae.safetensors'}.")
+    if path.exists() and not overwrite:
+        raise SaeVitError(f"{path} already exists; pass --overwrite to replace it or choose another --out.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SaeVitError(f"Cannot write {path}: {parent} is a file, not a folder; choose another --out.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SaeVitError(f"Cannot write {path}: {parent} is not writable; choose another --out.")
 
 
 def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tokens: int | None,
@@ -121,14 +139,15 @@ def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tok
         for tokens in token_types:
             path = default_sae_path(layer, tokens, site, sae_dir)
             if not path.exists():
-                if progress:
-                    progress(f"training layer {layer} / {tokens} -> {path}")
+                reader.check(layer, tokens)
                 jobs.append(Job(layer, tokens, config or TrainConfig(), path))
             paths.append(path)
     if jobs:
-        for job in jobs:
-            reader.check(job.layer, job.tokens)
         reader.verify(sorted({job.layer for job in jobs}), allow_incomplete)
+        for job in jobs:
+            check_destination(job.out, False)
+            if progress:
+                progress(f"training layer {job.layer} / {job.tokens} -> {job.out}")
         train_many(cache_dir, jobs, n_tokens=n_tokens, progress=train_progress)
     return paths
 
