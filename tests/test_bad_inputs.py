@@ -516,3 +516,46 @@ def test_bad_input_is_one_line_and_changes_nothing(shared, tmp_path, monkeypatch
         assert fragment in lines[0], lines[0]
     assert _snapshot(tmp_path) == before  # the user's files, next to and inside the outputs, byte-identical
     assert _snapshot(shared) == shared_before
+
+
+# -- --overwrite replaces only the command's own files (acceptance 1) -------------------------------------------
+def _run_ok(argv):
+    r = runner.invoke(app, [str(a) for a in argv])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def _users(T, *names):
+    user_files(*names)(T, None)
+    return {n: (T / n).read_bytes() for n in names}
+
+
+def test_overwrite_keeps_user_files_export_world_train_pull(shared, tmp_path, monkeypatch):
+    from tests.test_hub import lay_out_cache
+
+    T = tmp_path
+    # export: a previous export is replaced; files next to it stay
+    _run_ok(["export", shared / "sae.safetensors", "--to", T / "exported"])
+    kept = _users(T, "thesis.tex", "exported_notes/a.txt")
+    _run_ok(["export", shared / "sae.safetensors", "--to", T / "exported", "--overwrite"])
+    assert sorted(p.name for p in (T / "exported").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    # world export: written into a folder with the user's files, which stay byte-identical
+    kept |= _users(T, "w/thesis.tex", "w/images/train/notes.txt")
+    _run_ok(["world", "export", "--task", "shapes", "--out", T / "w", "--n", "2", "--overwrite"])
+    assert (T / "w" / "metadata.csv").is_file()
+    # train: the checkpoint replaced, its neighbours not
+    kept |= _users(T, "saes/notes.txt")
+    out = T / "saes" / "sae.safetensors"
+    args = ["train", "--cache", shared / "cache", "--layer", "2", "--out", out, "--n-tokens", "256", "--device", "cpu",
+            "--k", "4", "--expansion", "1"]
+    _run_ok(args)
+    _run_ok([*args, "--overwrite"])
+    # pull --out: the pulled checkpoint is copied beside and over nothing of the user's
+    monkeypatch.setenv("HF_HUB_CACHE", str(T / "hub"))
+    lay_out_cache(T / "hub", "owner/repo", {"layer_2/all/sae.safetensors": (shared / "sae.safetensors").read_bytes()})
+    kept |= _users(T, "pulled/README.md", "pulled/layer_2/notes.txt")
+    _run_ok(["pull", "owner/repo", "--out", T / "pulled"])
+    _run_ok(["pull", "owner/repo", "--out", T / "pulled", "--overwrite"])
+    assert (T / "pulled" / "layer_2" / "all" / "sae.safetensors").read_bytes() == (shared / "sae.safetensors").read_bytes()
+    for name, data in kept.items():
+        assert (T / name).read_bytes() == data, name

@@ -340,3 +340,9 @@ def test_image_modes_convert_like_a_reference(tmp_path, mode):
     got = np.asarray(ImageItem(name, tmp_path / name).open(), dtype=np.float64)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1.0, mode  # rounding only
+
+
+def test_bf16_forward_into_a_float16_cache(tiny_backbone, image_dir, tmp_path):
+    """The documented combination --precision bf16 with the default --dtype float16 (crashed in autocast)."""
+    m = write_cache(tiny_backbone, folder_source(image_dir), tmp_path / "c", [3], precision="bf16")
+    assert m["complete"] and CacheReader(tmp_path / "c").load(3, "all", "all").isfinite().all()

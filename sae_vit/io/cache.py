@@ -129,9 +129,9 @@ def _write_locked(backbone, root, items, settings, overwrite, rank, world, progr
     mine: list[dict] = []
     for index in [i for i in range(n_shards) if i not in done and i % world == rank][:stop_after_shards]:
         lo, hi = index * images_per_shard, min(len(items), (index + 1) * images_per_shard)
-        with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
-                                 batch_size, num_workers, manifest, progress if rank == 0 else None, len(items))
+        shard = _cache_shard(backbone, items[lo:hi], lo, layers, site, tokens, token_ids, DTYPES[dtype],
+                             batch_size, num_workers, manifest, progress if rank == 0 else None, len(items),
+                             bf16=precision == "bf16")
         for layer in layers:
             _save_shard(shard_path(root, layer, index), shard["tensors"][layer], _shard_metadata(manifest, layer, index))
         # Only after every layer's file is on disk is the shard recorded.
@@ -290,7 +290,7 @@ def _remove_cache(root: Path) -> None:
 
 @torch.no_grad()
 def _cache_shard(backbone, items, offset, layers, site, tokens, token_ids, dtype, batch_size, num_workers,
-                 manifest, progress, total) -> dict:
+                 manifest, progress, total, bf16: bool = False) -> dict:
     loader = torch.utils.data.DataLoader(
         ImageDataset(items, backbone.transform, offset=offset), batch_size=batch_size,
         num_workers=num_workers, collate_fn=collate_skip_unreadable,
@@ -303,7 +303,9 @@ def _cache_shard(backbone, items, offset, layers, site, tokens, token_ids, dtype
     for indices, batch, bad in loader:
         skipped.update(bad)
         if batch is not None:
-            out = backbone.capture(batch.to(backbone.device), layers, site, tokens)
+            # Only the forward pass runs under autocast: storing (cat to float16) must not.
+            with torch.autocast(backbone.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = backbone.capture(batch.to(backbone.device), layers, site, tokens)
             for layer in layers:
                 a = out[layer].float().cpu()  # [B, T, d]
                 norm_sum[layer] += a.norm(dim=-1).sum().item()
