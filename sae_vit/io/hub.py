@@ -87,7 +87,7 @@ def _seconds(name: str, default: float) -> float:
 CONNECT_TIMEOUT = _seconds("SAEVIT_HUB_CONNECT_TIMEOUT", 5.0)
 READ_TIMEOUT = _seconds("SAEVIT_HUB_READ_TIMEOUT", 10.0)
 #: The most the reachability check may take, name resolution included (``SAEVIT_HUB_PROBE_SECONDS``).
-PROBE_SECONDS = _seconds("SAEVIT_HUB_PROBE_SECONDS", 5.0)
+PROBE_SECONDS = _seconds("SAEVIT_HUB_PROBE_SECONDS", 3.0)
 _REACHABLE: dict[str, bool] = {}
 _TIMEOUTS_SET: list[bool] = []
 
@@ -172,15 +172,20 @@ def _set_timeouts() -> None:
 @contextlib.contextmanager
 def _hub_call():
     """Around every Hub call: timeouts set, huggingface_hub's retry warnings silenced (the outcome is reported as
-    one line)."""
+    one line), and when the Hub does not answer, huggingface_hub itself told it is offline (so that none of its
+    own side requests, such as the user-agent registry, waits on the network either)."""
+    from huggingface_hub import constants
+
     _set_timeouts()
     log = logging.getLogger("huggingface_hub")
-    level = log.level
+    level, offline = log.level, constants.HF_HUB_OFFLINE
     log.setLevel(logging.ERROR)
+    constants.HF_HUB_OFFLINE = offline or _local_only()
     try:
         yield
     finally:
         log.setLevel(level)
+        constants.HF_HUB_OFFLINE = offline
 
 
 def hub_cache_dir() -> Path:

@@ -461,7 +461,9 @@ def export(sae_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "sael
     """Write one of our checkpoints (path or ``hf://``) in another library's layout (``saelens``)."""
     if fmt not in EXPORT_FORMATS:
         raise SaeVitError(f"Cannot export to {fmt!r}; supported: {', '.join(EXPORT_FORMATS)}.")
-    return to_saelens(SAE.load(sae_path), out, overwrite)
+    from sae_vit.io.resolve import resolve_sae_path  # any reference: file, folder, hf://, released name
+
+    return to_saelens(SAE.load(resolve_sae_path(sae_path)), out, overwrite)
 
 
 __all__ = ["FORMATS", "convert", "detect_format", "export", "from_prisma", "from_saelens", "from_sparsify",
