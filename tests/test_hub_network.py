@@ -122,3 +122,21 @@ def test_a_silent_server_times_out_instead_of_hanging(online, silent_server, mon
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 1 and "Could not reach the Hugging Face Hub" in lines[0], r.output
     assert time.perf_counter() - start < 10
+
+
+def test_export_takes_an_hf_reference_in_a_fresh_process(tmp_path):
+    """``saevit export hf://...`` as its own process (no other import has installed the SAE resolver)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sae = make_sae(layer=2, tokens="all")
+    cache = tmp_path / "hf_cache"
+    lay_out_cache(cache, "owner/repo", {"layer_2/all/sae.safetensors": sae_bytes(sae, tmp_path)})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_CACHE": str(cache)}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "sae_vit.cli", "export", "hf://owner/repo/layer_2/all", "--to",
+                        str(tmp_path / "exported")], env=env, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "exported" / "sae_weights.safetensors").is_file()
