@@ -167,6 +167,23 @@ def _small_cache(backbone, images, out, **kw):
     return write_cache(backbone, folder_source(images), out, [1], images_per_shard=4, batch_size=4, **kw)
 
 
+@pytest.fixture(scope="module")
+def finished(tiny_backbone, tmp_path_factory):
+    """One small finished cache (10 images, layer 1, 3 shards), built once; tests damage copies of it."""
+    from tests.conftest import write_images
+
+    root = tmp_path_factory.mktemp("finished")
+    write_images(root / "images", 10)
+    _small_cache(tiny_backbone, root / "images", root / "cache")
+    return root / "cache"
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    return shutil.copytree(finished, tmp_path / "c")
+
+
 def test_a_second_writer_is_refused_naming_the_first(tiny_backbone, image_dir, tmp_path):
     out = tmp_path / "c"
     with cache_mod.cache_lock(out):
@@ -212,9 +229,8 @@ def _rewrite_shard(path, **changes):
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is damaged"),
     (lambda p: p.unlink(), "listed in the manifest but missing"),
 ])
-def test_verify_names_a_shard_that_disagrees_with_the_manifest(tiny_backbone, image_dir, tmp_path, damage, message):
-    out = tmp_path / "c"
-    _small_cache(tiny_backbone, image_dir, out)
+def test_verify_names_a_shard_that_disagrees_with_the_manifest(finished, tmp_path, damage, message):
+    out = _copy(finished, tmp_path)
     CacheReader(out).verify()
     damage(cache_mod.shard_path(out, 1, 1))
     with pytest.raises(SaeVitError, match=message):
@@ -230,9 +246,8 @@ def test_verify_names_a_shard_that_disagrees_with_the_manifest(tiny_backbone, im
     (lambda m: m["shards"].pop(), "says complete but lists 2 of 3"),
     (lambda m: m["shards"][1].update(index=0), "shard indices"),
 ])
-def test_a_damaged_manifest_is_one_line(tiny_backbone, image_dir, tmp_path, edit, message):
-    out = tmp_path / "c"
-    _small_cache(tiny_backbone, image_dir, out)
+def test_a_damaged_manifest_is_one_line(finished, tmp_path, edit, message):
+    out = _copy(finished, tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())
     edit(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
