@@ -83,5 +83,5 @@ def test_destination_is_checked_before_training(cache, tmp_path):
     with pytest.raises(SaeVitError, match="is a folder"):
         _train(cache, tmp_path / "folder")
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(SaeVitError, match="not a writable folder"):
+    with pytest.raises(SaeVitError, match="not a folder"):
         _train(cache, tmp_path / "file" / "sae.safetensors")

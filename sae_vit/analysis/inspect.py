@@ -302,15 +302,19 @@ def inspect_sae(sae: str | os.PathLike | None = None, model: str | None = None,
     steer_csv = (Path(steer_dir) if steer_dir is not None else workdir() / "steer") / f"{results_stem(c)}.csv"
     # steer-score's rows for this SAE's features, None when steer-score has not been run on it
     scores = pd.read_csv(steer_csv).query("kind == 'feature'") if steer_csv.is_file() else None
+    try:  # read before the scan, so a bad --vocab or --text-embeddings is refused before any work
+        words, text = concept_vocabulary(bundle, vocab)
+    except SaeVitError:  # no text head for this model: labels are left out, not an error ...
+        if text_embeddings is not None or vocab is not None:
+            raise  # ... unless the user gave the words or their embeddings
+        words = text = None
     items = open_source(images, world, n=n_images, seed=seed, split="val").items[:n_images]
     batches = lambda: _image_batches(items, bundle.backbone.transform, batch_size)  # noqa: E731
     if features is None:
         live = None if include_dead or top_steerable else live_features(bundle.backbone, model_sae, batches)
         features = pick_features(c.d_sae, scores, steer_csv, top_steerable, random, seed, live)
     found = collect(bundle.backbone, model_sae, batches, features, k=k, progress=progress)
-    try:
-        words, text = concept_vocabulary(bundle, vocab)
-    except SaeVitError:  # no text head for this model: labels are left out, not an error
+    if words is None:
         labels = None
     else:
         probe = load_probe_images(bundle.backbone, images, world, n_images=32, seed=seed + 1)

@@ -375,6 +375,8 @@ def score_saes(saes: list[str | os.PathLike] | None = None, model: str | None = 
     device = resolve_device(device)
     out = Path(out) if out is not None else workdir() / "steer"
     loaded = [(p, SAE.load(p, device)) for p in find_saes(saes)]
+    for _path, sae in loaded:  # before any work or any folder is made
+        _pick(sae.cfg.d_sae, features, max_features, seed)
     bundle = load_model(model or loaded[0][1].cfg.model or DEFAULT_MODEL, weights, text_embeddings, device)
     backbone = bundle.backbone
     words, text = concept_vocabulary(bundle, vocab)

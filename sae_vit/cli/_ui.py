@@ -18,6 +18,9 @@ from sae_vit.core.errors import SaeVitError
 #: Progress, notes and errors go to stderr; results to stdout.
 console = Console(stderr=True)
 out_console = Console()
+#: "using default ..." notes not printed yet: they appear with the command's first output or progress, so a command
+#: refused before any work starts prints only its one error line (see :func:`drop_notes`).
+_pending: list[str] = []
 #: The result document of a command run with ``--json`` (None otherwise): tables and fields are collected here,
 #: result lines go to stderr, and the root command prints it as the one JSON document on stdout.
 _json: dict | None = None
@@ -73,12 +76,25 @@ def error(message: str) -> None:
 
 
 def note(message: str, style: str = "dim") -> None:
-    """Print a note on stderr as plain text in ``style``."""
+    """Print a note on stderr as plain text in ``style`` (after any pending default notes)."""
+    flush_notes()
     console.print(Text(str(message), style=style), highlight=False, soft_wrap=True)
 
 
 def note_default(what: str, value) -> None:
-    note(f"using default {what}: {value}")
+    """Say which default a command uses, once it starts working (:func:`flush_notes`)."""
+    _pending.append(f"using default {what}: {value}")
+
+
+def flush_notes() -> None:
+    """Print the pending default notes (the command is past its checks)."""
+    while _pending:
+        console.print(Text(_pending.pop(0), style="dim"), highlight=False, soft_wrap=True)
+
+
+def drop_notes() -> None:
+    """Forget the pending default notes (the command was refused: its one error line is all it prints)."""
+    _pending.clear()
 
 
 def say(message: str) -> None:
@@ -87,6 +103,7 @@ def say(message: str) -> None:
     if _json is not None:
         _json["messages"].append(str(message))
         return note(message, "")
+    flush_notes()
     out_console.print(Text(str(message)), highlight=False, soft_wrap=True)
 
 
@@ -94,6 +111,7 @@ def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
     """Print a table on stdout, its title and cells as plain text (a user's path or word such as ``a[b]`` is
     shown as written): ``columns`` are headers, right-aligned unless named in ``left``; ``rows`` are sequences
     of cells; ``styles`` is a rich style (or None) per row; ``column_kw`` go to every column."""
+    flush_notes()
     if _json is not None:
         _json["tables"].append({"title": str(title), "rows": [dict(zip(columns, row, strict=False)) for row in rows]})
         return
@@ -142,6 +160,7 @@ class LazyProgress:
         self.task = self.bar.add_task(label, total=None, **{f: "" for f in fields})
 
     def update(self, **kwargs) -> None:
+        flush_notes()
         self.bar.start()  # a no-op once started
         self.bar.update(self.task, **kwargs)
 
@@ -158,11 +177,30 @@ def parse_numbers(text: str | None, option: str, kind: type = int) -> list | Non
     naming ``option``."""
     if text is None:
         return None
+    import math
+
+    what = "comma-separated integers" if kind is int else "comma-separated finite numbers"
     try:
-        return [kind(part) for part in text.split(",") if part.strip()]
+        values = [kind(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        what = "comma-separated integers" if kind is int else "comma-separated numbers"
         raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17.") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise SaeVitError(f"Could not read {option} {text!r}; give {what} like 3,17 (no nan or inf).")
+    return values
+
+
+def check_number(value, option: str, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """Raise one clear error unless ``value`` (None passes) is a finite number >= ``minimum`` (> with ``strict``):
+    NaN, infinities and negative values are refused where they enter, naming ``option``."""
+    import math
+
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value > minimum if strict else value >= minimum)
+    if not ok:
+        bound = f"{'greater than' if strict else 'at least'} {minimum:g}"
+        raise SaeVitError(f"{option} must be a finite number {bound} (got {value!r}).")
 
 
 def parse_layers(text: str | None) -> list[int] | str | None:

@@ -14,23 +14,51 @@ import typer
 from typer.core import TyperGroup
 
 from sae_vit.cli import cache, demo, hub, inspect, sparsity, steer, suppress, typo, world
-from sae_vit.cli._ui import dump_json, error, json_mode, note, out_console
+from sae_vit.cli._ui import drop_notes, dump_json, error, flush_notes, json_mode, note, out_console
 from sae_vit.core.errors import SaeVitError
+
+#: Click's UsageError as the Click that Typer runs on raises it (Typer vendors its own Click; BadParameter, which Typer
+#: exports, derives from it).
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_error(exc) -> typer.Exit:
+    """A command-line mistake Click found (unknown option, value out of range, missing argument) as one red line
+    naming the command's --help, instead of Click's usage block; exit code 2 as Click's own."""
+    json_mode(None)
+    drop_notes()
+    where = exc.ctx.command_path if exc.ctx is not None else "saevit"
+    error(" ".join(f"{exc.format_message()} (see `{where} --help`)".split()))
+    return typer.Exit(2)
 
 
 class _Root(TyperGroup):
     """The ``saevit`` group: a :class:`SaeVitError` raised below it (by a command, or by defend-typo's
-    argument routing) prints one red line and exits with code 2, or shows its traceback under ``--debug``. A
-    command run with ``--json`` has its collected result printed here, once, as the one document on stdout."""
+    argument routing) prints one red line and exits with code 2, or shows its traceback under ``--debug``; so
+    does a command-line mistake Click finds (:func:`_usage_error`). A command run with ``--json`` has its
+    collected result printed here, once, as the one document on stdout."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except UsageError as exc:
+            raise _usage_error(exc) from None
 
     def invoke(self, ctx):
         json_mode(None)
+        drop_notes()
         try:
             value = super().invoke(ctx)
+            flush_notes()
             dump_json()
             return value
+        except UsageError as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise _usage_error(exc) from None
         except SaeVitError as exc:
             json_mode(None)
+            drop_notes()
             if ctx.params.get("debug"):
                 raise
             error(str(exc))

@@ -14,6 +14,7 @@ from sae_vit.cli._ui import (
     LazyProgress,
     check_images,
     check_inputs,
+    check_number,
     note,
     note_default,
     parse_layers,
@@ -93,7 +94,7 @@ def parse_lr(text: str) -> float | str:
         lr = float(text)
     except ValueError:
         lr = float("nan")
-    if not lr > 0:
+    if not 0 < lr < float("inf"):
         raise SaeVitError(f"Could not read --lr {text!r}; give a positive number like 4e-4, or 'auto'.")
     return lr
 
@@ -132,6 +133,9 @@ def train_cmd(
     precision: Annotated[opt.Precision, typer.Option("--precision", help="bf16 autocast or fp32.")] = opt.Precision.bf16,
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
+    allow_incomplete: Annotated[bool, typer.Option(
+        "--allow-incomplete", help="Train on an unfinished cache (by default training needs a finished one).")]
+    = False,
     overwrite: opt.Overwrite = False,
     as_json: opt.Json = False,
 ) -> None:
@@ -140,6 +144,9 @@ def train_cmd(
     import sae_vit.pipeline as api
     from sae_vit.core.train import TrainConfig
 
+    check_number(grad_clip, "--grad-clip")
+    check_number(l1_coefficient, "--l1-coefficient")
+    check_number(epochs, "--epochs", strict=True)
     if cache is None:
         note_default("cache", default_cache_dir())
     cfg = TrainConfig(architecture=architecture, k=k, expansion=expansion, d_sae=d_sae,
@@ -147,8 +154,6 @@ def train_cmd(
                       batch_size=batch_size, warmup_steps=warmup_steps, schedule=schedule, grad_clip=grad_clip,
                       b_dec_init=b_dec_init, dtype=precision, seed=seed, device=device)
     cfg.validate()
-    if epochs is not None and not epochs > 0:
-        raise SaeVitError(f"--epochs must be positive (got {epochs}).")
     layer_list = parse_layers(layer)
     with LazyProgress("training", "stats") as bar:
 
@@ -160,7 +165,7 @@ def train_cmd(
 
         kept = []
         result = api.train(None if layer_list == "all" else layer_list, parse_names(tokens), cache, out, cfg,
-                           n_tokens, epochs, overwrite, progress, kept=kept.append)
+                           n_tokens, epochs, overwrite, progress, allow_incomplete, kept=kept.append)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return
     for sae, path in result if isinstance(result, list) else [result]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import note, parse_layers, parse_names, print_table, result, say
+from sae_vit.cli._ui import check_number, note, parse_layers, parse_names, print_table, result, say
 
 
 def sparsity_cmd(
@@ -29,6 +29,8 @@ def sparsity_cmd(
     expansion: opt.Expansion = 16,
     out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
+    allow_incomplete: Annotated[bool, typer.Option(
+        "--allow-incomplete", help="With --grid: train on an unfinished cache.")] = False,
     overwrite: opt.Overwrite = False,
     as_json: opt.Json = False,
 ) -> None:
@@ -40,11 +42,13 @@ def sparsity_cmd(
     import sae_vit.pipeline as api
     from sae_vit.core.train import TrainConfig
 
+    check_number(l1_coefficient, "--l1-coefficient")
     config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion)
     config.validate()
     layer_list = parse_layers(layers)
     table = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
-                          n_tokens, out, plot, overwrite, progress=note, config=config)
+                          n_tokens, out, plot, overwrite, progress=note, config=config,
+                          allow_incomplete=allow_incomplete)
     print_sparsity(table)
 
 

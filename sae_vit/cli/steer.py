@@ -12,6 +12,7 @@ from sae_vit.cli._ui import (
     LazyProgress,
     check_images,
     check_inputs,
+    check_number,
     note_default,
     parse_numbers,
     print_table,
@@ -59,6 +60,10 @@ def steer_score_cmd(
     from sae_vit.io.resolve import find_saes
 
     alpha_list = tuple(parse_numbers(alphas, "--alphas", float))
+    check_number(threshold, "--threshold", minimum=-float("inf"))
+    check_number(temperature, "--temperature", strict=True)
+    check_number(max_features, "--max-features", minimum=1)
+    check_number(random_control, "--random-control")
     feature_list = parse_numbers(features, "--features")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import print_table, say
+from sae_vit.cli._ui import check_number, print_table, say
 from sae_vit.core.errors import SaeVitError
 
 world_app = typer.Typer(help="The built-in synthetic world and the toy CLIP.", no_args_is_help=True,
@@ -61,6 +61,7 @@ def train_clip(
 
     from sae_vit.world import toyclip, toyclip_train
 
+    check_number(minutes, "--minutes", minimum=0.05)
     path = out if out is not None else toyclip.default_path()
     if path.exists() and not overwrite:
         raise SaeVitError(f"{path} exists; choose another --out or pass --overwrite.")

@@ -24,6 +24,10 @@ FORMAT_VERSION = 1
 METADATA_KEY = "sae_vit"
 ARCHITECTURES = ("topk", "relu")
 NORMALIZATIONS = ("none", "layer_norm", "constant")
+#: The hook sites and token selections a checkpoint may name (the same as :mod:`sae_vit.core.backbone`'s, written
+#: out here so that loading an SAE does not import the backbone).
+SITES = ("resid_post", "mlp_out", "mlp_hidden")
+TOKENS = ("cls", "patches", "all")
 #: The tensors of every checkpoint, in file order.
 WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
 LN_EPS = 1e-5  # the paper's SAEs: x <- (x - mu) / (sigma + 1e-5)
@@ -57,16 +61,54 @@ class SAEConfig:
     """Training summary: tokens seen, final held-out L0, FVU, MSE, dead fraction, the recipe."""
 
     def validate(self) -> None:
-        """Raise :class:`SaeVitError` if a field is out of range."""
-        if self.architecture not in ARCHITECTURES:
-            raise SaeVitError(f"Unknown SAE architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}.")
-        if self.normalization not in NORMALIZATIONS:
-            raise SaeVitError(f"Unknown normalisation {self.normalization!r}; use one of "
-                              f"{', '.join(NORMALIZATIONS)}.")
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise SaeVitError(f"SAE sizes must be positive (d_in={self.d_in}, d_sae={self.d_sae}).")
-        if self.architecture == "topk" and not (self.k and 0 < self.k <= self.d_sae):
-            raise SaeVitError(f"TopK SAE needs 0 < k <= d_sae (k={self.k}, d_sae={self.d_sae}).")
+        """Raise :class:`SaeVitError` if a field has the wrong type or is out of range (:func:`config_problem`)."""
+        problem = config_problem(self)
+        if problem:
+            raise SaeVitError(f"Invalid SAE config: {problem}.")
+
+
+def _is_int(v) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    import math
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def config_problem(cfg: SAEConfig) -> str | None:
+    """The one schema of an SAE's config (what :meth:`SAEConfig.validate` and every checkpoint load check): what is
+    wrong with the first bad field, as a phrase, or None. Types are checked, not coerced: ``d_in`` 64.0 and ``k``
+    true are refused, as is a ``tokens`` or ``site`` sae-vit does not know."""
+    if not isinstance(cfg.architecture, str) or cfg.architecture not in ARCHITECTURES:
+        return f"unknown SAE architecture {cfg.architecture!r}; use one of {', '.join(ARCHITECTURES)}"
+    if not isinstance(cfg.normalization, str) or cfg.normalization not in NORMALIZATIONS:
+        return f"unknown normalisation {cfg.normalization!r}; use one of {', '.join(NORMALIZATIONS)}"
+    for name in ("d_in", "d_sae"):
+        value = getattr(cfg, name)
+        if not _is_int(value) or value <= 0:
+            return f"{name} must be a positive integer (got {value!r})"
+    if cfg.architecture == "topk" and not (_is_int(cfg.k) and 0 < cfg.k <= cfg.d_sae):
+        return f"a TopK SAE needs an integer k with 0 < k <= d_sae (k={cfg.k!r}, d_sae={cfg.d_sae})"
+    if cfg.architecture == "relu" and cfg.k is not None and not _is_int(cfg.k):
+        return f"k must be an integer or null (got {cfg.k!r})"
+    if cfg.l1_coefficient is not None and not (_is_finite(cfg.l1_coefficient) and cfg.l1_coefficient >= 0):
+        return f"l1_coefficient must be a finite number >= 0 or null (got {cfg.l1_coefficient!r})"
+    if not isinstance(cfg.model, str):
+        return f"model must be a string (got {cfg.model!r})"
+    if cfg.layer is not None and not (_is_int(cfg.layer) and cfg.layer >= 0):
+        return f"layer must be a block index >= 0 or null (got {cfg.layer!r})"
+    if not isinstance(cfg.site, str) or cfg.site not in SITES:
+        return f"site must be one of {', '.join(SITES)} (got {cfg.site!r})"
+    if not isinstance(cfg.tokens, str) or cfg.tokens not in TOKENS:
+        return f"tokens must be one of {', '.join(TOKENS)} (got {cfg.tokens!r})"
+    if not isinstance(cfg.training, dict):
+        return f"training must be an object (got {type(cfg.training).__name__})"
+    return None
 
 
 class SAEOutput(NamedTuple):
@@ -332,21 +374,43 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SAEConfig, dict[str, Tenso
         meta = json.loads(metadata[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise SaeVitError(f"{path} has corrupted sae-vit metadata; re-download or re-train it.") from exc
+    if not isinstance(meta, dict):
+        raise SaeVitError(f"{path} has sae-vit metadata that is a {type(meta).__name__}, not an object; re-download "
+                          "or re-train it.")
     version = meta.pop("format_version", None)
     meta.pop("package_version", None)
     if version != FORMAT_VERSION:
         raise SaeVitError(f"{path} uses checkpoint format version {version}, this sae-vit reads version "
                           f"{FORMAT_VERSION}; upgrade sae-vit.")
     known = {f.name for f in fields(SAEConfig)}
-    try:
-        cfg = SAEConfig(**{k: v for k, v in meta.items() if k in known})
-        cfg.validate()
-    except TypeError as exc:
-        raise SaeVitError(f"{path} has incomplete sae-vit metadata ({exc}); re-train it.") from exc
-    for name, shape in weight_shapes(cfg.d_in, cfg.d_sae).items():
-        if name not in tensors:
-            raise SaeVitError(f"{path} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
-        if tuple(tensors[name].shape) != shape:
-            raise SaeVitError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, expected "
-                              f"{shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file is corrupted.")
+    missing = sorted({"d_in", "d_sae"} - set(meta))
+    if missing:
+        raise SaeVitError(f"{path} has incomplete sae-vit metadata (no {', '.join(missing)}); re-train it.")
+    cfg = SAEConfig(**{k: v for k, v in meta.items() if k in known})
+    problem = config_problem(cfg)
+    if problem:
+        raise SaeVitError(f"{path} has invalid sae-vit metadata: {problem}; re-download or re-train it.")
+    check_weights(path, cfg, tensors)
     return cfg, tensors
+
+
+def check_weights(where, cfg: SAEConfig, tensors: dict[str, Tensor]) -> None:
+    """Refuse weights that are missing, of the wrong shape or not a float type, or that hold NaN or infinity
+    (naming the tensor)."""
+    expected = weight_shapes(cfg.d_in, cfg.d_sae)
+    if "scale" in tensors:
+        expected["scale"] = ()
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise SaeVitError(f"{where} lacks tensor {name!r}; the checkpoint is incomplete, re-train it.")
+        t = tensors[name]
+        if tuple(t.shape) != shape and not (name == "scale" and t.numel() == 1):
+            raise SaeVitError(f"{where}: tensor {name} has shape {tuple(t.shape)}, expected "
+                              f"{shape} for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file is corrupted.")
+        if not t.is_floating_point():
+            raise SaeVitError(f"{where}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, not a float type; "
+                              "the file is corrupted.")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise SaeVitError(f"{where}: tensor {name} holds {bad} NaN or infinite value(s); the SAE is broken, "
+                              "re-train it (e.g. with a lower --lr).")

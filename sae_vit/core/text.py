@@ -72,21 +72,29 @@ class TextHead:
     def from_file(cls, path: str | os.PathLike) -> TextHead:
         """Precomputed embeddings: safetensors with ``embeddings`` [n, d] and a JSON ``names`` list in the
         metadata. Names are looked up as given (templates are ignored)."""
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         p = Path(path)
         if not p.is_file():
             raise SaeVitError(f"Text embeddings file {p} does not exist; check the --text-embeddings path.")
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            if "embeddings" not in f.keys() or "names" not in meta:
-                raise SaeVitError(f"{p} needs a tensor 'embeddings' [n, d] and a 'names' JSON list in its "
-                                  "metadata; write it with TextHead.save_embeddings.")
-            emb = f.get_tensor("embeddings").float()
-        names = json.loads(meta["names"])
+        needs = "needs a tensor 'embeddings' [n, d] and a 'names' JSON list in its metadata; write it with " \
+                "TextHead.save_embeddings."
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = f.metadata() or {}
+                if "embeddings" not in f.keys() or "names" not in meta:
+                    raise SaeVitError(f"{p} {needs}")
+                emb = f.get_tensor("embeddings").float()
+            names = json.loads(meta["names"])
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise SaeVitError(f"{p} is not a readable text-embeddings file ({type(exc).__name__}); it {needs}") from exc
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SaeVitError(f"{p}: 'names' is not a JSON list of strings; it {needs}")
         if emb.ndim != 2 or len(names) != emb.shape[0]:
             raise SaeVitError(f"{p} has {len(names)} names for embeddings of shape {tuple(emb.shape)}; "
                               "they must match one name per row.")
+        if not torch.isfinite(emb).all():
+            raise SaeVitError(f"{p}: the embeddings hold NaN or infinite values; re-create the file.")
         emb = F.normalize(emb, dim=-1)
         return cls(table={n: emb[i] for i, n in enumerate(names)}, source=f"file:{p}")
 

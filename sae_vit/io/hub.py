@@ -4,14 +4,23 @@ Everything goes through ``huggingface_hub``'s own API, cache and token handling 
 login``), so a pulled SAE loads again with ``HF_HUB_OFFLINE=1``. Foreign layouts found on the Hub (the
 paper's ViT-Prisma releases, SAELens, sparsify) are converted once into our format under
 ``$HF_HOME/sae_vit/converted/<owner>--<repo>@<commit>/<path>/sae.safetensors`` (see docs/hub.md).
+
+Nothing waits on the network for long: huggingface_hub's HTTP client gets connect and read timeouts
+(:data:`CONNECT_TIMEOUT`, :data:`READ_TIMEOUT`), and before the first Hub call one request of at most
+:data:`PROBE_SECONDS` asks whether the Hub answers at all; when it does not, every call uses the local Hub cache
+only (as ``HF_HUB_OFFLINE=1`` does), so an unreachable or silent network fails in seconds with one line, or is
+not needed when the cache holds the answer. huggingface_hub's own retry warnings are silenced during our calls.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +74,118 @@ def parse_ref(text: str) -> HubRef:
 
 
 # -- environment ---------------------------------------------------------------------------------------
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+#: Seconds to wait for a connection to the Hub, and for each read from it (``SAEVIT_HUB_CONNECT_TIMEOUT``,
+#: ``SAEVIT_HUB_READ_TIMEOUT``).
+CONNECT_TIMEOUT = _seconds("SAEVIT_HUB_CONNECT_TIMEOUT", 5.0)
+READ_TIMEOUT = _seconds("SAEVIT_HUB_READ_TIMEOUT", 10.0)
+#: The most the reachability check may take, name resolution included (``SAEVIT_HUB_PROBE_SECONDS``).
+PROBE_SECONDS = _seconds("SAEVIT_HUB_PROBE_SECONDS", 3.0)
+_REACHABLE: dict[str, bool] = {}
+_TIMEOUTS_SET: list[bool] = []
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+def _probe(url: str, seconds: float) -> bool:
+    """Whether anything answers an HTTP request to ``url`` within ``seconds`` (an error status is an answer). Runs
+    in a daemon thread, so that a hanging name lookup is bounded too."""
+    import urllib.error
+    import urllib.request
+
+    answer: list[bool] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=seconds).close()
+            answer.append(True)
+        except urllib.error.HTTPError:
+            answer.append(True)
+        except Exception:  # noqa: BLE001 - any failure to get an answer means "unreachable"
+            answer.append(False)
+
+    thread = threading.Thread(target=ask, daemon=True, name="saevit-hub-probe")
+    thread.start()
+    thread.join(seconds)
+    return bool(answer and answer[0])
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hub answers (asked once per process and endpoint; False when ``HF_HUB_OFFLINE`` is set)."""
+    if _offline():
+        return False
+    url = _endpoint()
+    if url not in _REACHABLE:
+        _REACHABLE[url] = _probe(url, PROBE_SECONDS)
+    return _REACHABLE[url]
+
+
+def _local_only() -> bool:
+    """Whether Hub calls must use the local cache only: offline by choice, or because the Hub does not answer."""
+    return _offline() or not _hub_reachable()
+
+
+def _set_timeouts() -> None:
+    """Give huggingface_hub's shared HTTP client connect and read timeouts (its default client has none, so a
+    server that accepts a connection and never answers would hang a command for ever)."""
+    if _TIMEOUTS_SET:
+        return
+    _TIMEOUTS_SET.append(True)
+    from huggingface_hub import set_client_factory
+
+    try:
+        from huggingface_hub.utils._http import default_client_factory
+    except ImportError:  # another huggingface_hub layout: its own defaults stay
+        return
+
+    def bound(request) -> None:
+        # huggingface_hub passes timeout=None on some requests (repo_info, paginated listings), which overrides a
+        # client default: fill in every missing limit on the request itself.
+        limits = request.extensions.get("timeout") or {}
+        ours = {"connect": CONNECT_TIMEOUT, "read": READ_TIMEOUT, "write": READ_TIMEOUT, "pool": CONNECT_TIMEOUT}
+        request.extensions["timeout"] = {k: limits.get(k) if limits.get(k) is not None else v for k, v in ours.items()}
+
+    def factory():
+        client = default_client_factory()
+        client.timeout = type(client.timeout)(READ_TIMEOUT, connect=CONNECT_TIMEOUT)
+        client.event_hooks["request"] = [*client.event_hooks.get("request", []), bound]
+        return client
+
+    set_client_factory(factory)
+
+
+@contextlib.contextmanager
+def _hub_call():
+    """Around every Hub call: timeouts set, huggingface_hub's retry warnings silenced (the outcome is reported as
+    one line), and when the Hub does not answer, huggingface_hub itself told it is offline (so that none of its
+    own side requests, such as the user-agent registry, waits on the network either)."""
+    from huggingface_hub import constants
+
+    _set_timeouts()
+    log = logging.getLogger("huggingface_hub")
+    level, offline = log.level, constants.HF_HUB_OFFLINE
+    log.setLevel(logging.ERROR)
+    constants.HF_HUB_OFFLINE = offline or _local_only()
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        constants.HF_HUB_OFFLINE = offline
 
 
 def hub_cache_dir() -> Path:
@@ -108,7 +227,7 @@ def _hub_error(exc: Exception, ref: HubRef, action: str = "download") -> SaeVitE
     ):
         return SaeVitError(f"The Hub refused to {action} {ref.repo_id} without valid credentials; log in with "
                            "`hf auth login` or set HF_TOKEN to a token with write access.")
-    if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) or _offline():
+    if isinstance(exc, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) or _local_only():
         if _offline():
             return SaeVitError(f"{where} is not in the local Hugging Face cache ({hub_cache_dir()}) and "
                                f"HF_HUB_OFFLINE=1 forbids network access; unset HF_HUB_OFFLINE to {action} it.")
@@ -143,9 +262,10 @@ def _download_file(ref: HubRef, filename: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(ref.repo_id, filename, revision=ref.revision, cache_dir=hub_cache_dir(),
-                                    local_files_only=_offline(), library_name="sae-vit",
-                                    library_version=__version__))
+        with _hub_call():
+            return Path(hf_hub_download(ref.repo_id, filename, revision=ref.revision, cache_dir=hub_cache_dir(),
+                                        local_files_only=_local_only(), library_name="sae-vit",
+                                        library_version=__version__))
     except _hub_errors() as exc:
         raise _hub_error(exc, HubRef(ref.repo_id, filename, ref.revision)) from exc
 
@@ -155,9 +275,10 @@ def _download_folder(ref: HubRef, patterns: list[str] | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=hub_cache_dir(),
-                                      allow_patterns=patterns, local_files_only=_offline(),
-                                      library_name="sae-vit", library_version=__version__))
+        with _hub_call():
+            return Path(snapshot_download(ref.repo_id, revision=ref.revision, cache_dir=hub_cache_dir(),
+                                          allow_patterns=patterns, local_files_only=_local_only(),
+                                          library_name="sae-vit", library_version=__version__))
     except _hub_errors() as exc:
         raise _hub_error(exc, ref) from exc
 
@@ -280,9 +401,10 @@ def list_repo(spec: str) -> tuple[list[HubSAE], bool]:
     from huggingface_hub import HfApi
 
     ref = parse_ref(spec)
-    if not _offline():
+    if not _local_only():
         try:
-            files = HfApi().list_repo_files(ref.repo_id, revision=ref.revision)
+            with _hub_call():
+                files = HfApi().list_repo_files(ref.repo_id, revision=ref.revision)
             return sae_entries(files), False
         except _hub_errors() as exc:
             from huggingface_hub import errors
@@ -294,10 +416,13 @@ def list_repo(spec: str) -> tuple[list[HubSAE], bool]:
                 raise _hub_error(exc, ref, "list") from exc
             return sae_entries(cached), True
     cached = _cached_files(ref)
-    if cached is None:
+    if cached is None and _offline():
         raise SaeVitError(f"{ref.repo_id} (revision {ref.revision or 'main'}) is not in the local Hugging Face cache "
                           f"({hub_cache_dir()}) and HF_HUB_OFFLINE=1 forbids listing it on the Hub; unset "
                           "HF_HUB_OFFLINE or pull it first.")
+    if cached is None:
+        raise SaeVitError(f"Could not reach the Hugging Face Hub ({_endpoint()}) to list {ref.repo_id}, and it is not "
+                          f"in the local cache ({hub_cache_dir()}); check the network, or pull it where there is one.")
     return sae_entries(cached), True
 
 
@@ -454,12 +579,17 @@ def push(src: str | os.PathLike, repo_id: str, private: bool = False, revision: 
         (tmp / "README.md").write_text(model_card(ref.repo_id, checkpoints))
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         api = HfApi(library_name="sae-vit", library_version=__version__)
+        if not _offline() and not _hub_reachable():
+            raise SaeVitError(f"Cannot push to {ref.repo_id}: the Hugging Face Hub ({_endpoint()}) does not answer; "
+                              "check the network and try again.")
         try:
-            url = api.create_repo(ref.repo_id, private=private, exist_ok=True, repo_type="model")
-            if revision:
-                api.create_branch(ref.repo_id, branch=revision, exist_ok=True, repo_type="model")
-            api.upload_folder(repo_id=ref.repo_id, folder_path=str(tmp), revision=revision, repo_type="model",
-                              commit_message=message or f"Upload {len(checkpoints)} SAE(s) with sae-vit {__version__}")
+            with _hub_call():
+                url = api.create_repo(ref.repo_id, private=private, exist_ok=True, repo_type="model")
+                if revision:
+                    api.create_branch(ref.repo_id, branch=revision, exist_ok=True, repo_type="model")
+                api.upload_folder(repo_id=ref.repo_id, folder_path=str(tmp), revision=revision, repo_type="model",
+                                  commit_message=message or f"Upload {len(checkpoints)} SAE(s) with sae-vit "
+                                  f"{__version__}")
         except _hub_errors() as exc:
             raise _hub_error(exc, ref, "push to") from exc
     return PushResult(str(url), revision, files)

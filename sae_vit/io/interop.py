@@ -21,7 +21,15 @@ from sae_vit import __version__
 from sae_vit.core.atomic import atomic_folder, atomic_write, write_json
 from sae_vit.core.defaults import REAL_CLIP
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.sae import FORMAT_VERSION, METADATA_KEY, SAE, SAEConfig, is_checkpoint, weight_shapes
+from sae_vit.core.sae import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    SAE,
+    SAEConfig,
+    check_weights,
+    is_checkpoint,
+    weight_shapes,
+)
 
 FORMATS = ("sae_vit", "saelens", "sparsify", "prisma")
 EXPORT_FORMATS = ("saelens",)
@@ -118,7 +126,10 @@ def _need(tensors: dict[str, Tensor], shapes: dict[str, tuple[int, ...]], where:
 
 
 def _build(cfg: SAEConfig, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor) -> SAE:
-    return SAE.from_tensors(cfg, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
+    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    cfg.validate()
+    check_weights("the SAE to import", cfg, tensors)
+    return SAE.from_tensors(cfg, tensors)
 
 
 def _int(value, what: str, where: Path) -> int:
@@ -259,6 +270,26 @@ def _config_from_meta(meta: dict, where: Path) -> SAEConfig:
         raise SaeVitError(f"{where} has incomplete sae-vit metadata ({exc}); re-export it.") from exc
 
 
+#: The files an export writes; ``--overwrite`` replaces a folder holding only these, never one holding more.
+SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def _check_export_target(folder: Path, overwrite: bool) -> None:
+    """Refuse a target that is a file, or a folder holding anything but a previous export's own files; a previous
+    export is replaced only with ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise SaeVitError(f"{folder} is a file, not a folder; choose another --to.")
+    if not folder.exists():
+        return
+    foreign = sorted(p for p in folder.iterdir() if p.name not in SAELENS_FILES or not p.is_file())
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise SaeVitError(f"{folder} holds {foreign[0]}{more}, which an export did not write; choose another --to "
+                          "(--overwrite only ever replaces a previous export's own files).")
+    if any(folder.iterdir()) and not overwrite:
+        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
+
+
 def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``sae`` in SAELens's layout: ``folder/cfg.json`` + ``folder/sae_weights.safetensors``.
 
@@ -267,8 +298,7 @@ def to_saelens(sae: SAE, folder: str | os.PathLike, overwrite: bool = False) -> 
     """
     from safetensors.torch import save_file
 
-    if Path(folder).exists() and not overwrite:
-        raise SaeVitError(f"{folder} already exists; pass --overwrite to replace it or choose another --to.")
+    _check_export_target(Path(folder), overwrite)
     cfg = sae.cfg
     W_enc, b_enc = sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu()
     W_dec, b_dec = sae.W_dec.detach().float().cpu(), sae.b_dec.detach().float().cpu()
@@ -431,7 +461,9 @@ def export(sae_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "sael
     """Write one of our checkpoints (path or ``hf://``) in another library's layout (``saelens``)."""
     if fmt not in EXPORT_FORMATS:
         raise SaeVitError(f"Cannot export to {fmt!r}; supported: {', '.join(EXPORT_FORMATS)}.")
-    return to_saelens(SAE.load(sae_path), out, overwrite)
+    from sae_vit.io.resolve import resolve_sae_path  # any reference: file, folder, hf://, released name
+
+    return to_saelens(SAE.load(resolve_sae_path(sae_path)), out, overwrite)
 
 
 __all__ = ["FORMATS", "convert", "detect_format", "export", "from_prisma", "from_saelens", "from_sparsify",

@@ -64,8 +64,12 @@ def _finished_cache(out: Path, backbone, source, layers, site, tokens, dtype) ->
 def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
           cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, config=None,
           n_tokens: int | None = None, epochs: float | None = None, overwrite: bool = False,
-          progress: Callable | None = None, *, kept: Callable[[Path], None] | None = None):
+          progress: Callable | None = None, allow_incomplete: bool = False, *,
+          kept: Callable[[Path], None] | None = None):
     """Train one SAE on ``layer`` / ``tokens`` of a cache and save it. Returns ``(sae, path)``.
+
+    The cache must be finished and its shards must agree with its manifest
+    (:meth:`~sae_vit.io.cache.CacheReader.verify`); ``allow_incomplete`` trains on an unfinished one.
 
     ``config`` is a :class:`sae_vit.core.train.TrainConfig`; the training length follows
     :func:`sae_vit.core.train.training_length` (``n_tokens``, ``epochs``, or the default rule).
@@ -91,6 +95,9 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
     token_types = [tokens] if isinstance(tokens, str) else list(tokens)
     if not layers or not token_types:
         raise SaeVitError("Give at least one --layer and one --tokens type, e.g. --layer 8 --tokens cls.")
+    for lay in layers:
+        reader.check(lay, token_types[0])
+    reader.verify(layers, allow_incomplete)
     cfg = config or TrainConfig()
     site = reader.manifest["site"]
     single = len(layers) * len(token_types) == 1
@@ -104,13 +111,13 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
 
 def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tokens: int | None,
                progress: Callable[[str], None] | None = None, config=None, sae_dir: Path | None = None,
-               train_progress: Callable | None = None) -> list[Path]:
+               train_progress: Callable | None = None, allow_incomplete: bool = False) -> list[Path]:
     """Train the SAEs of a layer x token-type grid that do not exist yet under ``sae_dir`` (default: the
     working folder's ``saes``), with the :class:`~sae_vit.core.train.TrainConfig` ``config``, all from one pass
     over the cache; return all paths. ``train_progress(index, state)``."""
     from sae_vit.core.train import TrainConfig
     from sae_vit.io.cache import CacheReader
-    from sae_vit.pipeline.training import Job, train_many
+    from sae_vit.pipeline.training import Job, check_destination, train_many
 
     reader = CacheReader(cache_dir)
     site = reader.manifest["site"]
@@ -119,11 +126,15 @@ def train_grid(cache_dir: Path, layers: list[int], token_types: list[str], n_tok
         for tokens in token_types:
             path = default_sae_path(layer, tokens, site, sae_dir)
             if not path.exists():
-                if progress:
-                    progress(f"training layer {layer} / {tokens} -> {path}")
+                reader.check(layer, tokens)
                 jobs.append(Job(layer, tokens, config or TrainConfig(), path))
             paths.append(path)
     if jobs:
+        reader.verify(sorted({job.layer for job in jobs}), allow_incomplete)
+        for job in jobs:
+            check_destination(job.out)
+            if progress:
+                progress(f"training layer {job.layer} / {job.tokens} -> {job.out}")
         train_many(cache_dir, jobs, n_tokens=n_tokens, progress=train_progress)
     return paths
 
@@ -133,9 +144,10 @@ def sparsity(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLi
              tokens: list[str] = ("cls", "patches", "all"), n_tokens: int | None = None,
              out: str | os.PathLike | None = None, plot: bool = True, overwrite: bool = False,
              progress: Callable[[str], None] | None = None, config=None,
-             sae_dir: str | os.PathLike | None = None):
+             sae_dir: str | os.PathLike | None = None, allow_incomplete: bool = False):
     """The sparsity table (:func:`sae_vit.analysis.sparsity.run`), training the grid of ``layers`` (default:
-    every cached layer) x ``tokens`` first with ``grid``, with the TrainConfig ``config``, into ``sae_dir``."""
+    every cached layer) x ``tokens`` first with ``grid``, with the TrainConfig ``config``, into ``sae_dir``
+    (from a finished cache only, unless ``allow_incomplete``)."""
     from sae_vit.analysis import sparsity as table
     from sae_vit.core.backbone import TOKENS, check_choice
     from sae_vit.io.cache import CacheReader
@@ -150,7 +162,7 @@ def sparsity(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLi
     layer_list = list(layers) if layers else CacheReader(cache_dir).layers
     table.check_out(out, overwrite)
     paths = train_grid(cache_dir, layer_list, list(tokens), n_tokens, progress, config,
-                       Path(sae_dir) if sae_dir is not None else None)
+                       Path(sae_dir) if sae_dir is not None else None, allow_incomplete=allow_incomplete)
     return table.run(paths + list(saes or []), cache_dir, out, plot, overwrite)
 
 

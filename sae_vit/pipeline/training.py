@@ -127,15 +127,18 @@ def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | No
     return results
 
 
-def check_destination(out: Path) -> None:
-    """Refuse, before any training, a checkpoint destination that cannot be written."""
-    if out.is_dir():
-        raise SaeVitError(f"--out {out} is a folder; give a file name such as {out / 'sae.safetensors'}.")
-    parent = out.parent
-    while not parent.exists():
+def check_destination(path: Path) -> None:
+    """Refuse, before any work, a checkpoint path that could not be written at the end: a folder, or a place whose
+    folder cannot be created or written. (An existing checkpoint is :func:`_finished`'s business.)"""
+    if path.is_dir():
+        raise SaeVitError(f"{path} is a folder; give --out a file path such as {path / 'sae.safetensors'}.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise SaeVitError(f"Cannot write {out}: {parent} is not a writable folder; choose another --out.")
+    if not parent.is_dir():
+        raise SaeVitError(f"Cannot write {path}: {parent} is a file, not a folder; choose another --out.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SaeVitError(f"Cannot write {path}: {parent} is not writable; choose another --out.")
 
 
 def _check_counts(reader: CacheReader, keys: list[Key], cache_dir) -> dict[Key, int]:
