@@ -531,7 +531,7 @@ def _users(T, *names):
 
 
 def test_overwrite_keeps_user_files_export_world_train_pull(shared, tmp_path, monkeypatch):
-    from tests.test_hub import lay_out_cache
+    from tests.conftest import lay_out_hub_cache as lay_out_cache
 
     T = tmp_path
     # export: a previous export is replaced; files next to it stay

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from sae_vit.cli import app
 from sae_vit.io import hub
-from tests.test_hub import COMMIT, lay_out_cache, make_sae, sae_bytes
+from tests.conftest import lay_out_hub_cache as lay_out_cache
+from tests.test_hub import COMMIT, make_sae, sae_bytes
 
 runner = CliRunner()
 

@@ -128,8 +128,9 @@ def export_cmd(
 ) -> None:
     """Write an sae-vit checkpoint in another library's layout (SAELens: cfg.json + sae_weights.safetensors)."""
     from sae_vit.io.interop import export
+    from sae_vit.io.resolve import resolve_sae_path  # any reference: file, folder, hf://, released name
 
-    folder = export(sae, to, fmt, overwrite)
+    folder = export(resolve_sae_path(sae), to, fmt, overwrite)
     result(folder=folder)
     say(f"exported {sae} as {fmt} -> {folder}")
 

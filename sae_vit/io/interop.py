@@ -458,12 +458,12 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", o
 
 
 def export(sae_path: str | os.PathLike, out: str | os.PathLike, fmt: str = "saelens", overwrite: bool = False) -> Path:
-    """Write one of our checkpoints (path or ``hf://``) in another library's layout (``saelens``)."""
+    """Write one of our checkpoints in another library's layout (``saelens``). ``sae_path`` is a local checkpoint,
+    or any reference :func:`sae_vit.io.resolve.resolve_sae_path` knows (``hf://``, a released name) once that
+    module is imported (``import sae_vit`` and every command import it)."""
     if fmt not in EXPORT_FORMATS:
         raise SaeVitError(f"Cannot export to {fmt!r}; supported: {', '.join(EXPORT_FORMATS)}.")
-    from sae_vit.io.resolve import resolve_sae_path  # any reference: file, folder, hf://, released name
-
-    return to_saelens(SAE.load(resolve_sae_path(sae_path)), out, overwrite)
+    return to_saelens(SAE.load(sae_path), out, overwrite)
 
 
 __all__ = ["FORMATS", "convert", "detect_format", "export", "from_prisma", "from_saelens", "from_sparsify",
