@@ -183,3 +183,19 @@ def test_bad_model_inputs(tmp_path, tiny_vit):
     bb = load_backbone(*tiny_vit)
     with pytest.raises(SaeVitError, match="out of range"):
         bb.capture(_images(bb, 1), [6])
+
+
+def test_hub_weights_offline_fail_at_once_with_one_line(monkeypatch):
+    """A non-ViT is refused before any download; a ViT whose weights are not in the local Hub cache fails with one
+    line under the Hub guard (no retries) instead of timm's own download loop."""
+    import sae_vit.io.hub  # noqa: F401 - installs the guard, as every command does
+    from sae_vit.core.backbone import HUB_GUARD, load_backbone
+    from sae_vit.core.errors import SaeVitError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hub-cache")
+    assert HUB_GUARD
+    with pytest.raises(SaeVitError, match="not a timm VisionTransformer"):
+        load_backbone("resnet18", device="cpu")
+    with pytest.raises(SaeVitError, match="Could not fetch weights for vit_tiny_patch16_224"):
+        load_backbone("vit_tiny_patch16_224", device="cpu")

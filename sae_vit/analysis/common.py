@@ -42,6 +42,7 @@ def load_model(model: str = "toy", weights: str | os.PathLike | None = None,
     """The backbone and its text head (:meth:`TextHead.for_model`, loaded on first use). For ``toy``, ``weights``
     may be a whole toy-CLIP file (as ``saevit world train-clip`` writes), whose text tower is then used too."""
     from sae_vit.core.backbone import load_backbone
+    from sae_vit.io import hub  # noqa: F401 - its guard bounds timm's Hub weight download
 
     backbone = load_backbone(model, weights, device)
     name = ("toy CLIP" if model == "toy" else model) + (f" ({weights})" if weights else "")

@@ -246,25 +246,34 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     return state
 
 
+#: Context-manager factory wrapped around a download of timm's Hub weights. ``sae_vit.io.hub`` installs its own on
+#: import (timeouts, one reachability check, the local Hub cache when the Hub does not answer, no retry noise);
+#: core itself cannot import io.
+HUB_GUARD: list[Callable] = []
+
+
 def _timm_model(name: str, pretrained: bool) -> nn.Module:
+    import contextlib
+
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(name):
         raise SaeVitError(f"Unknown model {name!r}; use 'toy' or a timm ViT name such as {REAL_CLIP} "
                           "(see timm.list_models('*clip*')).")
+    model = timm.create_model(name, pretrained=False)  # the architecture first: no download for a wrong one
+    if not isinstance(model, VisionTransformer):
+        raise SaeVitError(f"{name} is not a timm VisionTransformer; sae-vit hooks ViT blocks only.")
+    if not pretrained:
+        return model
     try:
-        model = timm.create_model(name, pretrained=pretrained)
+        with (HUB_GUARD[0] if HUB_GUARD else contextlib.nullcontext)():
+            return timm.create_model(name, pretrained=True)
     except (OSError, RuntimeError, ValueError) as exc:
-        if not pretrained:
-            raise
         raise SaeVitError(
             f"Could not fetch weights for {name} from the Hugging Face Hub ({type(exc).__name__}); "
             "connect to the network once, or pass --weights FILE with a local copy."
         ) from exc
-    if not isinstance(model, VisionTransformer):
-        raise SaeVitError(f"{name} is not a timm VisionTransformer; sae-vit hooks ViT blocks only.")
-    return model
 
 
 def load_weights(model: nn.Module, state: dict[str, Tensor], path: Path) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sae_vit import __version__
+from sae_vit.core import backbone as _backbone
 from sae_vit.core.atomic import atomic_copy
 from sae_vit.core.defaults import REAL_CLIP, default_sae_path
 from sae_vit.core.errors import SaeVitError
@@ -597,3 +598,7 @@ def push(src: str | os.PathLike, repo_id: str, private: bool = False, revision: 
 
 __all__ = ["HubRef", "HubSAE", "Pulled", "PushResult", "base_model_id", "collect_checkpoints", "converted_dir",
            "hub_cache_dir", "list_repo", "model_card", "parse_ref", "pull", "push", "resolve_hf_uri", "sae_entries"]
+
+
+# timm's Hub weights (``load_backbone(name)`` without ``weights``) are fetched under the same guard as our own calls.
+_backbone.HUB_GUARD[:] = [_hub_call]

@@ -16,6 +16,7 @@ from pathlib import Path
 from sae_vit.core import sae as _sae
 from sae_vit.core.defaults import default_sae_dir
 from sae_vit.core.errors import SaeVitError
+from sae_vit.io import hub as _hub  # noqa: F401 - installs the guard around timm's Hub weight downloads
 
 
 def _is_hf(ref: str | os.PathLike) -> bool:

@@ -29,6 +29,7 @@ def cache(images: str | os.PathLike | None = None, world: str | None = None,
     :func:`~sae_vit.core.defaults.default_layers`) over images (a folder or CSV), or over the synthetic world
     when ``images`` is None. Returns the manifest (with ``path`` added)."""
     from sae_vit.core.backbone import load_backbone
+    from sae_vit.io import hub  # noqa: F401 - its guard bounds timm's Hub weight download
     from sae_vit.io.cache import write_cache
     from sae_vit.world.sources import open_source
 
