@@ -189,3 +189,32 @@ def test_sparsity_json_rows(work):
                             str(work / "s2.csv"), "--json"])
     doc = json.loads(r.stdout)
     assert doc["rows"][0]["layer"] == 8 and doc["rows"][0]["tokens"] == "cls" and doc["csv"].endswith("s2.csv")
+
+
+#: Commands whose outputs are all derived (regenerated on every run), and the output each writes under `w`.
+DERIVED = {"sparsity": "sparsity.csv", "steer-score": "steer", "inspect": "inspect", "suppress": "suppress",
+           "defend-typo eval:world": "typo.json"}
+
+
+@pytest.mark.parametrize("name", sorted(DERIVED))
+def test_reruns_leave_user_files_next_to_and_inside_outputs_alone(work, tmp_path, name, monkeypatch):
+    """Issue 15: a command that regenerates its outputs on a re-run never touches a user's file beside or inside them
+    (byte-identical after two runs, --overwrite passed on the second where the command accepts it)."""
+    monkeypatch.chdir(work)
+    w = tmp_path / "w"
+    for link in ("cache", "saes", "waterbirds", "attacked"):
+        (w / link).parent.mkdir(parents=True, exist_ok=True)
+        (w / link).symlink_to(work / link)
+    out = w / DERIVED[name]
+    user = {w / "notes.txt": b"beside", w / f"{out.name}.bak": b"a copy of mine"}
+    if out.suffix == "":  # a folder of outputs: files inside it, at the top and below
+        user.update({out / "thesis.tex": b"\\section{x}", out / "sub" / "data.csv": b"a,b\n1,2\n"})
+    for path, data in user.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    args = [str(a) for a in COMMANDS[name](w)]
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, args + extra)
+        assert r.exit_code == 0, r.output
+    assert out.exists()
+    assert {p: p.read_bytes() for p in user} == user
