@@ -52,7 +52,7 @@ def test_defend_typo_eval_world_regenerates_its_feature_file(tmp_path):
     assert feature_file.read_bytes() == first
 
 
-@pytest.mark.parametrize("command", [["steer-score"], ["inspect"], ["suppress"], ["defend-typo", "eval"]])
+@pytest.mark.parametrize("command", [["sparsity"], ["steer-score"], ["inspect"], ["suppress"], ["defend-typo", "eval"]])
 def test_overwrite_is_hidden_where_every_output_is_derived(command):
     """Nothing of these commands needs --overwrite, so --help does not offer it; old scripts that pass it still run."""
     r = CliRunner().invoke(app, [*command, "--help"])

@@ -31,7 +31,7 @@ def sparsity_cmd(
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
     allow_incomplete: Annotated[bool, typer.Option(
         "--allow-incomplete", help="With --grid: train on an unfinished cache.")] = False,
-    overwrite: opt.Overwrite = False,
+    overwrite: opt.Regenerated = False,
     as_json: opt.Json = False,
 ) -> None:
     """Table of L0, FVU, MSE, dead % and dense % per layer and token selection (the paper's sparsity

@@ -120,7 +120,7 @@ def mean_diff_scores(st: LayerStats, within_class: bool = True) -> Tensor:
     usable = (count[:, 0] > 1) & (count[:, 1] > 1)
     if not usable.any():
         raise SaeVitError("No target class of the train split has images both with and without the spurious "
-                          "attribute; rank with --no-within-class.")
+                          "attribute; rank with --pooled.")
     return d[usable].abs().mean(0)
 
 
@@ -144,7 +144,7 @@ def auroc_scores(st: LayerStats, label: Tensor, spur: Tensor, within_class: bool
               if 0 < int(spur[m].sum()) < int(m.sum())]
     if not scores:
         raise SaeVitError("No target class of the train split has images both with and without the spurious "
-                          "attribute; rank with --no-within-class.")
+                          "attribute; rank with --pooled.")
     return torch.stack(scores).mean(0)
 
 
