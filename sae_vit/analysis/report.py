@@ -58,11 +58,11 @@ apply();
 ROW_NAMES = {"patch": "top images by the maximum over patch tokens", "cls": "top images by the CLS token"}
 
 
-def page(title: str, body: str, script: str = "") -> str:
-    """A whole HTML document with the shared style and an optional inline script."""
+def page(title: str, body: str, script: str = "", css: str = "") -> str:
+    """A whole HTML document with the shared style (plus ``css``) and an optional inline script."""
     js = f"<script>{script}</script>" if script else ""
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}{css}</style></head>"
             f"<body>{body}{js}</body></html>\n")
 
 
