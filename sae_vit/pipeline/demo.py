@@ -14,7 +14,6 @@ retrains. Only the demo's own files are ever removed.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -213,6 +212,7 @@ def remove_products(out: Path, cfg: DemoConfig) -> None:
     """Remove what an earlier demo wrote in ``out`` (for ``overwrite``): this grid's SAE checkpoints and the
     derived outputs, by name (the cache's own files go when it is rewritten). A file of the user's, even inside ``out/cache``, stays."""
     from sae_vit.analysis.suppress import OUTPUT_FILES
+    from sae_vit.pipeline.demo_steps import remove_tiles
 
     for path in sae_paths(out, cfg):  # the cache is removed by its own writer (write_cache's overwrite)
         path.unlink(missing_ok=True)
@@ -224,10 +224,3 @@ def remove_products(out: Path, cfg: DemoConfig) -> None:
             path.unlink()
     remove_tiles(out / "inspect" / "tiles")
 
-
-def remove_tiles(folder: Path) -> None:
-    """Delete the feature browser's tiles (``f{feature}_{ranking}_{rank}.png``) from an earlier run, nothing else."""
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if re.fullmatch(r"f\d+_(patch|cls)_\d+\.png", path.name):
-                path.unlink()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,7 +173,6 @@ def inspect(out: Path, cfg) -> dict:
     from sae_vit.analysis.inspect import inspect_sae
     from sae_vit.analysis.steer import results_stem
     from sae_vit.core.sae import SAE
-    from sae_vit.pipeline.demo import remove_tiles
 
     layer = cfg.layers[len(cfg.layers) // 2]
     tokens = "all" if "all" in cfg.tokens else cfg.tokens[0]
@@ -198,3 +198,11 @@ def write_results(path: Path, results: dict) -> Path:
     from sae_vit.core.atomic import write_text
 
     return write_text(path, json.dumps(results, indent=1, default=str, allow_nan=False) + "\n")
+
+
+def remove_tiles(folder: Path) -> None:
+    """Delete the feature browser's tiles (``f{feature}_{ranking}_{rank}.png``) from an earlier run, nothing else."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if re.fullmatch(r"f\d+_(patch|cls)_\d+\.png", path.name):
+                path.unlink()
