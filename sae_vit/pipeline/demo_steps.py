@@ -114,7 +114,8 @@ def suppress(out: Path, cfg, bundle=None) -> dict:
     _export_waterbirds(data, cfg.suppress_images, cfg.seed)
     tokens = "all" if "all" in cfg.tokens else cfg.tokens[0]
     paths = [default_sae_path(layer, tokens, root=out / "saes") for layer in cfg.layers]
-    config = SuppressConfig(n_features=tuple(cfg.suppress_n_features), batch_size=128, seed=cfg.seed)
+    # zero-shot only (the report's claim): the linear-probe evaluation would add its own test conditions
+    config = SuppressConfig(n_features=tuple(cfg.suppress_n_features), probe=False, batch_size=128, seed=cfg.seed)
     result, written = run(data, "waterbirds", paths, model="toy", config=config, out=out / "suppress",
                           overwrite=True)
     s, sweep = result.summary, result.sweep
