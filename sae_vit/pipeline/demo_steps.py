@@ -175,7 +175,7 @@ def inspect(out: Path, cfg) -> dict:
     from sae_vit.analysis.steer import results_stem
     from sae_vit.core.sae import SAE
 
-    layer = cfg.layers[len(cfg.layers) // 2]
+    layer = cfg.layers[(len(cfg.layers) - 1) // 2]
     tokens = "all" if "all" in cfg.tokens else cfg.tokens[0]
     path = default_sae_path(layer, tokens, root=out / "saes")
     csv = out / "steer" / f"{results_stem(SAE.load(path).cfg)}.csv"

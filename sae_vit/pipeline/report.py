@@ -32,9 +32,8 @@ PAPER = {
 STYLE = """
 .badge{display:inline-block;border-radius:4px;padding:0 .5rem;font-size:.85rem;font-weight:600;margin-left:.5rem}
 .yes{background:#d7f5dd;color:#11602a}.partly{background:#fff1c9;color:#7a5a00}.no{background:#fbe0df;color:#8c1d18}
-.cols{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:1.5rem;align-items:start}
 .paper{background:#f4f4f6;border-radius:6px;padding:.5rem .9rem;margin:.5rem 0}
-@media (max-width:900px){.cols{grid-template-columns:1fr}}
+.claim img{display:block;max-width:min(100%,1100px);margin:.5rem 0}
 .summary li{margin:.3rem 0}.muted{color:#666;font-size:.88rem}.claim table{font-size:.85rem}
 """
 
@@ -57,11 +56,11 @@ def _img(out: Path, rel: str | None, alt: str) -> str:
 
 
 def _section(key: str, title: str, verdict: str, measured: str, table: str = "", plot: str = "") -> str:
-    """One claim: the paper's words, what this run measured, then its table beside its plot."""
+    """One claim: the paper's words, what this run measured, its plot, then its table."""
     badge = f"<span class='badge {VERDICT_CLASS[verdict]}'>{verdict}</span>"
     return (f"<section class=claim id={key}><h2>{html.escape(title)}{badge}</h2>"
             f"<p class=paper><b>The paper:</b> {html.escape(PAPER[key])}</p>"
-            f"<h3>This run (toy CLIP)</h3>{measured}<div class=cols><div>{table}</div><div>{plot}</div></div></section>")
+            f"<h3>This run (toy CLIP)</h3>{measured}{plot}{table}</section>")
 
 
 # ------------------------------------------------------------------------------------------- claim 1: sparsity
