@@ -206,3 +206,10 @@ def test_report_says_when_the_toy_does_not_reproduce_a_claim(tmp_path):
     assert claims["sparsity"] == "partly reproduced" and "does <b>not</b> get denser with depth" in text
     assert "not reproduced" in text and "the paper's middle-layer optimum is not reproduced" in text
     assert "feature browser" not in text
+
+
+def test_an_empty_row_says_which_tokens_the_feature_never_fires_on():
+    from sae_vit.analysis.report import _tiles_html
+
+    assert "never fires at the CLS token" in _tiles_html("cls", [])  # it may still fire on patches
+    assert "never fires on a patch token" in _tiles_html("patch", [])

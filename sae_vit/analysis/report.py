@@ -92,7 +92,8 @@ def _legend(tokens: str) -> str:
 def _tiles_html(name: str, tiles: list[dict]) -> str:
     head = f"<h3>{html.escape(ROW_NAMES.get(name, name))}</h3>"
     if not tiles:
-        return head + "<p class=none>the feature does not fire on any scanned image</p>"
+        where = {"patch": "on a patch token", "cls": "at the CLS token"}.get(name, "")
+        return head + f"<p class=none>the feature never fires {where} of the scanned images</p>"
     figs = "".join(f"<figure><img src='{html.escape(t['src'])}' alt='image {t['image']}' loading=lazy>"
                    f"<figcaption>#{t['image']} {html.escape(t['id'])} · {t['activation']:.2f}</figcaption></figure>"
                    for t in tiles)
