@@ -28,7 +28,7 @@ def test_demo_reduced(tmp_path):
     from sae_vit.pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(n_images=80, layers=(2, 8), tokens=("cls", "all"), n_tokens=20_000, steer_features=8,
-                     steer_images=4)
+                     steer_images=4, suppress_images=0, typo_images=0, inspect_features=0)  # tests/test_demo.py
     result = run_demo(tmp_path / "demo", cfg)
     rows = result.sparsity.rows
     assert list(rows["layer"]) == [2, 2, 8, 8] and (rows["evaluated_on"] == "cache").all()

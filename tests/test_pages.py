@@ -135,3 +135,81 @@ def test_steer_plot_families_differ_and_legend_is_outside(monkeypatch, tmp_path)
     assert len(styles) == 3 and len(set(styles)) == 3 and len({c for c, _ in styles}) == 3
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, never over the curves
+
+
+def _demo_results(zs_sae_worst: float, zs_layer: int, typo_attacked: float) -> dict:
+    """A demo's results as :mod:`sae_vit.pipeline.demo_steps` returns them, with chosen numbers."""
+    sparsity = [{"layer": layer, "tokens": t, "d_sae": 512, "k": 16, "l0": 16.0, "fvu": fvu, "dead_fraction": 0.25,
+                 "dense_fraction": 0.0, "n_eval_tokens": 100}
+                for layer, t, fvu in ((2, "cls", 0.004), (2, "patches", 0.03), (8, "cls", 0.009), (8, "patches", 0.025))]
+    kinds = {"feature": {"scored": 64, "steerable": 20, "fraction": 20 / 64, "distinct_targets": 5},
+             "neuron": {"scored": 64, "steerable": 10, "fraction": 10 / 64, "distinct_targets": 3},
+             "random": {"scored": 64, "steerable": 5, "fraction": 5 / 64, "distinct_targets": 2}}
+    steer = {"layers": [{"layer": layer, "d_sae": 512, "kinds": kinds, "alphas": [-5, 0, 5, 10, 20], "threshold": 0.1,
+                         "n_images": 32, "vocabulary": 19, "top": [{"index": 7, "target": "red", "S": 0.5}],
+                         "plot": None} for layer in (2, 8)]}
+
+    def row(method, layer, n, worst):
+        return {"eval": "zero_shot", "method": method, "layer": layer, "n": n, "val_worst": 0.5, "test_avg": 0.8,
+                "test_avg_weighted": 0.9, "test_worst": worst, "test_worst_std": 0.0, "draws": 1}
+
+    suppress = {"n_images": {"train": 400, "val": 400, "test": 400}, "groups": {"0": "y=0, place=0"},
+                "classes": ["car", "boat"], "tokens": "all", "layers": [2, 5, 8], "n_features": [4, 16, 64],
+                "chosen": {}, "by_layer": [], "features": [], "plot": None, "csv": "suppress/suppress_table.csv",
+                "table": [row("none", None, None, 0.4125), row("sae", zs_layer, 16, zs_sae_worst),
+                          row("random", zs_layer, 16, 0.3875), row("projection", 5, None, 0.5)]}
+    typo = {"sae": "typo_sae.safetensors", "features_file": "typo_features.json", "layer": 2, "n": 32,
+            "defence": "SAE features, layer 2, N=32", "n_images": 600, "selected_on": {},
+            "metrics": {"none": {"clean": 0.995, "attacked": 0.137, "control": 0.23, "asr": 0.593, "n_images": 600},
+                        "sae": {"clean": 0.982, "attacked": typo_attacked, "control": 0.48, "asr": 0.117,
+                                "n_images": 600}}}
+    return {"config": {"n_images": 2048, "layers": [2, 8], "k": 16, "expansion": 8, "n_tokens": 400000},
+            "sparsity": {"rows": sparsity, "plot": None, "d_model": 64}, "steer": steer, "suppress": suppress,
+            "typo": typo, "timings": {"cache": 1.0}, "inspect": {"index": "inspect/index.html", "layer": 8,
+                                                                 "tokens": "all", "n_features": 6, "n_images": 32,
+                                                                 "picked": "steer-scored live features"}}
+
+
+def _claims(text: str) -> dict[str, str]:
+    """Section id -> its verdict badge."""
+    return dict(re.findall(r"<section class=claim id=(\w+)><h2>[^<]*<span class='badge \w+'>([\w ]+)</span>", text))
+
+
+def test_report_shows_the_runs_numbers_beside_the_papers(tmp_path):
+    from sae_vit.pipeline.report import write_report
+
+    text = write_report(tmp_path, _demo_results(0.8250, 5, 0.4617)).read_text()
+    assert _claims(text) == {"sparsity": "reproduced", "steer": "reproduced", "suppress": "reproduced",
+                             "typo": "partly reproduced"}  # the toy runs no baseline: never "best defence"
+    # this run's numbers, formatted from the results
+    assert "41.2 % to 82.5 %" in text and "+41.2 points" in text and "38.8 %" in text  # none -> SAE; random
+    assert "13.7 % to 46.2 %" in text and "59.3 % to 11.7 %" in text  # attacked accuracy, attack success
+    assert "2.8–7.5×" in text and "0.0040 at layer 2 to 0.0090 at layer 8" in text  # patch / CLS FVU; CLS
+    # the paper's beside them, and the way to the feature browser
+    assert "259 were steerable (10.5 %" in text and "L0 293" in text
+    assert "href='inspect/index.html'" in text
+    assert not re.search(r"\bnan\b", text, re.I)
+
+
+def test_report_says_when_the_toy_does_not_reproduce_a_claim(tmp_path):
+    from sae_vit.pipeline.report import write_report
+
+    results = _demo_results(0.40, 2, 0.14)  # suppression at an edge layer that does not help; no defence gain
+    results["steer"]["layers"][0]["kinds"] = {**results["steer"]["layers"][0]["kinds"],
+                                              "neuron": {"scored": 64, "steerable": 58, "fraction": 0.9}}
+    results["sparsity"]["rows"][2]["fvu"] = 0.004  # the CLS token no denser at layer 8 than at layer 2
+    results.pop("inspect")
+    text = write_report(tmp_path, results).read_text()
+    claims = _claims(text)
+    assert claims["suppress"] == "not reproduced" and claims["typo"] == "not reproduced"
+    assert claims["steer"] == "partly reproduced"  # features beat neurons at one of two layers
+    assert claims["sparsity"] == "partly reproduced" and "does <b>not</b> get denser with depth" in text
+    assert "not reproduced" in text and "the paper's middle-layer optimum is not reproduced" in text
+    assert "feature browser" not in text
+
+
+def test_an_empty_row_says_which_tokens_the_feature_never_fires_on():
+    from sae_vit.analysis.report import _tiles_html
+
+    assert "never fires at the CLS token" in _tiles_html("cls", [])  # it may still fire on patches
+    assert "never fires on a patch token" in _tiles_html("patch", [])

@@ -58,11 +58,11 @@ apply();
 ROW_NAMES = {"patch": "top images by the maximum over patch tokens", "cls": "top images by the CLS token"}
 
 
-def page(title: str, body: str, script: str = "") -> str:
-    """A whole HTML document with the shared style and an optional inline script."""
+def page(title: str, body: str, script: str = "", css: str = "") -> str:
+    """A whole HTML document with the shared style (plus ``css``) and an optional inline script."""
     js = f"<script>{script}</script>" if script else ""
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'><style>{CSS}{css}</style></head>"
             f"<body>{body}{js}</body></html>\n")
 
 
@@ -92,7 +92,8 @@ def _legend(tokens: str) -> str:
 def _tiles_html(name: str, tiles: list[dict]) -> str:
     head = f"<h3>{html.escape(ROW_NAMES.get(name, name))}</h3>"
     if not tiles:
-        return head + "<p class=none>the feature does not fire on any scanned image</p>"
+        where = {"patch": "on a patch token", "cls": "at the CLS token"}.get(name, "")
+        return head + f"<p class=none>the feature never fires {where} of the scanned images</p>"
     figs = "".join(f"<figure><img src='{html.escape(t['src'])}' alt='image {t['image']}' loading=lazy>"
                    f"<figcaption>#{t['image']} {html.escape(t['id'])} · {t['activation']:.2f}</figcaption></figure>"
                    for t in tiles)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import sae_vit.cli._options as opt
-from sae_vit.cli._ui import note, parse_layers, say
+from sae_vit.cli._ui import note, parse_layers, result, say
 from sae_vit.cli.sparsity import print_sparsity
 from sae_vit.cli.steer import print_steer
 from sae_vit.core.errors import SaeVitError
@@ -20,10 +20,13 @@ def demo_cmd(
     n_images: Annotated[int, typer.Option("--n-images", min=40, help="World images to cache.")] = 2048,
     layers: Annotated[str, typer.Option("--layers", help="Toy CLIP blocks to analyse, or 'all'.")] = "2,5,8,11",
     n_tokens: Annotated[int, typer.Option("--n-tokens", min=1, help="Training tokens per SAE.")] = 400_000,
-    overwrite: opt.Overwrite = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Recache and retrain. Without it, a re-run keeps the demo's cache and SAEs when they "
+                            "match these settings and regenerates the tables, plots and pages.")] = False,
     as_json: opt.Json = False,
 ) -> None:
-    """The paper in miniature on the toy CLIP and the synthetic world: cache, train SAEs, sparsity table."""
+    """The paper in miniature on the toy CLIP and the synthetic world: cache, SAEs, sparsity, steerability,
+    suppression, typographic defence and the feature browser, summed up in report.html."""
     from sae_vit.pipeline.demo import DemoConfig, run_demo
     from sae_vit.world.toyclip import ToyClipConfig
 
@@ -34,9 +37,34 @@ def demo_cmd(
         raise SaeVitError(f"--layers {layers!r} is out of range; the toy CLIP has blocks 0..{depth - 1}.")
     cfg = DemoConfig(n_images=n_images, layers=tuple(layer_list), n_tokens=n_tokens)
     start = time.perf_counter()
-    result = run_demo(out, cfg, overwrite, progress=lambda msg: note(msg, "cyan"))
-    print_sparsity(result.sparsity)
-    if result.steer:
-        print_steer(result.steer)
-    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
-    say(f"demo finished in {time.perf_counter() - start:.0f} s ({steps}); everything is in {result.out}")
+    res = run_demo(out, cfg, overwrite, progress=lambda msg: note(msg, "cyan"))
+    print_sparsity(res.sparsity)
+    if res.steer:
+        print_steer(res.steer)
+    _print_suppress(res.results.get("suppress"))
+    _print_typo(res.results.get("typo"))
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items())
+    result(report=str(res.report), out=str(res.out), timings=res.timings, results=res.results)
+    say(f"demo finished in {time.perf_counter() - start:.0f} s ({steps}); everything is in {res.out}")
+    say(f"open {res.report} in a browser")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _print_suppress(r: dict | None) -> None:
+    if r:
+        zs = {x["method"]: x for x in r["table"] if x["eval"] == "zero_shot"}
+        sae = zs["sae"]
+        say(f"suppress (Waterbirds-like, zero-shot, test): worst group {_pct(zs['none']['test_worst'])} -> "
+            f"{_pct(sae['test_worst'])} with {sae['n']:.0f} features of the layer-{sae['layer']:.0f} SAE zeroed "
+            f"(random features: {_pct(zs['random']['test_worst'])}) -> {r['csv']}")
+
+
+def _print_typo(r: dict | None) -> None:
+    if r:
+        a, b = r["metrics"]["none"], r["metrics"]["sae"]
+        say(f"defend-typo (world typographic split, {r['n_images']} images): attacked {_pct(a['attacked'])} -> "
+            f"{_pct(b['attacked'])}, clean {_pct(a['clean'])} -> {_pct(b['clean'])}, control {_pct(a['control'])} "
+            f"-> {_pct(b['control'])}, attack success {_pct(a['asr'])} -> {_pct(b['asr'])} ({r['defence']})")

@@ -1,0 +1,209 @@
+"""The steps of ``saevit demo`` (:mod:`sae_vit.pipeline.demo`): each runs one command's library function on the
+demo's folder and returns the plain numbers the report shows (JSON-ready dicts, paths relative to the folder)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from sae_vit.core.defaults import default_sae_path
+
+
+def _num(x) -> float | None:
+    """A float for JSON (None for NaN / missing)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _rel(path, out: Path) -> str | None:
+    return None if path is None else Path(path).relative_to(out).as_posix()
+
+
+def cache(out: Path, cfg, overwrite: bool) -> dict:
+    """``saevit cache`` over the world's images; an identical finished cache is kept."""
+    import sae_vit.pipeline as api
+
+    return api.cache(out=out / "cache", model="toy", layers=list(cfg.layers), tokens="all",
+                     max_images=cfg.n_images, seed=cfg.seed, batch_size=128, overwrite=overwrite)
+
+
+def train_and_sparsity(out: Path, cfg, say: Callable[[str], None]):
+    """``saevit sparsity --grid``: train the SAEs missing under ``out/saes`` and write the sparsity table."""
+    import sae_vit.pipeline as api
+    from sae_vit.core.train import TrainConfig
+
+    train_cfg = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed)
+    return api.sparsity(cache=out / "cache", grid=True, layers=list(cfg.layers), tokens=list(cfg.tokens),
+                        n_tokens=cfg.n_tokens, out=out / "sparsity.csv", config=train_cfg, sae_dir=out / "saes",
+                        progress=say)
+
+
+def sparsity_results(table, manifest: dict) -> dict:
+    """The sparsity rows the report shows."""
+    keys = ("layer", "tokens", "d_sae", "k", "l0", "fvu", "dead_fraction", "dense_fraction", "n_eval_tokens")
+    rows = [{k: r[k] if k == "tokens" else _num(r[k]) for k in keys} for r in table.rows.to_dict("records")]
+    out = Path(table.csv_path).parent
+    return {"rows": rows, "plot": _rel(table.plot_path, out), "csv": _rel(table.csv_path, out),
+            "n_images": manifest.get("n_images"), "d_model": manifest.get("d_model")}
+
+
+def steer(out: Path, cfg) -> list:
+    """``saevit steer-score`` on each layer's ``all``-token SAE."""
+    from sae_vit.analysis.steer import SteerConfig, score_saes
+
+    paths = [default_sae_path(layer, "all", root=out / "saes") for layer in cfg.layers]
+    # The paper's strongest push (alpha 150) saturates the toy's 19-word vocabulary for every direction, so
+    # the demo sweeps up to alpha 20, where features, neurons and random directions can differ.
+    return score_saes(paths, model="toy", n_images=cfg.steer_images, config=SteerConfig(alphas=(-5, 0, 5, 10, 20)),
+                      max_features=cfg.steer_features, random_control=cfg.steer_features, seed=cfg.seed,
+                      out=out / "steer")
+
+
+def steer_results(reports: list, out: Path) -> dict:
+    """Per scored SAE: its layer, width, the share of steerable units of each family and its best features."""
+    from sae_vit.analysis.steer import results_stem
+    from sae_vit.core.sae import SAE
+
+    layers = []
+    for report in reports:
+        s = report.summary
+        units = report.units
+        feats = units[units["kind"] == "feature"].sort_values("S", ascending=False).head(5)
+        stem = results_stem(SAE.load(s["path"]).cfg)
+        layers.append({"layer": s["layer"], "d_sae": s["d_sae"], "kinds": s["kinds"], "alphas": s["alphas"],
+                       "threshold": s["threshold"], "n_images": s["n_images"], "vocabulary": s["vocabulary"],
+                       "top": [{"index": int(r["index"]), "target": r["target"], "S": _num(r["S"])}
+                               for r in feats.to_dict("records")],
+                       "plot": f"steer/{stem}.png" if (out / "steer" / f"{stem}.png").is_file() else None})
+    return {"layers": layers}
+
+
+def model():
+    """The toy CLIP and its text head, loaded once for the steps that share them."""
+    from sae_vit.analysis.common import load_model
+    from sae_vit.core.dist import resolve_device
+
+    return load_model("toy", device=str(resolve_device("auto")))
+
+
+def _export_waterbirds(data: Path, n: int, seed: int) -> None:
+    """The world's Waterbirds-like task in the real layout, unless this folder already holds this export."""
+    from sae_vit.core.atomic import write_json
+    from sae_vit.world import scenes as world
+
+    marker = data / "demo_export.json"
+    want = {"task": "waterbirds", "n": n, "seed": seed}
+    if marker.is_file() and (data / "metadata.csv").is_file() and json.loads(marker.read_text()) == want:
+        return
+    world.export_task("waterbirds", data, n=n, seed=seed, overwrite=True)
+    write_json(marker, want)
+
+
+def suppress(out: Path, cfg, bundle=None) -> dict:
+    """``saevit suppress`` on the Waterbirds-like task with the demo's SAEs (one per layer, all tokens when
+    trained, else the first token type): rank on train, choose layer and N on val, report on test."""
+    from sae_vit.analysis.suppress import SuppressConfig
+    from sae_vit.analysis.suppress import suppress as run
+
+    data = out / "suppress" / "data"
+    _export_waterbirds(data, cfg.suppress_images, cfg.seed)
+    tokens = "all" if "all" in cfg.tokens else cfg.tokens[0]
+    paths = [default_sae_path(layer, tokens, root=out / "saes") for layer in cfg.layers]
+    # zero-shot only (the report's claim): the linear-probe evaluation would add its own test conditions
+    config = SuppressConfig(n_features=tuple(cfg.suppress_n_features), probe=False, batch_size=128, seed=cfg.seed)
+    result, written = run(data, "waterbirds", paths, model="toy", config=config, out=out / "suppress",
+                          overwrite=True)
+    s, sweep = result.summary, result.sweep
+    keys = ("eval", "method", "layer", "n", "val_worst", "test_avg", "test_avg_weighted", "test_worst",
+            "test_worst_std", "draws")
+    table = [{k: r[k] if k in ("eval", "method") else _num(r[k]) for k in keys}
+             for r in result.table.to_dict("records")]
+    by_layer = []  # zero-shot, test: each layer at its validation-best N
+    test = sweep[(sweep["eval"] == "zero_shot") & (sweep["method"] == "sae") & (sweep["split"] == "test")]
+    for r in test.sort_values("layer").to_dict("records"):
+        by_layer.append({"layer": int(r["layer"]), "n": int(r["n"]), "worst": _num(r["worst"]), "avg": _num(r["avg"])})
+    feats = result.features[result.features["eval"] == "zero_shot"].head(8)
+    return {"n_images": s["n_images"], "groups": s["groups"], "classes": s["classes"], "tokens": tokens,
+            "layers": list(cfg.layers), "n_features": list(cfg.suppress_n_features), "chosen": s["chosen"],
+            "table": table, "by_layer": by_layer,
+            "features": [{"feature": int(r["feature"]), "score": _num(r["score"]), "concepts": r["concepts"] or ""}
+                         for r in feats.to_dict("records")],
+            "plot": _rel(written.get("plot"), out), "csv": _rel(written["table"], out)}
+
+
+def typo(out: Path, cfg, bundle) -> dict:
+    """The shipped typographic defence (the package's SAE and text-feature file) on the world's own typographic
+    test split: clean, attacked and unrelated-word-control accuracy and attack success, without and with it."""
+    from sae_vit.analysis.common import class_embeddings
+    from sae_vit.analysis.typo import (
+        ASSET_FEATURES,
+        ASSET_SAE,
+        asset_dir,
+        defence_from_files,
+        world_native_set,
+    )
+    from sae_vit.analysis.typo.defences import TEMPLATE, Defence, evaluate
+    from sae_vit.core.atomic import write_json
+    from sae_vit.world import scenes as world
+
+    bb = bundle.backbone
+    defence, feats = defence_from_files(asset_dir() / ASSET_SAE, asset_dir() / ASSET_FEATURES, None, bb.device)
+    data = world_native_set(bb, "test", cfg.typo_images, cfg.seed)
+    class_emb = class_embeddings(bundle.head, list(world.SHAPES), (TEMPLATE,))
+    metrics = {name: evaluate(bb, data, class_emb, d).as_dict() for name, d in (("none", Defence()),
+                                                                                 ("sae", defence))}
+    chosen = feats.get("selection", {})
+    result = {"sae": ASSET_SAE, "features_file": ASSET_FEATURES, "layer": defence.sae.cfg.layer,
+              "n": len(defence.features), "defence": defence.describe(), "n_images": cfg.typo_images,
+              "selected_on": {"split": chosen.get("split"), "n_images": chosen.get("n_images")},
+              "metrics": metrics, "json": "typo/typo_results.json"}
+    write_json(out / "typo" / "typo_results.json", result)
+    return result
+
+
+def inspect(out: Path, cfg) -> dict:
+    """``saevit inspect`` of the middle layer's SAE (all tokens when trained): the features steer-score scored
+    that fire on its probe images (so the browser can sort by steerability), else random live ones."""
+    import pandas as pd
+
+    from sae_vit.analysis.inspect import inspect_sae
+    from sae_vit.analysis.steer import results_stem
+    from sae_vit.core.sae import SAE
+
+    layer = cfg.layers[(len(cfg.layers) - 1) // 2]
+    tokens = "all" if "all" in cfg.tokens else cfg.tokens[0]
+    path = default_sae_path(layer, tokens, root=out / "saes")
+    csv = out / "steer" / f"{results_stem(SAE.load(path).cfg)}.csv"
+    features = None
+    if csv.is_file():
+        units = pd.read_csv(csv)
+        scored = units[(units["kind"] == "feature") & (units["density"] > 0)]
+        features = sorted(scored["index"].astype(int).tolist())[: cfg.inspect_features] or None
+    remove_tiles(out / "inspect" / "tiles")  # an earlier run's tiles of other features
+    result = inspect_sae(str(path), model="toy", n_images=cfg.inspect_images, features=features,
+                         random=cfg.inspect_features, k=cfg.inspect_top_images, steer_dir=out / "steer",
+                         out=out / "inspect", seed=cfg.seed, batch_size=128, overwrite=True)
+    rows = result["features"]
+    return {"index": _rel(result["index"], out), "layer": layer, "tokens": tokens, "n_features": len(rows),
+            "n_images": result["inspection"].n_images, "n_scored": sum(r["S"] == r["S"] for r in rows),
+            "picked": "steer-scored live features" if features else "random live features"}
+
+
+def write_results(path: Path, results: dict) -> Path:
+    """``demo_results.json``: every number of the report (NaN written as null)."""
+    from sae_vit.core.atomic import write_text
+
+    return write_text(path, json.dumps(results, indent=1, default=str, allow_nan=False) + "\n")
+
+
+def remove_tiles(folder: Path) -> None:
+    """Delete the feature browser's tiles (``f{feature}_{ranking}_{rank}.png``) from an earlier run, nothing else."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if re.fullmatch(r"f\d+_(patch|cls)_\d+\.png", path.name):
+                path.unlink()
