@@ -66,9 +66,16 @@ def test_rerun_keeps_cache_and_saes_and_regenerates_the_rest(tmp_path):
 def test_overwrite_removes_only_the_demos_own_files(tmp_path):
     out = tmp_path / "demo"
     run_demo(out, MINIMAL)
-    mine = [out / "notes.txt", out / "cache" / "my_notes.txt", out / "saes" / "layer_2" / "cls" / "keep.md"]
+    mine = [out / "notes.txt", out / "saes" / "layer_2" / "cls" / "keep.md"]
     for p in mine:
         p.write_text("the user's")
+    in_cache = out / "cache" / "my_notes.txt"  # the cache's writer never replaces a folder holding a user's file
+    in_cache.write_text("the user's")
+    before = _mtimes(out)
+    with pytest.raises(SaeVitError, match="my_notes.txt, which sae-vit did not write"):
+        run_demo(out, MINIMAL, overwrite=True)
+    assert _mtimes(out) == before  # refused before anything was removed
+    in_cache.unlink()
     sae = out / "saes" / "layer_2" / "cls" / "sae.safetensors"
     first = sae.stat().st_mtime_ns
     run_demo(out, MINIMAL, overwrite=True)

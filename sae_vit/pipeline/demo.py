@@ -174,6 +174,12 @@ def check_products(out: Path, cfg: DemoConfig, d_model: int, overwrite: bool) ->
             if why:
                 raise SaeVitError(f"{path} was trained with other settings ({why}); pass --overwrite to retrain "
                                   "the demo's SAEs or choose another --out.")
+    from sae_vit.io.cache import foreign_files
+
+    foreign = foreign_files(out / "cache") if overwrite and (out / "cache").is_dir() else []
+    if foreign:  # the cache's writer would refuse them after the SAEs were gone: refuse first, remove nothing
+        raise SaeVitError(f"{out / 'cache'} holds {foreign[0]}, which sae-vit did not write; move it away before "
+                          "--overwrite (it only ever replaces the demo's own files) or choose another --out.")
     manifest = out / "cache" / "manifest.json"
     if manifest.is_file() and not overwrite:
         try:
@@ -210,7 +216,8 @@ DERIVED = ("sparsity.csv", "sparsity.png", "report.html", RESULTS, "typo/typo_re
 
 def remove_products(out: Path, cfg: DemoConfig) -> None:
     """Remove what an earlier demo wrote in ``out`` (for ``overwrite``): this grid's SAE checkpoints and the
-    derived outputs, by name (the cache's own files go when it is rewritten). A file of the user's, even inside ``out/cache``, stays."""
+    derived outputs, by name (the cache's own files go when it is rewritten). A file of the user's stays
+    (one inside ``out/cache`` is refused first by :func:`check_products`)."""
     from sae_vit.analysis.suppress import OUTPUT_FILES
     from sae_vit.pipeline.demo_steps import remove_tiles
 
