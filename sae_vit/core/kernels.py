@@ -59,7 +59,8 @@ class Bags(NamedTuple):
 @contextmanager
 def serial():
     """Run small index ops on one thread: on a busy CPU an OpenMP ``argsort`` of 131k indices took 290 ms with
-    two threads (waiting for a descheduled peer) and 5 ms with one."""
+    two threads (waiting for a descheduled peer) and 5 ms with one; an ``index_add_`` of 246 rows of 768 took
+    80-116 ms with two and 0.1 ms with one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -74,7 +75,7 @@ def bags_by_latent(idx: Tensor, d_sae: int) -> Bags:
     with serial():
         order = flat.argsort()
         counts = torch.bincount(flat, minlength=d_sae)
-    return Bags(order // idx.shape[1], counts.cumsum(0) - counts, order)
+        return Bags(order // idx.shape[1], counts.cumsum(0) - counts, order)
 
 
 def sum_by_latent(bags: Bags, weights: Tensor, src: Tensor) -> Tensor:
@@ -137,7 +138,9 @@ class EncoderValues(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             rows = sum_by_latent(ctx.bags, grad, x_c)  # [d_sae, d_in]
             if aux:
-                rows.index_add_(0, dead, grad_dead.T @ x_c)
+                contribution = grad_dead.T @ x_c
+                with serial():
+                    rows.index_add_(0, dead, contribution)
             # Transposed: no copy when W_enc is stored column-major (as the trainer stores it).
             g_W = rows.T
         if ctx.needs_input_grad[1]:
@@ -174,7 +177,9 @@ class SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             g_W = sum_by_latent(ctx.bags, vals, grad)
             if aux:
-                g_W.index_add_(0, dead, dead_acts.T @ grad_dead.float())
+                contribution = dead_acts.T @ grad_dead.float()
+                with serial():
+                    g_W.index_add_(0, dead, contribution)
         if aux and ctx.needs_input_grad[5]:
             g_dead_acts = grad_dead.float() @ W_dec.float().index_select(0, dead).T
         return None, g_vals, g_W, None, None, g_dead_acts
@@ -196,7 +201,8 @@ class Encoded(NamedTuple):
 
 def encoder_pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Dense pre-activations ``(x - b_dec) @ W_enc + b_enc``, [n, d_sae], computed (and returned) in ``dtype``,
-    without autograd: the one O(n d_sae d) product of a TopK step."""
+    without autograd: the one O(n d_sae d) product of a TopK step (:func:`topk_encode` makes the same call),
+    hence the bound on its speed that benchmarks/bench_train.py reports."""
     with torch.no_grad():
         return torch.addmm(b_enc.to(dtype), (x - b_dec).to(dtype), W_enc.to(dtype))
 
@@ -206,18 +212,16 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
     """TopK encoder of ``x`` [n, d_in]: dense forward in ``dtype``, k-sparse backward to ``W_enc``, ``b_enc``,
     ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae] pre-activations are freed on return.
 
-    ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``), by their own
-    [n, d_in] x [d_in, n_dead] matmul, for AuxK; pass them on to :func:`decode_with_dead`.
+    ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``, columns of
+    the same product), for AuxK; pass them on to :func:`decode_with_dead`.
     """
     with torch.no_grad():
         x_c = (x - b_dec).float()
-        lhs = x_c.to(dtype)
-        raw, idx = topk(torch.addmm(b_enc.to(dtype), lhs, W_enc.to(dtype)), k)
-        dead_pre = None
-        if dead is not None:
-            # [n_dead, d_in] rows of W_enc^T: a contiguous gather when W_enc is stored column-major.
-            dead_pre = torch.addmm(b_enc.index_select(0, dead).to(dtype), lhs,
-                                   W_enc.T.index_select(0, dead).T.to(dtype))
+        pre = torch.addmm(b_enc.to(dtype), x_c.to(dtype), W_enc.to(dtype))
+        # The dead columns of the product already made: a gather costs a fraction of their own matmul.
+        dead_pre = None if dead is None else pre.index_select(1, dead)
+        raw, idx = topk(pre, k)
+        del pre
     bags = bags_by_latent(idx, W_enc.shape[1])
     vals, dead_pre = EncoderValues.apply(x, b_dec, W_enc, b_enc, idx, raw, bags, x_c, dead, dead_pre)
     return Encoded(vals, idx, bags, dead_pre)
