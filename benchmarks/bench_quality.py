@@ -20,6 +20,7 @@ the held-out tokens) and, for ``known``, the mean best |cos| between a true atom
 
     python benchmarks/bench_quality.py                          # 3 data sets x 3 seeds x 3 trainers
     python benchmarks/bench_quality.py --data known --seeds 0 --tuned
+    python benchmarks/bench_quality.py --data known --trainers ours,sparsify --tuned-only
     python benchmarks/bench_quality.py --demo
 """
 
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trainers", default="ours,sparsify,sae-lens")
     parser.add_argument("--tuned", action="store_true", help="also tune each trainer's lr (see above)")
+    parser.add_argument("--tuned-only", action="store_true", help="only the tuned rows (--tuned without defaults)")
     parser.add_argument("--demo", action="store_true", help="saevit demo's SAEs, defaults before #18 vs today")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "saevit-bench-toyclip",
@@ -146,7 +148,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, {BATCH} tokens per step, seeds {seeds}"
           + (f"; not installed: {', '.join(missing)}" if missing else ""), flush=True)
-    modes = ["defaults"] + (["tuned"] if args.tuned else [])
+    modes = ([] if args.tuned_only else ["defaults"]) + (["tuned"] if args.tuned or args.tuned_only else [])
     table: list[tuple] = []
     for name in args.data.split(","):
         setting = _data.SETTINGS[name]
