@@ -284,7 +284,7 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 #: AuxK differentiates the dead latents' pre-activations densely while at most this fraction of the latents is
-#: dead (its matmuls then cost at most ~5/8 of the encoder's), and through the k-sparse kernels beyond.
+#: dead (its four products then cost at most half of the encoder matmul), and through the k-sparse kernels beyond.
 AUXK_DENSE_FRACTION = 1 / 8
 
 
