@@ -13,8 +13,15 @@ the held-out tokens) and, for ``known``, the mean best |cos| between a true atom
 * ``--tuned``: each trainer's learning rate picked from a grid (x0.25 .. x4 of its default) by FVU on a
   validation split carved from the *training* tokens (seed 0), then run on every seed.
 
+* ``--demo``: ``saevit demo``'s twelve SAEs (toy CLIP, layers 2/5/8/11 x cls/patches/all, x8, k 16, 400k tokens
+  each), trained and scored by the demo's own ``sparsity`` step on the demo's cache, once with the training
+  defaults before issue #18 (lr 4e-4, 200 warm-up steps then cosine decay, dead after a tenth of the run, AdamW
+  betas (0.9, 0.999)) and once with today's; prints held-out FVU, L0 and dead % per SAE.
+
     python benchmarks/bench_quality.py                          # 3 data sets x 3 seeds x 3 trainers
     python benchmarks/bench_quality.py --data known --seeds 0 --tuned
+    python benchmarks/bench_quality.py --data known --trainers ours,sparsify --tuned-only
+    python benchmarks/bench_quality.py --demo
 """
 
 from __future__ import annotations
@@ -78,23 +85,70 @@ def tune(trainer: str, name: str, train_x, setting: dict) -> float:
     return best[1]
 
 
+def demo(cache_root: Path) -> None:
+    """The demo's SAEs with the defaults before #18 and today's, at the demo's token budget (see above)."""
+    import tempfile
+
+    import sae_vit.pipeline as api
+    from sae_vit.core import train as train_module
+    from sae_vit.pipeline.demo import DemoConfig
+
+    cfg = DemoConfig()
+    cache = cache_root.with_name(cache_root.name + "-demo")
+    if not (cache / "manifest.json").exists():
+        api.cache(out=cache, model="toy", layers=list(cfg.layers), tokens="all", max_images=cfg.n_images,
+                  seed=cfg.seed, batch_size=128)
+    before = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed, lr=4e-4, warmup_steps=200,
+                         schedule="cosine", dead_tokens=cfg.n_tokens // 10)
+    today = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed)
+    tables = {}
+    for name, config, betas in (("before #18", before, (0.9, 0.999)), ("today", today, train_module.ADAM_BETAS)):
+        saved, train_module.ADAM_BETAS = train_module.ADAM_BETAS, betas
+        t0 = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                tables[name] = api.sparsity(cache=cache, grid=True, layers=list(cfg.layers), tokens=list(cfg.tokens),
+                                            n_tokens=cfg.n_tokens, out=Path(tmp) / "sparsity.csv", plot=False,
+                                            config=config, sae_dir=Path(tmp) / "saes").rows
+        finally:
+            train_module.ADAM_BETAS = saved
+        print(f"  {name}: {len(tables[name])} SAEs in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\nsaevit demo's SAEs, {cfg.n_tokens:,} tokens each, held-out split of the demo cache")
+    print(f"{'layer':>5} {'tokens':<8}" + "".join(f"{n + ' FVU':>17}{'L0':>6}{'dead %':>8}" for n in tables))
+    rows = {n: t.set_index(["layer", "tokens"]) for n, t in tables.items()}
+    first = next(iter(rows.values()))
+    for key in first.index:
+        cols = "".join(f"{r.loc[key, 'fvu']:>17.4f}{r.loc[key, 'l0']:>6.1f}{100 * r.loc[key, 'dead_fraction']:>8.1f}"
+                       for r in rows.values())
+        print(f"{key[0]:>5} {key[1]:<8}{cols}")
+    print(f"{'mean':>14}" + "".join(f"{r['fvu'].mean():>17.4f}{'':>14}" for r in rows.values()))
+    wins = sum(rows["today"].loc[key, "fvu"] < rows["before #18"].loc[key, "fvu"] for key in first.index)
+    print(f"today's defaults reach a lower held-out FVU on {wins} of {len(first)} SAEs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="known,toyclip,heavy")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trainers", default="ours,sparsify,sae-lens")
     parser.add_argument("--tuned", action="store_true", help="also tune each trainer's lr (see above)")
+    parser.add_argument("--tuned-only", action="store_true", help="only the tuned rows (--tuned without defaults)")
+    parser.add_argument("--demo", action="store_true", help="saevit demo's SAEs, defaults before #18 vs today")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "saevit-bench-toyclip",
                         help="toy-CLIP activation cache (built on first use)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.demo:
+        print(f"torch {torch.__version__}, {args.threads} thread(s)", flush=True)
+        demo(args.cache)
+        return
     trainers = [t for t in args.trainers.split(",") if t == "ours" or _peers.have(t)]
     missing = sorted(set(args.trainers.split(",")) - set(trainers))
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, {BATCH} tokens per step, seeds {seeds}"
           + (f"; not installed: {', '.join(missing)}" if missing else ""), flush=True)
-    modes = ["defaults"] + (["tuned"] if args.tuned else [])
+    modes = ([] if args.tuned_only else ["defaults"]) + (["tuned"] if args.tuned or args.tuned_only else [])
     table: list[tuple] = []
     for name in args.data.split(","):
         setting = _data.SETTINGS[name]

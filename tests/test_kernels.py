@@ -109,3 +109,39 @@ def test_encoder_pre_in_dtype(dtype):
     assert pre.dtype == dtype and not pre.requires_grad
     torch.testing.assert_close(pre.float(), (x - c) @ W + b, rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
                                atol=0.1 if dtype == torch.bfloat16 else 1e-5)
+
+
+@given(problems(), st.booleans(), st.integers(0, 2**31 - 1))
+@SETTINGS
+def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed):
+    """``topk_encode(..., dead)`` and ``decode_with_dead``: the dead latents' pre-activations and their decode
+    (AuxK's) give the gradients of the dense computation, with ``b_dec`` held constant on the dead path."""
+    x, *weights, k = problem
+    m = weights[0].shape[1]
+    g = torch.Generator().manual_seed(seed)
+    dead = torch.randperm(m, generator=g)[: int(torch.randint(1, m + 1, (1,), generator=g))]
+    target, target_dead = torch.randn_like(x), torch.randn_like(x)
+
+    def run(fast):
+        xs = x.clone().requires_grad_(x_grad)
+        params = [w.clone().requires_grad_() for w in weights]
+        W_enc, b_enc, b_dec, W_dec = params
+        if fast:
+            enc = kernels.topk_encode(xs, W_enc, b_enc, b_dec, k, dead=dead)
+            x_hat, e_hat = kernels.decode_with_dead(enc.idx, enc.vals.relu(), W_dec, enc.bags, dead,
+                                                    enc.dead_pre.relu())
+            x_hat = x_hat + b_dec
+        else:
+            x_hat, _ = dense_topk_sae(xs, W_enc, b_enc, b_dec, W_dec, k)
+            dead_pre = (xs - b_dec.detach()) @ W_enc[:, dead] + b_enc[dead]
+            e_hat = dead_pre.relu() @ W_dec[dead]
+        loss = (x_hat - target).pow(2).sum() + (e_hat - target_dead).pow(2).sum()
+        loss.backward()
+        return loss, [p.grad for p in params] + ([xs.grad] if x_grad else [])
+
+    loss_fast, grads_fast = run(True)
+    loss_ref, grads_ref = run(False)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-4, atol=1e-3)
+    for name, a, b in zip(["W_enc", "b_enc", "b_dec", "W_dec", "x"], grads_fast, grads_ref, strict=False):
+        scale = b.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(a / scale, b / scale, rtol=1e-4, atol=1e-4, msg=name)

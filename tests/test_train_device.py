@@ -71,3 +71,36 @@ def test_loss_with_auxk_runs_and_trains_on_device(device):
         cfg = TrainConfig(d_sae=128, k=4, batch_size=512, n_tokens=20_000, device=device, dtype=dtype)
         trained = train_sae(iter(x.split(512) * 5), 32, cfg, eval_acts=sparse_data(2048, 32, 128, seed=2))
         assert trained.cfg.training["fvu"] < 0.35, dtype
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_with_fused_auxk_matches_dense_on_device(device):
+    """FVU + AuxK (fused into the main kernels while few latents are dead) against dense autograd on ``device``."""
+    x = sparse_data(512, 32, 128, seed=3).to(device) * 2 + 0.5
+    cfg = resolve(TrainConfig(d_sae=128, k=4, aux_k=8, aux_coef=0.5, device=device, dtype="fp32"), 32)
+    dead = torch.zeros(128, dtype=torch.bool, device=device)
+    dead[::12] = True  # 11 dead latents: at most an eighth, the fused path
+    grads, losses = [], []
+    for fast in (True, False):
+        sae = init_sae(32, cfg, x[:256].cpu())
+        with torch.no_grad():
+            sae.b_enc.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        sae = sae.to(device)
+        if fast:
+            loss = sae_loss(sae, x, cfg, dead, 0.0).loss
+        else:
+            x_hat, _ = sae(x)
+            loss = (x_hat - x).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()
+            pre = (x - sae.b_dec.detach()) @ sae.W_enc + sae.b_enc  # AuxK leaves b_dec alone
+            top, idx = torch.where(dead, pre, -torch.inf).topk(8, dim=-1)
+            e_hat = torch.zeros_like(pre).scatter(1, idx, top.relu()) @ sae.W_dec
+            residual = (x - x_hat).detach()
+            aux = (e_hat - residual).pow(2).sum() / (residual - residual.mean(dim=0)).pow(2).sum()
+            loss = loss + 0.5 * aux
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.cpu() for n, p in sae.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert grads[1]["W_dec"][dead.cpu()].abs().sum() > 0
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=1e-4, atol=1e-5, msg=name)

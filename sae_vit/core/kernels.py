@@ -59,7 +59,8 @@ class Bags(NamedTuple):
 @contextmanager
 def serial():
     """Run small index ops on one thread: on a busy CPU an OpenMP ``argsort`` of 131k indices took 290 ms with
-    two threads (waiting for a descheduled peer) and 5 ms with one."""
+    two threads (waiting for a descheduled peer) and 5 ms with one; an ``index_add_`` of 246 rows of 768 took
+    80-116 ms with two and 0.1 ms with one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -74,7 +75,7 @@ def bags_by_latent(idx: Tensor, d_sae: int) -> Bags:
     with serial():
         order = flat.argsort()
         counts = torch.bincount(flat, minlength=d_sae)
-    return Bags(order // idx.shape[1], counts.cumsum(0) - counts, order)
+        return Bags(order // idx.shape[1], counts.cumsum(0) - counts, order)
 
 
 def sum_by_latent(bags: Bags, weights: Tensor, src: Tensor) -> Tensor:
@@ -101,55 +102,87 @@ def sampled_dot(idx: Tensor, a: Tensor, W: Tensor) -> Tensor:
 
 
 class EncoderValues(torch.autograd.Function):
-    """``vals[t, s] = (x[t] - b_dec) . W_enc[:, idx[t, s]] + b_enc[idx[t, s]]`` with a k-sparse backward.
+    """``vals[t, s] = (x[t] - b_dec) . W_enc[:, idx[t, s]] + b_enc[idx[t, s]]`` with a k-sparse backward, and
+    optionally ``dead_pre[t, j]``, the same for the latents ``dead[j]`` (AuxK's pre-activations).
 
     The forward takes the values already computed by the dense encoder matmul (so it costs nothing); the
-    backward gives ``W_enc``'s gradient on the selected columns only, O(n k d) instead of O(n d_sae d).
+    backward gives ``W_enc``'s gradient on the selected columns only, O(n k d) instead of O(n d_sae d). The dead
+    columns' gradients are added in place to the rows of that same gradient, so AuxK costs its own small
+    matmuls and no full-size gradient of its own. ``b_dec`` takes no gradient through ``dead_pre`` (AuxK leaves
+    the decoder bias alone, as sparsify does: see :func:`sae_vit.core.train.auxk_loss`).
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, idx, vals, bags):
-        ctx.save_for_backward(x, b_dec, W_enc, idx)
+    def forward(ctx, x, b_dec, W_enc, b_enc, idx, vals, bags, x_c=None, dead=None, dead_pre=None):
+        x_c = (x - b_dec).float() if x_c is None else x_c
+        ctx.save_for_backward(x_c, W_enc, idx, dead)
         ctx.bags = bags
-        return vals.to(torch.float32, copy=True)
+        vals = vals.to(torch.float32, copy=True)
+        if dead is None:
+            return vals, None
+        return vals, dead_pre.to(torch.float32, copy=True)
 
     @staticmethod
-    def backward(ctx, grad):
-        x, b_dec, W_enc, idx = ctx.saved_tensors
+    def backward(ctx, grad, grad_dead=None):
+        x_c, W_enc, idx, dead = ctx.saved_tensors
         grad = grad.float()
         d_sae = W_enc.shape[1]
+        aux = dead is not None and grad_dead is not None
         g_x = g_b_dec = g_W = g_b_enc = None
         with serial():
             g_latent = torch.zeros(d_sae, device=grad.device).index_add_(0, idx.reshape(-1), grad.reshape(-1))
+        if aux:
+            grad_dead = grad_dead.float()
         if ctx.needs_input_grad[3]:
-            g_b_enc = g_latent
+            g_b_enc = g_latent.index_add(0, dead, grad_dead.sum(dim=0)) if aux else g_latent
         if ctx.needs_input_grad[2]:
-            # [d_sae, d_in] transposed: no copy when W_enc is stored column-major (as the trainer stores it).
-            g_W = sum_by_latent(ctx.bags, grad, (x - b_dec).float()).T
+            rows = sum_by_latent(ctx.bags, grad, x_c)  # [d_sae, d_in]
+            if aux:
+                contribution = grad_dead.T @ x_c
+                with serial():
+                    rows.index_add_(0, dead, contribution)
+            # Transposed: no copy when W_enc is stored column-major (as the trainer stores it).
+            g_W = rows.T
         if ctx.needs_input_grad[1]:
             g_b_dec = -(W_enc.float() @ g_latent)
         if ctx.needs_input_grad[0]:
             g_x = F.embedding_bag(idx, W_enc.float().T.contiguous(), per_sample_weights=grad, mode="sum")
-        return g_x, g_b_dec, g_W, g_b_enc, None, None, None
+            if aux:
+                g_x += grad_dead @ W_enc.float().T.index_select(0, dead)
+        return g_x, g_b_dec, g_W, g_b_enc, None, None, None, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
-    """``x_hat[t] = sum_s vals[t, s] W_dec[idx[t, s]]`` (no bias), forward and backward O(n k d)."""
+    """``x_hat[t] = sum_s vals[t, s] W_dec[idx[t, s]]`` (no bias), forward and backward O(n k d), and optionally
+    ``e_hat = dead_acts @ W_dec[dead]`` (AuxK's reconstruction from the latents ``dead``), whose decoder gradient
+    lands in place in the rows of the same gradient."""
 
     @staticmethod
-    def forward(ctx, idx, vals, W_dec, bags):
+    def forward(ctx, idx, vals, W_dec, bags, dead=None, dead_acts=None):
         vals = vals.float()
-        ctx.save_for_backward(idx, vals, W_dec)
+        ctx.save_for_backward(idx, vals, W_dec, dead, None if dead_acts is None else dead_acts.float())
         ctx.bags = bags
-        return F.embedding_bag(idx, W_dec.float(), per_sample_weights=vals, mode="sum")
+        x_hat = F.embedding_bag(idx, W_dec.float(), per_sample_weights=vals, mode="sum")
+        if dead is None:
+            return x_hat, None
+        return x_hat, dead_acts.float() @ W_dec.float().index_select(0, dead)
 
     @staticmethod
-    def backward(ctx, grad):
-        idx, vals, W_dec = ctx.saved_tensors
+    def backward(ctx, grad, grad_dead=None):
+        idx, vals, W_dec, dead, dead_acts = ctx.saved_tensors
         grad = grad.float().contiguous()
+        aux = dead is not None and grad_dead is not None
         g_vals = sampled_dot(idx, grad, W_dec) if ctx.needs_input_grad[1] else None
-        g_W = sum_by_latent(ctx.bags, vals, grad) if ctx.needs_input_grad[2] else None
-        return None, g_vals, g_W, None
+        g_W = g_dead_acts = None
+        if ctx.needs_input_grad[2]:
+            g_W = sum_by_latent(ctx.bags, vals, grad)
+            if aux:
+                contribution = dead_acts.T @ grad_dead.float()
+                with serial():
+                    g_W.index_add_(0, dead, contribution)
+        if aux and ctx.needs_input_grad[5]:
+            g_dead_acts = grad_dead.float() @ W_dec.float().index_select(0, dead).T
+        return None, g_vals, g_W, None, None, g_dead_acts
 
 
 class Encoded(NamedTuple):
@@ -161,27 +194,48 @@ class Encoded(NamedTuple):
     """[n, k] int64 indices of the selected latents."""
     bags: Bags
     """``idx`` grouped by latent, shared by the encoder's and the decoder's backward."""
+    dead_pre: Tensor | None = None
+    """[n, n_dead] fp32 pre-activations of the latents ``dead`` given to :func:`topk_encode` (differentiable
+    to ``W_enc``, ``b_enc`` and ``x``, not to ``b_dec``), or ``None``."""
 
 
 def encoder_pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Dense pre-activations ``(x - b_dec) @ W_enc + b_enc``, [n, d_sae], computed (and returned) in ``dtype``,
-    without autograd: the one O(n d_sae d) product of a TopK step."""
+    without autograd: the one O(n d_sae d) product of a TopK step (:func:`topk_encode` makes the same call),
+    hence the bound on its speed that benchmarks/bench_train.py reports."""
     with torch.no_grad():
         return torch.addmm(b_enc.to(dtype), (x - b_dec).to(dtype), W_enc.to(dtype))
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
-                dtype: torch.dtype = torch.float32) -> Encoded:
+                dtype: torch.dtype = torch.float32, dead: Tensor | None = None) -> Encoded:
     """TopK encoder of ``x`` [n, d_in]: dense forward in ``dtype``, k-sparse backward to ``W_enc``, ``b_enc``,
-    ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae] pre-activations are freed on return."""
-    raw, idx = topk(encoder_pre(x, W_enc, b_enc, b_dec, dtype), k)
+    ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae] pre-activations are freed on return.
+
+    ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``, columns of
+    the same product), for AuxK; pass them on to :func:`decode_with_dead`.
+    """
+    with torch.no_grad():
+        x_c = (x - b_dec).float()
+        pre = torch.addmm(b_enc.to(dtype), x_c.to(dtype), W_enc.to(dtype))
+        # The dead columns of the product already made: a gather costs a fraction of their own matmul.
+        dead_pre = None if dead is None else pre.index_select(1, dead)
+        raw, idx = topk(pre, k)
+        del pre
     bags = bags_by_latent(idx, W_enc.shape[1])
-    vals = EncoderValues.apply(x, b_dec, W_enc, b_enc, idx, raw, bags)
-    return Encoded(vals, idx, bags)
+    vals, dead_pre = EncoderValues.apply(x, b_dec, W_enc, b_enc, idx, raw, bags, x_c, dead, dead_pre)
+    return Encoded(vals, idx, bags, dead_pre)
 
 
 def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags | None = None) -> Tensor:
     """``sum_s vals[:, s] W_dec[idx[:, s]]``, [n, d_in] fp32, with a k-sparse backward to ``vals`` and ``W_dec``."""
     if bags is None:
         bags = bags_by_latent(idx, W_dec.shape[0])
-    return SparseDecode.apply(idx, vals, W_dec, bags)
+    return SparseDecode.apply(idx, vals, W_dec, bags)[0]
+
+
+def decode_with_dead(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags, dead: Tensor,
+                     dead_acts: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`decode`, and AuxK's ``dead_acts @ W_dec[dead]`` ([n, n_dead] activations of the latents ``dead``):
+    ``(x_hat, e_hat)``, each [n, d_in] fp32, differentiable to ``vals``, ``dead_acts`` and ``W_dec``."""
+    return SparseDecode.apply(idx, vals, W_dec, bags, dead, dead_acts)

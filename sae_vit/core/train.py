@@ -284,8 +284,35 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 #: AuxK differentiates the dead latents' pre-activations densely while at most this fraction of the latents is
-#: dead (its matmuls then cost at most ~6/8 of the encoder's), and through the k-sparse kernels beyond.
+#: dead (its four products then cost at most half of the encoder matmul), and through the k-sparse kernels beyond.
 AUXK_DENSE_FRACTION = 1 / 8
+
+
+def auxk_dense(sae: SAE, dead: Tensor) -> bool:
+    """Whether AuxK takes its dense path for the ``dead`` [d_sae] bool mask (see :func:`auxk_loss`)."""
+    return int(dead.sum()) <= AUXK_DENSE_FRACTION * sae.cfg.d_sae
+
+
+def auxk_acts(dead_pre: Tensor, aux_k: int) -> Tensor:
+    """AuxK's activations of the dead latents from their pre-activations [n, n_dead]: the top ``aux_k`` of each
+    token (all of them when ``aux_k`` or fewer are dead), ReLU'd, others 0."""
+    if aux_k >= dead_pre.shape[1]:
+        return dead_pre.relu()
+    top, j = dead_pre.topk(aux_k, dim=-1, sorted=False)
+    return torch.zeros_like(dead_pre).scatter(1, j, top.relu())
+
+
+def auxk_error(sae: SAE, e_hat: Tensor, residual: Tensor, ctx, n_dead: int, aux_k: int) -> Tensor:
+    """AuxK's loss from its reconstruction ``e_hat`` [n, d_in] (normalised space) of the main ``residual``
+    [n, d_in] (activation space, detached): squared error over the residual's own centred sum of squares,
+    scaled down when fewer than ``aux_k`` latents are dead, as in sparsify."""
+    # A change in normalised space maps back without the offsets, as in SAE.edit.
+    if sae.cfg.normalization == "layer_norm":
+        e_hat = e_hat * ctx[1]
+    elif sae.cfg.normalization == "constant":
+        e_hat = e_hat / sae.scale
+    err = F.mse_loss(e_hat.float(), residual, reduction="sum")
+    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, n_dead / aux_k)
 
 
 def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
@@ -293,61 +320,61 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
 
     ``xn`` [n, d_in] normalised inputs, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead
-    latents' pre-activations are computed, [n, n_dead], by their own matmul. While few latents are dead (at most
-    :data:`AUXK_DENSE_FRACTION`), they are differentiated densely: when ``aux_k`` or more latents are dead the
-    top ``aux_k`` of each token are kept, else all of them, and the cost stays a few per cent of the step
-    (listing every (token, dead latent) pair for the sparse kernels cost 40 % of it). With many dead latents the
-    selected pairs go through the k-sparse kernels of :mod:`sae_vit.kernels`. Normalised by the residual's own
-    variance and scaled down when fewer than ``aux_k`` latents are dead, as in sparsify. ``W_enc`` stands in for
-    ``sae.W_enc`` (see :func:`sae_loss`).
+    latents' pre-activations are computed, [n, n_dead], by their own matmul; the top ``aux_k`` of each token
+    (all of them when fewer are dead) are decoded. The loss moves the dead latents' encoder columns, encoder
+    biases and decoder rows, not ``b_dec``: the decoder bias serves every token's reconstruction, which the
+    auxiliary loss should not trade away (sparsify's AuxK leaves it alone too; OpenAI's reference lets it
+    move). ``W_enc`` stands in for ``sae.W_enc`` (see :func:`sae_loss`).
+
+    This stand-alone form serves the many-dead case (the selected pairs go through the k-sparse kernels) and
+    the tests; while few latents are dead (:func:`auxk_dense`), :func:`sae_loss` computes the same loss inside
+    the main encoder and decoder kernels, which add AuxK's gradients in place to the main ones.
     """
     W_enc = sae.W_enc if W_enc is None else W_enc
     dead_idx = dead.nonzero().squeeze(1)
     n_dead = len(dead_idx)
-    k_aux = min(aux_k, n_dead)
-    x_c = xn - sae.b_dec
-    if n_dead <= AUXK_DENSE_FRACTION * sae.cfg.d_sae:
-        # [n_dead, d_in] rows of W_enc^T: a contiguous gather for the trainer's row-major leaf.
+    b_dec = sae.b_dec.detach()
+    if auxk_dense(sae, dead):
+        x_c = xn - b_dec
         pre = torch.addmm(sae.b_enc.index_select(0, dead_idx), x_c, W_enc.T.index_select(0, dead_idx).T)
-        if k_aux < n_dead:
-            top, j = pre.topk(k_aux, dim=-1, sorted=False)
-            acts = torch.zeros_like(pre).scatter(1, j, top.relu())
-        else:
-            acts = pre.relu()
-        e_hat = acts @ sae.W_dec.index_select(0, dead_idx).to(acts.dtype)
+        e_hat = auxk_acts(pre, aux_k) @ sae.W_dec.index_select(0, dead_idx)
     else:
         with torch.no_grad():
-            pre = torch.addmm(sae.b_enc[dead_idx], x_c, W_enc[:, dead_idx])
-            raw, j = pre.topk(k_aux, dim=-1, sorted=False)
+            pre = torch.addmm(sae.b_enc[dead_idx], xn - b_dec, W_enc[:, dead_idx])
+            raw, j = pre.topk(min(aux_k, n_dead), dim=-1, sorted=False)
         idx = dead_idx[j]
         bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
-        vals = kernels.EncoderValues.apply(xn, sae.b_dec, W_enc, sae.b_enc, idx, raw, bags).relu()
+        vals = kernels.EncoderValues.apply(xn, b_dec, W_enc, sae.b_enc, idx, raw, bags)[0].relu()
         e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
-    # A change in normalised space maps back without the offsets, as in SAE.edit.
-    if sae.cfg.normalization == "layer_norm":
-        e_hat = e_hat * ctx[1]
-    elif sae.cfg.normalization == "constant":
-        e_hat = e_hat / sae.scale
-    err = (e_hat.float() - residual).pow(2).sum()
-    return err / (residual - residual.mean(dim=0)).pow(2).sum().clamp_min(1e-12) * min(1.0, n_dead / aux_k)
+    return auxk_error(sae, e_hat, residual, ctx, n_dead, aux_k)
 
 
 def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
              W_enc: Tensor | None = None) -> StepOutput:
     """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
 
-    TopK: FVU of the batch + ``aux_coef`` * AuxK, through the k-sparse kernels of :mod:`sae_vit.kernels` (the
-    encoder matmul runs in bf16 inside a bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the
-    per-element squared error divided by each token's centred norm, averaged, + ``l1_weight`` * mean L1 of the
-    latents (decoder rows have unit norm, so no decoder-norm weighting is needed). ``W_enc`` [d_in, d_sae], if
-    given, is used (and differentiated) instead of ``sae.W_enc``: the trainer passes a view of its own leaf.
+    TopK: FVU of the batch + ``aux_coef`` * AuxK (:func:`auxk_loss`, on the latents that ``dead`` [d_sae] bool
+    marks), through the k-sparse kernels of :mod:`sae_vit.kernels` (the encoder matmul runs in bf16 inside a
+    bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the per-element squared error divided by each
+    token's centred norm, averaged, + ``l1_weight`` * mean L1 of the latents (decoder rows have unit norm, so no
+    decoder-norm weighting is needed). ``W_enc`` [d_in, d_sae], if given, is used (and differentiated) instead
+    of ``sae.W_enc``: the trainer passes a view of its own leaf.
     """
     W_enc = sae.W_enc if W_enc is None else W_enc
     xn, ctx = sae.normalize(x)
+    aux = cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any())
+    fused_aux = aux and auxk_dense(sae, dead)
     if cfg.architecture == "topk":
-        enc = kernels.topk_encode(xn, W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device))
+        dead_idx = dead.nonzero().squeeze(1) if fused_aux else None
+        enc = kernels.topk_encode(xn, W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx)
         vals = enc.vals.relu()
-        x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags) + sae.b_dec
+        if fused_aux:
+            # AuxK inside the main kernels: its gradients land in place in the main ones (no full-size copies).
+            x_hat_n, e_hat = kernels.decode_with_dead(enc.idx, vals, sae.W_dec, enc.bags, dead_idx,
+                                                      auxk_acts(enc.dead_pre, cfg.aux_k))
+        else:
+            x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags)
+        x_hat_n = x_hat_n + sae.b_dec
         active = vals > 0
         l0 = active.sum(dim=-1, dtype=torch.float32).mean()
         fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, enc.idx[active], True)
@@ -365,7 +392,10 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     if cfg.architecture == "topk":
         fvu = F.mse_loss(x_hat, x, reduction="sum") / total_var  # one fused pass forward and backward
         loss = fvu
-        if cfg.aux_coef > 0 and dead.any():
+        if fused_aux:
+            residual = (x - x_hat).detach()
+            loss = loss + cfg.aux_coef * auxk_error(sae, e_hat, residual, ctx, len(dead_idx), cfg.aux_k)
+        elif aux:
             loss = loss + cfg.aux_coef * auxk_loss(sae, xn, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
     else:
         sq_err = (x_hat - x).pow(2)
