@@ -104,6 +104,12 @@ def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
                 ax.plot(g["layer"], scale * g[column], color=colour, marker=marker, linestyle=line,
                         label=f"{tokens} ({site})")
             ax.set(xlabel="layer", ylabel=label, title=label.split(" (")[0])
+            ax.ticklabel_format(axis="y", useOffset=False)
+            values = scale * df[column].dropna()
+            if len(values) and values.max() - values.min() <= 1e-3 * max(1.0, abs(values.max())):
+                # constant (L0 of TopK SAEs is k): show the value, not float noise blown up to fill the axis
+                mid = float(values.mean())
+                ax.set_ylim(mid - max(1.0, abs(mid) * 0.1), mid + max(1.0, abs(mid) * 0.1))
             ax.grid(alpha=0.3)
         axes[-1].legend(title="tokens", loc="upper left", bbox_to_anchor=(1.02, 1))
 
