@@ -83,7 +83,9 @@ def test_cache_files_get_the_umask_permissions(tmp_path, umask, tiny_backbone, i
     out = tmp_path / "cache"
     write_cache(tiny_backbone, folder_source(image_dir), out, [0], tokens="cls", images_per_shard=4)
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 4  # three shards and the manifest
+    assert sorted(p.name for p in files if p.suffix != ".lock") == ["manifest.json", "shard_00000.safetensors",
+                                                                     "shard_00001.safetensors", "shard_00002.safetensors"]
+    assert [p.name for p in files if p.suffix == ".lock"] == [".saevit.lock"]  # stays (see io.cache.cache_lock)
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}
 
 

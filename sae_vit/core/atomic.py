@@ -22,6 +22,11 @@ def _umask() -> int:
     return mask
 
 
+def file_mode() -> int:
+    """The permissions a new file gets under the current umask (what ``open`` would give it)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, fsync it and rename it to ``path``."""
     path = Path(path)
@@ -31,7 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     tmp = Path(name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sae_vit.core.atomic import atomic_write, write_json
+from sae_vit.core.atomic import atomic_write, file_mode, write_json
 from sae_vit.core.backbone import SITES, TOKENS, Backbone, check_choice
 from sae_vit.core.dist import barrier, distributed
 from sae_vit.core.errors import SaeVitError
@@ -202,7 +202,7 @@ def cache_lock(root: str | os.PathLike):
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SaeVitError(f"Cannot create the cache folder {root} ({exc.strerror}); choose another --out.") from exc
-    lock = FileLock(root / LOCK, timeout=0)
+    lock = FileLock(root / LOCK, timeout=0, mode=file_mode())  # the umask's permissions, as every file we write
     try:
         lock.acquire()
     except Timeout:
