@@ -24,6 +24,17 @@ def problems(draw, max_n=40, max_d=24, max_m=96):
             torch.randn(m, d, generator=g), k)
 
 
+def _assert_fast_matches_dense(run) -> None:
+    """``run(fast)`` -> (loss, grads of W_enc, b_enc, b_dec, W_dec[, x]): the fast kernels against the dense reference,
+    each gradient compared relative to the reference's largest entry."""
+    loss_fast, grads_fast = run(True)
+    loss_ref, grads_ref = run(False)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-4, atol=1e-3)
+    for name, a, b in zip(["W_enc", "b_enc", "b_dec", "W_dec", "x"], grads_fast, grads_ref, strict=False):
+        scale = b.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(a / scale, b / scale, rtol=1e-4, atol=1e-4, msg=name)
+
+
 @given(st.integers(1, 64), st.integers(1, 8), st.sampled_from([4, 16]), st.integers(1, 256), st.booleans(),
        st.integers(0, 2**31 - 1))
 @SETTINGS
@@ -92,12 +103,7 @@ def test_sparse_topk_gradients_match_dense_autograd(problem, x_grad):
         return loss, [p.grad for p in params] + ([xs.grad] if x_grad else [])
 
     # Ties in the pre-activations could select different (equal-valued) latents; random floats have none.
-    loss_fast, grads_fast = run(True)
-    loss_ref, grads_ref = run(False)
-    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-4, atol=1e-3)
-    for name, a, b in zip(["W_enc", "b_enc", "b_dec", "W_dec", "x"], grads_fast, grads_ref, strict=False):
-        scale = b.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(a / scale, b / scale, rtol=1e-4, atol=1e-4, msg=name)
+    _assert_fast_matches_dense(run)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -139,9 +145,4 @@ def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed):
         loss.backward()
         return loss, [p.grad for p in params] + ([xs.grad] if x_grad else [])
 
-    loss_fast, grads_fast = run(True)
-    loss_ref, grads_ref = run(False)
-    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-4, atol=1e-3)
-    for name, a, b in zip(["W_enc", "b_enc", "b_dec", "W_dec", "x"], grads_fast, grads_ref, strict=False):
-        scale = b.abs().max().clamp_min(1.0)
-        torch.testing.assert_close(a / scale, b / scale, rtol=1e-4, atol=1e-4, msg=name)
+    _assert_fast_matches_dense(run)
