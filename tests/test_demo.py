@@ -30,7 +30,7 @@ def test_reduced_demo_runs_every_step_and_reports_its_numbers(tmp_path):
     assert list(result.timings) == ["cache", "train", "steer", "suppress", "typo", "inspect", "report"]
     r = json.loads((out / "demo_results.json").read_text())
     assert r["suppress"]["n_images"] == {"train": 80, "val": 80, "test": 80}
-    assert {x["method"] for x in r["suppress"]["table"]} == {"none", "sae", "random", "projection"}
+    assert {x["method"] for x in r["suppress"]["table"]} == {"none", "sae", "random", "random_rate", "random_act", "projection"}
     assert r["typo"]["n_images"] == 24 and r["typo"]["layer"] == 2  # the shipped defence
     metrics = r["typo"]["metrics"]
     assert metrics["none"]["asr"] > metrics["sae"]["asr"]  # the shipped defence cuts the attack's success

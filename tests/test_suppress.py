@@ -208,7 +208,9 @@ def test_cli_waterbirds_layout(tiny_vit, tiny_saes, text_file, tmp_path):
     for name in ("suppress_table.csv", "suppress_sweep.csv", "suppress_features.csv", "suppress_summary.json"):
         assert (out / name).is_file()
     table = pd.read_csv(out / "suppress_table.csv")
-    assert set(table["method"]) == {"none", "sae", "random", "projection"}
+    assert set(table["method"]) == {"none", "sae", "random", "random_rate", "random_act", "projection"}
+    matched = table[table["method"].isin(["random_rate", "random_act"])]
+    assert (matched["draws"] == 2).all() and matched["test_worst"].notna().all()  # computed and reported
     assert set(table["eval"]) == {"zero_shot", "probe"}
     sweep = pd.read_csv(out / "suppress_sweep.csv")
     val = sweep[(sweep["split"] == "val") & (sweep["method"] == "sae")]
@@ -319,3 +321,22 @@ def test_acceptance_toy_waterbirds(tmp_path):
     assert t.loc["sae", "test_worst"] >= t.loc["none", "test_worst"] + 0.10
     assert t.loc["sae", "test_avg"] >= t.loc["none", "test_avg"] - 0.03
     assert t.loc["random", "test_worst"] < t.loc["none", "test_worst"] + 0.10
+
+
+def test_matched_random_features_follow_the_chosen_ones_statistic():
+    """The matched controls pick, for each top-ranked feature, another live feature close to it on firing rate (or
+    mean activation): never a chosen one, never dead, distinct, and nearer on the statistic than a uniform pick."""
+    from sae_vit.analysis.suppress.run import MATCH_POOL, matched_features
+
+    g = torch.Generator().manual_seed(0)
+    key = torch.rand(400, generator=g)
+    key[:40] = 0  # dead
+    alive = (key > 0).nonzero().squeeze(1)
+    chosen = alive[key[alive].argsort(descending=True)[:10]]  # the most frequent features, as a ranking tends to pick
+    picks = matched_features(chosen, alive, key, torch.Generator().manual_seed(1))
+    assert len(picks) == 10 and len(set(picks.tolist())) == 10
+    assert not set(picks.tolist()) & set(chosen.tolist()) and (key[picks] > 0).all()
+    gap = (key[picks].sort().values - key[chosen].sort().values).abs().mean()
+    uniform = alive[torch.randperm(len(alive), generator=g)[:10]]
+    assert gap < 0.1 < (key[uniform].sort().values - key[chosen].sort().values).abs().mean()
+    assert MATCH_POOL >= 2  # a pool, so draws differ

@@ -122,6 +122,7 @@ def _print(res, written) -> None:
     groups = "; ".join(f"g{k} = {v}" for k, v in s["groups"].items())
     say(f"groups: {groups}. avg: mean over test images; avg (w): group accuracies weighted by the train group "
         "shares (group_DRO); methods: none, SAE (top-N features zeroed), random (N random live features, mean ± sd "
-        "of worst), projection (spurious probe direction removed).")
+        "of worst; random_rate / random_act: each matched to one of the top-N on firing rate / mean activation), "
+        "projection (spurious probe direction removed).")
     files = ", ".join(str(p) for p in written.values() if p is not None)
     say(f"results -> {files}")

@@ -175,8 +175,9 @@ def suppress_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
         return "not run", "suppression was skipped", _section("suppress", title, "not run", "<p>Skipped.</p>")
     zs = {x["method"]: x for x in r["table"] if x["eval"] == "zero_shot"}
     none, sae, rnd, proj = zs["none"], zs["sae"], zs["random"], zs["projection"]
+    controls = [zs[m] for m in ("random", "random_rate", "random_act") if m in zs]
     gain = sae["test_worst"] - none["test_worst"]
-    helps = gain > 0.05 and sae["test_worst"] > rnd["test_worst"]
+    helps = gain > 0.05 and all(sae["test_worst"] > c["test_worst"] for c in controls)
     layer = int(sae["layer"])
     middle = min(r["layers"]) < layer < max(r["layers"])
     verdict = "reproduced" if helps and middle else "partly reproduced" if helps else "not reproduced"
@@ -185,6 +186,9 @@ def suppress_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
              _pct(x["test_avg"]), _pct(x["test_worst"]) + (f" ± {100 * x['test_worst_std']:.1f}"
                                                             if (x["draws"] or 0) > 1 else "")]
             for m, x in (("no intervention", none), ("SAE features zeroed", sae), ("random live features", rnd),
+                         *((label, zs[m]) for m, label in (("random_rate", "random, matched on firing rate"),
+                                                           ("random_act", "random, matched on mean activation"))
+                           if m in zs),
                          ("probe direction projected out", proj))]
     sweep = ", ".join(f"layer {x['layer']}: {_pct(x['worst'])} (N={x['n']})" for x in r["by_layer"])
     feats = "; ".join(f"{f['feature']}" + (f" ({f['concepts']})" if f["concepts"] else "") for f in r["features"])
@@ -192,7 +196,9 @@ def suppress_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
     text = (f"<p>Zero-shot ({' vs '.join(r['classes'])}), test split: suppressing {int(sae['n'])} features of the "
             f"layer-{layer} SAE moves the worst group from {_pct(none['test_worst'])} to "
             f"{_pct(sae['test_worst'])} ({100 * gain:+.1f} points; average {_pct(none['test_avg'])} → "
-            f"{_pct(sae['test_avg'])}); the same number of random live features gives {_pct(rnd['test_worst'])}. "
+            f"{_pct(sae['test_avg'])}); the same number of random live features gives {_pct(rnd['test_worst'])}"
+            + "".join(f", matched on {what} {_pct(zs[m]['test_worst'])}" for m, what in
+                      (("random_rate", "firing rate"), ("random_act", "mean activation")) if m in zs) + ". "
             + (f"The layer chosen on validation, {layer}, is in the middle of those tried ({r['layers']}), as in the "
                "paper." if middle else f"The layer chosen on validation, {layer}, is at the edge of those tried "
                f"({r['layers']}): the paper's middle-layer optimum is not reproduced.")

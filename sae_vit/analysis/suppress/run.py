@@ -179,24 +179,66 @@ def train_pass(backbone: Backbone, saes: dict[int, tuple[SAE, str]], paths: list
 
 class ConditionEdits:
     """The splice edit of each :class:`Condition`: the top-N ranked features zeroed (``sae``), N random live
-    features zeroed (``random``), or the spurious probe direction set to its train mean (``projection``)."""
+    features zeroed (``random``; ``random_rate`` / ``random_act``: matched one for one to the top-N on firing rate
+    / mean activation), or the spurious probe direction set to its train mean (``projection``)."""
 
     def __init__(self, saes: dict[int, tuple[SAE, str]], ranked: dict[int, LayerRanking],
                  stats: dict[int, LayerStats], seed: int, device):
         self.saes, self.ranked, self.stats, self.seed, self.device = saes, ranked, stats, seed, device
 
-    def random_features(self, layer: int, n: int, draw: int) -> Tensor:
-        alive = (self.stats[layer].fired > 0).nonzero().squeeze(1)
+    def random_features(self, layer: int, n: int, draw: int, matched: str = "") -> Tensor:
+        """N random live features; ``matched`` ``rate`` or ``activation``: for each of the top-N ranked features, a
+        random one of the :data:`MATCH_POOL` other live features nearest to it in firing rate (images fired on) or
+        in mean pooled activation, so the control suppresses as much, or as strongly, as the SAE's pick."""
+        st = self.stats[layer]
+        alive = (st.fired > 0).nonzero().squeeze(1)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + layer * 10_007 + n * 101 + draw)
-        return alive[torch.randperm(len(alive), generator=g)[: min(n, len(alive))]]
+        if not matched:
+            return alive[torch.randperm(len(alive), generator=g)[: min(n, len(alive))]]
+        return matched_features(self.ranked[layer].order[:n], alive, match_key(st, matched), g)
 
     def __call__(self, c: Condition) -> tuple[edits.Edit, str, str]:
         sae = self.saes[c.layer][0]
         if c.method == "projection":
             r = self.ranked[c.layer]
             return edits.project(r.direction.to(self.device), r.mean), sae.cfg.site, sae.cfg.tokens
-        idx = self.ranked[c.layer].order[: c.n] if c.method == "sae" else self.random_features(c.layer, c.n, c.draw)
+        if c.method == "sae":
+            idx = self.ranked[c.layer].order[: c.n]
+        else:
+            idx = self.random_features(c.layer, c.n, c.draw, RANDOM_METHODS[c.method])
         return edits.zero(sae, idx), sae.cfg.site, sae.cfg.tokens
+
+
+#: The random baselines: method -> what its features are matched on ('' = uniform over live features).
+RANDOM_METHODS = {"random": "", "random_rate": "rate", "random_act": "activation"}
+#: Candidates per matched feature: the nearest live features on the matched statistic, one drawn at random.
+MATCH_POOL = 8
+
+
+def match_key(stats: LayerStats, matched: str) -> Tensor:
+    """[d_sae] the statistic a matched control is matched on: images fired on, or mean pooled activation."""
+    if matched == "rate":
+        return stats.fired.float()
+    if matched == "activation":
+        return stats.total.sum(dim=(0, 1)).float() / stats.count.sum().clamp_min(1)
+    raise SaeVitError(f"Unknown matching {matched!r}; use rate or activation.")
+
+
+def matched_features(chosen: Tensor, alive: Tensor, key: Tensor, g: torch.Generator) -> Tensor:
+    """For each feature in ``chosen``, a distinct random pick among the :data:`MATCH_POOL` live features (not in
+    ``chosen``) whose ``key`` is nearest to its own."""
+    taken = set(chosen.tolist())
+    picks = []
+    for f in chosen.tolist():
+        pool = torch.tensor([a for a in alive.tolist() if a not in taken], dtype=torch.long)
+        if len(pool) == 0:
+            break
+        near = pool[(key[pool] - key[f]).abs().argsort()[:MATCH_POOL]]
+        pick = int(near[torch.randint(len(near), (1,), generator=g)])
+        picks.append(pick)
+        taken.add(pick)
+    return torch.tensor(picks, dtype=torch.long)
+
 
 
 def evaluate_split(backbone: Backbone, task: TaskData, split: str, conditions: list[Condition],
@@ -268,7 +310,7 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
     tconds |= {Condition("sae", layer, n) for (_, layer), n in best_n.items()}
     tconds |= {Condition("projection", layer) for layer in layers}
     for layer, n in chosen.values():
-        tconds |= {Condition("random", layer, n, d) for d in range(cfg.n_random)}
+        tconds |= {Condition(method, layer, n, d) for method in RANDOM_METHODS for d in range(cfg.n_random)}
     rows += evaluate_split(backbone, task, "test", sorted(tconds), edit_for, predictors, share, cfg, progress)
     sweep = pd.DataFrame(rows)
 
@@ -320,7 +362,7 @@ def results_table(sweep, evals: list[str], chosen: dict, chosen_proj: dict):
     test_cols = ("avg", "avg_weighted", "worst", *sorted(c for c in sweep.columns if c.startswith("acc_g")))
     for how in evals:
         layer, n = chosen[how]
-        for method, lay, nn in (("none", -1, 0), ("sae", layer, n), ("random", layer, n),
+        for method, lay, nn in (("none", -1, 0), ("sae", layer, n), *((m, layer, n) for m in RANDOM_METHODS),
                                 ("projection", chosen_proj[how][0], 0)):
             sel = sweep[(sweep["eval"] == how) & (sweep["method"] == method) & (sweep["layer"] == lay)
                         & (sweep["n"] == nn)]
