@@ -253,19 +253,18 @@ HUB_GUARD: list[Callable] = []
 
 
 def _timm_model(name: str, pretrained: bool) -> nn.Module:
-    import contextlib
-
     import timm
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(name):
         raise SaeVitError(f"Unknown model {name!r}; use 'toy' or a timm ViT name such as {REAL_CLIP} "
                           "(see timm.list_models('*clip*')).")
-    model = timm.create_model(name, pretrained=False)  # the architecture first: no download for a wrong one
-    if not isinstance(model, VisionTransformer):
+    with torch.device("meta"):  # the architecture first, without allocating weights or downloading any
+        is_vit = isinstance(timm.create_model(name, pretrained=False), VisionTransformer)
+    if not is_vit:
         raise SaeVitError(f"{name} is not a timm VisionTransformer; sae-vit hooks ViT blocks only.")
     if not pretrained:
-        return model
+        return timm.create_model(name, pretrained=False)
     try:
         with (HUB_GUARD[0] if HUB_GUARD else contextlib.nullcontext)():
             return timm.create_model(name, pretrained=True)

@@ -464,6 +464,14 @@ class _Loss(torch.nn.Module):
         return sae_loss(self.sae, x, self.cfg, dead, l1_weight, W_enc=self.W_enc_rows.T)
 
 
+def recipe(cfg: TrainConfig) -> dict:
+    """What a checkpoint records of its (resolved) training config: every field but where it ran and how often it
+    reported, as JSON types (so a recorded recipe compares equal to a fresh one)."""
+    import json
+
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}))
+
+
 class Trainer:
     """One SAE's optimisation state (AdamW, schedule, dead-latent clocks); :meth:`step` trains on one batch.
 
@@ -532,8 +540,7 @@ class Trainer:
         with torch.no_grad():
             sae.W_enc.data = sae.W_enc.data.contiguous()  # back to the row-major layout the rest of the code knows
         sae.W_enc.requires_grad_(True)
-        recipe = {k: v for k, v in asdict(cfg).items() if k not in ("device", "log_every")}
-        summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe,
+        summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe(cfg),
                    "train_dead_fraction": (self.since_fired >= cfg.dead_tokens).float().mean().item()}
         if self.world > 1:
             summary["world_size"] = self.world

@@ -15,27 +15,19 @@ import json
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.train import TrainConfig, Trainer
+from sae_vit.core.train import Trainer, recipe
 
 STATE_SUFFIX = ".train-state.safetensors"
-#: Keys of the recipe that do not change what is trained (where it runs, how often it reports).
-_NOT_RECIPE = ("device", "log_every")
 
 
 def state_path(out: Path) -> Path:
     """Where the training state of the checkpoint ``out`` is kept."""
     return out.with_name(out.name + STATE_SUFFIX)
-
-
-def recipe(cfg: TrainConfig) -> dict:
-    """The resolved recipe as JSON types (what :meth:`Trainer.finish` records), for comparisons."""
-    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}))
 
 
 def cache_identity(manifest: dict) -> str:

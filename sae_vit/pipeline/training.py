@@ -19,16 +19,9 @@ from torch import Tensor
 
 from sae_vit.core.dist import distributed
 from sae_vit.core.errors import SaeVitError
-from sae_vit.core.train import TrainConfig, Trainer, TrainState, init_sae, resolve, training_length
+from sae_vit.core.train import TrainConfig, Trainer, TrainState, init_sae, recipe, resolve, training_length
 from sae_vit.io.cache import CacheReader, Key, count_tokens, joint_batches
-from sae_vit.pipeline.resume import (
-    cache_identity,
-    deferred_interrupt,
-    load_state,
-    recipe,
-    save_state,
-    state_path,
-)
+from sae_vit.pipeline.resume import cache_identity, deferred_interrupt, load_state, save_state, state_path
 
 
 class Job(NamedTuple):

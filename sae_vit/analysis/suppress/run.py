@@ -227,16 +227,18 @@ def match_key(stats: LayerStats, matched: str) -> Tensor:
 def matched_features(chosen: Tensor, alive: Tensor, key: Tensor, g: torch.Generator) -> Tensor:
     """For each feature in ``chosen``, a distinct random pick among the :data:`MATCH_POOL` live features (not in
     ``chosen``) whose ``key`` is nearest to its own."""
-    taken = set(chosen.tolist())
+    free = torch.zeros(len(key), dtype=torch.bool)
+    free[alive] = True
+    free[chosen] = False
     picks = []
     for f in chosen.tolist():
-        pool = torch.tensor([a for a in alive.tolist() if a not in taken], dtype=torch.long)
+        pool = free.nonzero().squeeze(1)
         if len(pool) == 0:
             break
         near = pool[(key[pool] - key[f]).abs().argsort()[:MATCH_POOL]]
         pick = int(near[torch.randint(len(near), (1,), generator=g)])
         picks.append(pick)
-        taken.add(pick)
+        free[pick] = False
     return torch.tensor(picks, dtype=torch.long)
 
 
