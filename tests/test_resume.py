@@ -66,6 +66,26 @@ def test_state_from_other_settings_is_refused(cache, tmp_path):
     assert path.exists() and not state_path(out).exists()
 
 
+def test_state_of_another_layout_is_refused(cache, tmp_path):
+    """A state file written before the encoder's layout changed (no format, or another one) is refused in one line
+    instead of loading AdamW moments of other shapes."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "sae.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        _train(cache, out, progress=_stop_at(3), state_seconds=0)
+    path = state_path(out)
+    with safe_open(str(path), framework="pt") as fh:
+        meta, tensors = json.loads(fh.metadata()["state"]), {name: fh.get_tensor(name) for name in fh.keys()}
+    del meta["format"]
+    save_file(tensors, str(path), metadata={"state": json.dumps(meta)})
+    with pytest.raises(SaeVitError, match="another version"):
+        _train(cache, out)
+
+
 def test_finished_sae_is_kept_when_the_recipe_matches(cache, tmp_path):
     out = tmp_path / "sae.safetensors"
     _train(cache, out)

@@ -101,21 +101,35 @@ def sampled_dot(idx: Tensor, a: Tensor, W: Tensor) -> Tensor:
     return torch.einsum("nkd,nd->nk", F.embedding(idx, W), a)  # pragma: no cover - other backends
 
 
+def encoder_rows(W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """The encoder as latent rows with the bias appended, ``[W_enc^T | b_enc]`` [d_sae, d_in + 1] (differentiable):
+    with :func:`with_ones` inputs, one plain matmul gives the biased pre-activations. A bias given to ``addmm``
+    is first broadcast to the whole [n, d_sae] output (a copy the size of the product, ~6 % of a CPU step); as
+    one more input dimension it costs one column."""
+    return torch.cat([W_enc.T, b_enc[:, None]], dim=1)
+
+
+def with_ones(x: Tensor) -> Tensor:
+    """``[x | 1]`` [n, d + 1]: the inputs that multiply :func:`encoder_rows`."""
+    return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+
+
 class EncoderValues(torch.autograd.Function):
-    """``vals[t, s] = (x[t] - b_dec) . W_enc[:, idx[t, s]] + b_enc[idx[t, s]]`` with a k-sparse backward, and
-    optionally ``dead_pre[t, j]``, the same for the latents ``dead[j]`` (AuxK's pre-activations).
+    """``vals[t, s] = [x[t] - b_dec | 1] . enc[idx[t, s]]`` (``enc`` = :func:`encoder_rows`: the selected latents'
+    encoder columns and biases) with a k-sparse backward, and optionally ``dead_pre[t, j]``, the same for the
+    latents ``dead[j]`` (AuxK's pre-activations).
 
     The forward takes the values already computed by the dense encoder matmul (so it costs nothing); the
-    backward gives ``W_enc``'s gradient on the selected columns only, O(n k d) instead of O(n d_sae d). The dead
-    columns' gradients are added in place to the rows of that same gradient, so AuxK costs its own small
-    matmuls and no full-size gradient of its own. ``b_dec`` takes no gradient through ``dead_pre`` (AuxK leaves
-    the decoder bias alone, as sparsify does: see :func:`sae_vit.core.train.auxk_loss`).
+    backward gives ``enc``'s gradient on the selected rows only, O(n k d) instead of O(n d_sae d), the bias's
+    with it (the ones column of the inputs). The dead rows' gradients are added in place to that same gradient,
+    so AuxK costs its own small matmuls and no full-size gradient of its own. ``b_dec`` takes no gradient through
+    ``dead_pre`` (AuxK leaves the decoder bias alone, as sparsify does: see :func:`sae_vit.core.train.auxk_loss`).
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, W_enc, b_enc, idx, vals, bags, x_c=None, dead=None, dead_pre=None):
-        x_c = (x - b_dec).float() if x_c is None else x_c
-        ctx.save_for_backward(x_c, W_enc, idx, dead)
+    def forward(ctx, x, b_dec, enc, idx, vals, bags, x_a=None, dead=None, dead_pre=None):
+        x_a = with_ones((x - b_dec).float()) if x_a is None else x_a
+        ctx.save_for_backward(x_a, enc, idx, dead)
         ctx.bags = bags
         vals = vals.to(torch.float32, copy=True)
         if dead is None:
@@ -124,32 +138,29 @@ class EncoderValues(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, grad_dead=None):
-        x_c, W_enc, idx, dead = ctx.saved_tensors
+        x_a, enc, idx, dead = ctx.saved_tensors
         grad = grad.float()
-        d_sae = W_enc.shape[1]
+        d_sae, d_in = enc.shape[0], enc.shape[1] - 1
         aux = dead is not None and grad_dead is not None
-        g_x = g_b_dec = g_W = g_b_enc = None
-        with serial():
-            g_latent = torch.zeros(d_sae, device=grad.device).index_add_(0, idx.reshape(-1), grad.reshape(-1))
+        g_x = g_b_dec = g_enc = None
         if aux:
             grad_dead = grad_dead.float()
-        if ctx.needs_input_grad[3]:
-            g_b_enc = g_latent.index_add(0, dead, grad_dead.sum(dim=0)) if aux else g_latent
-        if ctx.needs_input_grad[2]:
-            rows = sum_by_latent(ctx.bags, grad, x_c)  # [d_sae, d_in]
-            if aux:
-                contribution = grad_dead.T @ x_c
-                with serial():
-                    rows.index_add_(0, dead, contribution)
-            # Transposed: no copy when W_enc is stored column-major (as the trainer stores it).
-            g_W = rows.T
         if ctx.needs_input_grad[1]:
-            g_b_dec = -(W_enc.float() @ g_latent)
-        if ctx.needs_input_grad[0]:
-            g_x = F.embedding_bag(idx, W_enc.float().T.contiguous(), per_sample_weights=grad, mode="sum")
+            with serial():
+                g_latent = torch.zeros(d_sae, device=grad.device).index_add_(0, idx.reshape(-1), grad.reshape(-1))
+            g_b_dec = -(enc[:, :d_in].T.float() @ g_latent)
+        if ctx.needs_input_grad[2]:
+            g_enc = sum_by_latent(ctx.bags, grad, x_a)  # [d_sae, d_in + 1]: the last column is the bias's
             if aux:
-                g_x += grad_dead @ W_enc.float().T.index_select(0, dead)
-        return g_x, g_b_dec, g_W, g_b_enc, None, None, None, None, None, None
+                contribution = grad_dead.T @ x_a
+                with serial():
+                    g_enc.index_add_(0, dead, contribution)
+        if ctx.needs_input_grad[0]:
+            W_rows = enc[:, :d_in].float().contiguous()
+            g_x = F.embedding_bag(idx, W_rows, per_sample_weights=grad, mode="sum")
+            if aux:
+                g_x += grad_dead @ W_rows.index_select(0, dead)
+        return g_x, g_b_dec, g_enc, None, None, None, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -199,31 +210,40 @@ class Encoded(NamedTuple):
     to ``W_enc``, ``b_enc`` and ``x``, not to ``b_dec``), or ``None``."""
 
 
-def encoder_pre(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Dense pre-activations ``(x - b_dec) @ W_enc + b_enc``, [n, d_sae], computed (and returned) in ``dtype``,
-    without autograd: the one O(n d_sae d) product of a TopK step (:func:`topk_encode` makes the same call),
-    hence the bound on its speed that benchmarks/bench_train.py reports."""
+def encoder_pre(x: Tensor, enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Dense pre-activations ``[x - b_dec | 1] @ enc^T`` = ``(x - b_dec) @ W_enc + b_enc``, [n, d_sae], from
+    ``enc`` = :func:`encoder_rows`, computed (and returned) in ``dtype``, without autograd: the one O(n d_sae d)
+    product of a TopK step (:func:`topk_encode_rows` makes the same call), hence the bound on its speed that
+    benchmarks/bench_train.py reports."""
     with torch.no_grad():
-        return torch.addmm(b_enc.to(dtype), (x - b_dec).to(dtype), W_enc.to(dtype))
+        return with_ones((x - b_dec).float()).to(dtype) @ enc.to(dtype).T
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
                 dtype: torch.dtype = torch.float32, dead: Tensor | None = None) -> Encoded:
-    """TopK encoder of ``x`` [n, d_in]: dense forward in ``dtype``, k-sparse backward to ``W_enc``, ``b_enc``,
-    ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae] pre-activations are freed on return.
+    """:func:`topk_encode_rows` for an encoder given as ``W_enc`` [d_in, d_sae] and ``b_enc`` [d_sae] (gradients
+    reach both through :func:`encoder_rows`; the trainer keeps its encoder in the rows layout and skips the copy)."""
+    return topk_encode_rows(x, encoder_rows(W_enc, b_enc), b_dec, k, dtype, dead)
+
+
+def topk_encode_rows(x: Tensor, enc: Tensor, b_dec: Tensor, k: int, dtype: torch.dtype = torch.float32,
+                     dead: Tensor | None = None) -> Encoded:
+    """TopK encoder of ``x`` [n, d_in] with ``enc`` = :func:`encoder_rows` [d_sae, d_in + 1]: dense forward in
+    ``dtype``, k-sparse backward to ``enc`` and ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae]
+    pre-activations are freed on return.
 
     ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``, columns of
     the same product), for AuxK; pass them on to :func:`decode_with_dead`.
     """
     with torch.no_grad():
-        x_c = (x - b_dec).float()
-        pre = torch.addmm(b_enc.to(dtype), x_c.to(dtype), W_enc.to(dtype))
+        x_a = with_ones((x - b_dec).float())
+        pre = x_a.to(dtype) @ enc.to(dtype).T
         # The dead columns of the product already made: a gather costs a fraction of their own matmul.
         dead_pre = None if dead is None else pre.index_select(1, dead)
         raw, idx = topk(pre, k)
         del pre
-    bags = bags_by_latent(idx, W_enc.shape[1])
-    vals, dead_pre = EncoderValues.apply(x, b_dec, W_enc, b_enc, idx, raw, bags, x_c, dead, dead_pre)
+    bags = bags_by_latent(idx, enc.shape[0])
+    vals, dead_pre = EncoderValues.apply(x, b_dec, enc, idx, raw, bags, x_a, dead, dead_pre)
     return Encoded(vals, idx, bags, dead_pre)
 
 

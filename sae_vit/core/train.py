@@ -316,7 +316,7 @@ def auxk_error(sae: SAE, e_hat: Tensor, residual: Tensor, ctx, n_dead: int, aux_
 
 
 def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: int,
-              W_enc: Tensor | None = None) -> Tensor:
+              enc: Tensor | None = None) -> Tensor:
     """AuxK (Gao et al. 2024): the top ``aux_k`` dead latents reconstruct the main residual ``x - x_hat``.
 
     ``xn`` [n, d_in] normalised inputs, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead
@@ -324,64 +324,65 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
     (all of them when fewer are dead) are decoded. The loss moves the dead latents' encoder columns, encoder
     biases and decoder rows, not ``b_dec``: the decoder bias serves every token's reconstruction, which the
     auxiliary loss should not trade away (sparsify's AuxK leaves it alone too; OpenAI's reference lets it
-    move). ``W_enc`` stands in for ``sae.W_enc`` (see :func:`sae_loss`).
+    move). ``enc`` stands in for ``sae``'s encoder (see :func:`sae_loss`).
 
     This stand-alone form serves the many-dead case (the selected pairs go through the k-sparse kernels) and
     the tests; while few latents are dead (:func:`auxk_dense`), :func:`sae_loss` computes the same loss inside
     the main encoder and decoder kernels, which add AuxK's gradients in place to the main ones.
     """
-    W_enc = sae.W_enc if W_enc is None else W_enc
+    enc = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
     dead_idx = dead.nonzero().squeeze(1)
     n_dead = len(dead_idx)
     b_dec = sae.b_dec.detach()
+    x_a = kernels.with_ones(xn - b_dec)
     if auxk_dense(sae, dead):
-        x_c = xn - b_dec
-        pre = torch.addmm(sae.b_enc.index_select(0, dead_idx), x_c, W_enc.T.index_select(0, dead_idx).T)
+        pre = x_a @ enc.index_select(0, dead_idx).T
         e_hat = auxk_acts(pre, aux_k) @ sae.W_dec.index_select(0, dead_idx)
     else:
         with torch.no_grad():
-            pre = torch.addmm(sae.b_enc[dead_idx], xn - b_dec, W_enc[:, dead_idx])
+            pre = x_a @ enc[dead_idx].T
             raw, j = pre.topk(min(aux_k, n_dead), dim=-1, sorted=False)
         idx = dead_idx[j]
         bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
-        vals = kernels.EncoderValues.apply(xn, b_dec, W_enc, sae.b_enc, idx, raw, bags)[0].relu()
+        vals = kernels.EncoderValues.apply(xn, b_dec, enc, idx, raw, bags)[0].relu()
         e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
     return auxk_error(sae, e_hat, residual, ctx, n_dead, aux_k)
 
 
 def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
-             W_enc: Tensor | None = None) -> StepOutput:
+             enc: Tensor | None = None) -> StepOutput:
     """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
 
     TopK: FVU of the batch + ``aux_coef`` * AuxK (:func:`auxk_loss`, on the latents that ``dead`` [d_sae] bool
     marks), through the k-sparse kernels of :mod:`sae_vit.kernels` (the encoder matmul runs in bf16 inside a
     bf16 autocast). ReLU: the paper's (ViT-Prisma's) loss, the per-element squared error divided by each
     token's centred norm, averaged, + ``l1_weight`` * mean L1 of the latents (decoder rows have unit norm, so no
-    decoder-norm weighting is needed). ``W_enc`` [d_in, d_sae], if given, is used (and differentiated) instead
-    of ``sae.W_enc``: the trainer passes a view of its own leaf.
+    decoder-norm weighting is needed). ``enc`` [d_sae, d_in + 1] (TopK only), if given, is used (and
+    differentiated) instead of ``sae``'s encoder, as :func:`sae_vit.core.kernels.encoder_rows` lays it out: the
+    trainer passes its own leaf.
     """
-    W_enc = sae.W_enc if W_enc is None else W_enc
     xn, ctx = sae.normalize(x)
     aux = cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any())
     fused_aux = aux and auxk_dense(sae, dead)
     if cfg.architecture == "topk":
         dead_idx = dead.nonzero().squeeze(1) if fused_aux else None
-        enc = kernels.topk_encode(xn, W_enc, sae.b_enc, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx)
-        vals = enc.vals.relu()
+        enc_rows = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
+        coded = kernels.topk_encode_rows(xn, enc_rows, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx)
+        vals = coded.vals.relu()
         if fused_aux:
             # AuxK inside the main kernels: its gradients land in place in the main ones (no full-size copies).
-            x_hat_n, e_hat = kernels.decode_with_dead(enc.idx, vals, sae.W_dec, enc.bags, dead_idx,
-                                                      auxk_acts(enc.dead_pre, cfg.aux_k))
+            x_hat_n, e_hat = kernels.decode_with_dead(coded.idx, vals, sae.W_dec, coded.bags, dead_idx,
+                                                      auxk_acts(coded.dead_pre, cfg.aux_k))
         else:
-            x_hat_n = kernels.decode(enc.idx, vals, sae.W_dec, enc.bags)
+            x_hat_n = kernels.decode(coded.idx, vals, sae.W_dec, coded.bags)
         x_hat_n = x_hat_n + sae.b_dec
         active = vals > 0
         l0 = active.sum(dim=-1, dtype=torch.float32).mean()
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, enc.idx[active], True)
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, coded.idx[active], True)
     else:
         # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
         # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
-        f = (xn @ W_enc + (sae.b_enc - sae.b_dec @ W_enc)).relu()
+        f = (xn @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)).relu()
         x_hat_n = sae.decode_normalized(f)
         l0 = (f > 0).sum(dim=-1, dtype=torch.float32).mean()
         fired = (f > 0).any(dim=0)
@@ -396,7 +397,7 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
             residual = (x - x_hat).detach()
             loss = loss + cfg.aux_coef * auxk_error(sae, e_hat, residual, ctx, len(dead_idx), cfg.aux_k)
         elif aux:
-            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, (x - x_hat).detach(), ctx, dead, cfg.aux_k, W_enc)
+            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, (x - x_hat).detach(), ctx, dead, cfg.aux_k, enc_rows)
     else:
         sq_err = (x_hat - x).pow(2)
         fvu = sq_err.sum() / total_var
@@ -445,23 +446,29 @@ def rank_slice(batches: Iterable[Tensor], rank: int, world: int) -> Iterator[Ten
 class _Loss(torch.nn.Module):
     """:func:`sae_loss` as a module, so DistributedDataParallel can wrap it (and all-reduce the gradients).
 
-    ``W_enc`` [d_in, d_sae] is stored column-major from here on (:meth:`Trainer.finish` makes it row-major again)
-    and trained through ``W_enc_rows`` [d_sae, d_in], a row-major leaf on the same storage: the k-sparse encoder
-    gradient is computed as latent rows and lands in ``W_enc_rows.grad`` without a transposing copy, and fused
-    AdamW gets contiguous tensors (on a column-major parameter it copies, ~5x slower at 768 x 12288).
-    ``sae.W_enc`` itself takes no gradient while training.
+    A TopK SAE's encoder is trained as ``enc`` [d_sae, d_in + 1], one row-major leaf holding each latent's encoder
+    column and bias (:func:`sae_vit.core.kernels.encoder_rows`); ``sae.W_enc`` and ``sae.b_enc`` are views of it
+    while training (:meth:`Trainer.finish` gives them storage of their own again) and take no gradient. The
+    encoder matmul then needs no bias broadcast, the k-sparse encoder gradient (bias included) is computed as
+    latent rows and lands in ``enc.grad`` without a transposing copy, and fused AdamW gets one contiguous tensor
+    (on a column-major parameter it copies, ~5x slower at 768 x 12288). ReLU SAEs train their own parameters.
     """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         super().__init__()
         self.sae, self.cfg = sae, cfg
-        with torch.no_grad():
-            sae.W_enc.data = sae.W_enc.data.T.contiguous().T  # column-major; the encoder matmul takes either layout
-        self.W_enc_rows = torch.nn.Parameter(sae.W_enc.data.T)
-        sae.W_enc.requires_grad_(False)
+        self.enc = None
+        if cfg.architecture == "topk":
+            d_in = sae.cfg.d_in
+            with torch.no_grad():
+                rows = kernels.encoder_rows(sae.W_enc.data, sae.b_enc.data).contiguous()
+                sae.W_enc.data, sae.b_enc.data = rows[:, :d_in].T, rows[:, d_in]
+            self.enc = torch.nn.Parameter(rows)
+            sae.W_enc.requires_grad_(False)
+            sae.b_enc.requires_grad_(False)
 
     def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:
-        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, W_enc=self.W_enc_rows.T)
+        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, enc=self.enc)
 
 
 def recipe(cfg: TrainConfig) -> dict:
@@ -537,9 +544,10 @@ class Trainer:
     def finish(self, eval_acts: Tensor | None = None) -> SAE:
         """Put the SAE in eval mode and record the recipe, the training summary and held-out metrics."""
         sae, cfg = self.sae.eval(), self.cfg
-        with torch.no_grad():
-            sae.W_enc.data = sae.W_enc.data.contiguous()  # back to the row-major layout the rest of the code knows
+        with torch.no_grad():  # storage of their own, in the layout the rest of the code knows
+            sae.W_enc.data, sae.b_enc.data = sae.W_enc.data.contiguous(), sae.b_enc.data.contiguous()
         sae.W_enc.requires_grad_(True)
+        sae.b_enc.requires_grad_(True)
         summary = {"tokens_seen": self.tokens, "steps": self.step_count, "recipe": recipe(cfg),
                    "train_dead_fraction": (self.since_fired >= cfg.dead_tokens).float().mean().item()}
         if self.world > 1:

@@ -23,6 +23,8 @@ from sae_vit.core.errors import SaeVitError
 from sae_vit.core.train import Trainer, recipe
 
 STATE_SUFFIX = ".train-state.safetensors"
+#: The layout of the state file: 2 since a TopK encoder trains as one [d_sae, d_in + 1] tensor (bias included).
+STATE_FORMAT = 2
 
 
 def state_path(out: Path) -> Path:
@@ -47,7 +49,7 @@ def save_state(trainer: Trainer, path: Path, identity: str) -> Path:
     for index, slots in opt["state"].items():
         for slot, value in slots.items():
             tensors[f"opt.{index}.{slot}"] = torch.as_tensor(value).detach().contiguous().cpu()
-    meta = {"step": trainer.step_count, "tokens": trainer.tokens, "recipe": recipe(trainer.cfg), "cache": identity,
+    meta = {"format": STATE_FORMAT, "step": trainer.step_count, "tokens": trainer.tokens, "recipe": recipe(trainer.cfg), "cache": identity,
             "param_groups": opt["param_groups"], "schedule": trainer.sched.state_dict()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)}))
 
@@ -63,12 +65,15 @@ def load_state(trainer: Trainer, path: Path, identity: str) -> int:
             tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as err:
         raise SaeVitError(f"Cannot read the training state {path} ({err}); delete it to start again.") from err
+    if meta.get("format") != STATE_FORMAT:
+        raise SaeVitError(f"{path} was written by another version of sae-vit and cannot be resumed; pass --overwrite "
+                          "to start again.")
     if meta.get("recipe") != recipe(trainer.cfg) or meta.get("cache") != identity:
         raise SaeVitError(f"{path} is the state of a run with other settings or another cache; re-run with the same "
                           "options to resume, or pass --overwrite to start again.")
     with torch.no_grad():
         for name, t in trainer.sae.state_dict().items():
-            t.copy_(tensors[f"sae.{name}"])  # in place: the trainer's row-major W_enc shares this storage
+            t.copy_(tensors[f"sae.{name}"])  # in place: W_enc and b_enc are views of the trainer's encoder
         trainer.since_fired.copy_(tensors["since_fired"])
     state: dict[int, dict] = {}
     for name, t in tensors.items():
