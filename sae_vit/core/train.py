@@ -378,7 +378,8 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
         x_hat_n = x_hat_n + sae.b_dec
         active = vals > 0
         l0 = active.sum(dim=-1, dtype=torch.float32).mean()
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, coded.idx[active], True)
+        # A count, not a boolean-mask gather (a nonzero() that costs more than the count on a busy CPU).
+        fired = torch.bincount(coded.idx.view(-1), weights=active.view(-1).float(), minlength=sae.cfg.d_sae) > 0
     else:
         # Same as sae.pre_activations(xn), but b_dec's gradient comes from a vector-matrix product instead of a
         # full [n, d_sae] x [d_sae, d_in] matmul (the inputs themselves need no gradient).
