@@ -242,6 +242,9 @@ def test_toy_acceptance():
         assert sae.clean >= none.clean - 0.02
         assert sae.asr <= none.asr / 2
         assert sae.attacked >= min(0.8 * none.clean, none.control)
+    # issue #16: more than undone occlusion on our recipe and on the family the SAE and selection never saw
+    assert report.results["test (discovery recipe)"]["sae"].reading_gain > 0
+    assert report.results["test (held-out family)"]["sae"].reading_gain > 0
 
 
 # ------------------------------------------------------------------------------------------ reading-specific gain
