@@ -242,3 +242,140 @@ def test_toy_acceptance():
         assert sae.clean >= none.clean - 0.02
         assert sae.asr <= none.asr / 2
         assert sae.attacked >= min(0.8 * none.clean, none.control)
+    # issue #16: more than undone occlusion on our recipe and on the family the SAE and selection never saw
+    assert report.results["test (discovery recipe)"]["sae"].reading_gain > 0
+    assert report.results["test (held-out family)"]["sae"].reading_gain > 0
+
+
+# ------------------------------------------------------------------------------------------ reading-specific gain
+
+
+def test_selection_is_by_reading_gain_not_attacked_accuracy():
+    base = typo.TypoMetrics(0.99, 0.2, 0.3, 0.5, 10)
+    base = base.against(base)
+    occlusion = typo.TypoMetrics(0.99, 0.7, 0.8, 0.1, 10).against(base)   # lifts the control as much: gain 0
+    reading = typo.TypoMetrics(0.99, 0.5, 0.35, 0.1, 10).against(base)    # lower attacked, but specific
+    too_costly = typo.TypoMetrics(0.90, 0.9, 0.3, 0.0, 10).against(base)  # drops clean accuracy 9 points
+    assert base.reading_gain == 0 and abs(occlusion.reading_gain) < 1e-9
+    assert abs(reading.reading_gain - (0.3 - 0.05)) < 1e-9
+    assert typo.best_setting([base, occlusion, reading, too_costly], base.clean, 0.02) == 2
+    assert typo.best_setting([base, occlusion], base.clean, 0.02) == 0  # ties go to the first (no defence)
+
+
+def test_world_eval_reports_reading_gain_and_held_out_family(bundle):
+    sae = _sae(2)
+    cfg = typo.EvalConfig(n_discovery=8, n_val=8, n_test=8, ns=(0, 4), baselines=False)
+    report = typo.run_world_eval(bundle, [("l2.safetensors", sae)], cfg)
+    assert "test (held-out family)" in report.results and "test (held-out colours)" in report.results
+    assert len(report.results) == len(cfg.test_sets) == 5
+    for rows in report.results.values():
+        none, sae_m = rows["none"], rows["sae"]
+        assert none.reading_gain == none.attack_gain == none.control_gain == 0
+        assert sae_m.reading_gain == pytest.approx((sae_m.attacked - none.attacked) - (sae_m.control - none.control))
+    assert all(r["reading_gain"] == r["reading_gain"] for r in report.sweep)  # computed (not NaN) for every row
+    chosen = next(r for r in report.sweep if r["n"] == report.n)
+    assert chosen["reading_gain"] == max(r["reading_gain"] for r in report.sweep
+                                         if report.sweep[0]["clean"] - r["clean"] <= cfg.max_clean_drop + 1e-9)
+
+
+def test_cli_eval_world_prints_reading_gain(tmp_path, tiny_vit, text_file):
+    sae_path = _sae(2).save(tmp_path / "sae.safetensors")
+    res = _run(["defend-typo", "eval", "world", "--sae", str(sae_path), "--model", tiny_vit[0], "--weights",
+                str(tiny_vit[1]), "--text-embeddings", str(text_file), "--n-discovery", "8", "--n-val", "8",
+                "--n-test", "8", "--no-baselines", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    held = doc["results"]["test (held-out family)"]["sae"]
+    assert {"attack_gain", "control_gain", "reading_gain"} <= set(held)
+    assert isinstance(held["reading_gain"], float)
+    tests = [t for t in doc["tables"] if t["title"].startswith("test (")]
+    assert len(tests) == 5 and all("reading gain" in row for t in tests for row in t["rows"])
+    assert "reading gain" in doc["tables"][0]["rows"][0]  # the validation sweep
+
+
+def test_cli_eval_folder_with_controls_reports_reading_gain(tmp_path, cli_files):
+    src = tmp_path / "photos"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((40, 40, 3), 60 * i + 40, np.uint8)).save(src / cls / f"{i}.png")
+    out = tmp_path / "attacked"
+    assert _run(["defend-typo", "attack", str(src), "--classes", "cat,dog,bird", "--out", str(out),
+                 "--control"]).exit_code == 0
+    res = _run(["defend-typo", "eval", str(out), *cli_files, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["none"]["n_control"] == 4 and doc["none"]["n_attacked"] == 4 and doc["none"]["n_clean"] == 4
+    assert doc["sae"]["reading_gain"] == pytest.approx(
+        (doc["sae"]["attacked"] - doc["none"]["attacked"]) - (doc["sae"]["control"] - doc["none"]["control"]))
+    assert "reading gain" in doc["tables"][0]["rows"][0]
+    assert "bird" in doc["classes"] and len(doc["classes"]) == 3  # the pseudo-words are not classes
+
+
+# ------------------------------------------------------------------------------------------ controls and families
+
+
+def test_control_words_match_attack_word_lengths(bundle):
+    for data in (typo.world_typo_set(bundle.backbone, "val", 24, typo.FAMILIES["held-out"]),
+                 typo.world_native_set(bundle.backbone, "val", 24)):
+        assert len(data.written_words) == len(data.control_words) == 24
+        assert [len(w) for w in data.written_words] == [len(c) for c in data.control_words]  # pair by pair
+        assert not set(data.control_words) & set(typo.world.SHAPES)
+    # and so the length distributions are equal over many draws of the recipe (every shape name)
+    rng = np.random.default_rng(0)
+    base = Image.new("RGB", (64, 64), (90, 90, 90))
+    words = [typo.world.SHAPES[i % 6] for i in range(60)]
+    controls = [typo_attacks.attack_twins(base, w, rng, typo.FAMILIES["discovery"], typo.world.SHAPES)[3] for w in words]
+    assert sorted(map(len, controls)) == sorted(map(len, words))
+
+
+def test_cli_attack_controls_match_lengths(tmp_path):
+    src = tmp_path / "photos" / "cat"
+    src.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(src / f"{i}.png")
+    out = typo.write_attacks([tmp_path / "photos"], tmp_path / "att", classes=["cat", "dog", "elephant", "ox"],
+                             control=True)
+    import pandas as pd
+
+    meta = pd.read_csv(out / "metadata.csv")
+    attack, control = meta[meta["kind"] == "attack"], meta[meta["kind"] == "control"]
+    assert list(attack["text"].str.len()) == list(control["text"].str.len())
+
+
+def test_held_out_family_is_kept_out_of_sae_training():
+    held = [typo.FAMILIES[n] for n in ("held-out", "held-out colours")]
+    for cfg in typo.SAE_TRAINING_ATTACKS:
+        assert cfg.stroke not in {h.stroke for h in held} and cfg.position not in {h.position for h in held}
+        assert not set(cfg.palette) & set(typo.FAMILIES["held-out colours"].palette)
+
+    def centres(cfg):  # vertical centres of a word's ink over 200 draws, on a 64-px image
+        rng = np.random.default_rng(2)
+        out = []
+        for _ in range(200):
+            pl = typo_attacks.choose_placement((64, 64), "circle", rng, cfg)
+            y0, y1 = typo_attacks._font(None, pl.size).getbbox("circle", stroke_width=pl.stroke_width)[1::2]
+            out.append(pl.xy[1] + (y0 + y1) / 2)
+        return out
+    # the held-out band's words are centred below every SAE training word
+    assert max(c for cfg in typo.SAE_TRAINING_ATTACKS for c in centres(cfg)) < min(centres(held[0]))
+    source = typo.sae_training_images(6)
+    assert all(typo.HELD_OUT in item.id for item in source.items)  # a cache of another recipe is never reused
+
+
+# ------------------------------------------------------------------------------------------ resize warning
+
+
+def test_cli_classify_warns_once_when_an_image_is_shrunk(tmp_path, cli_files):
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    Image.new("RGB", (900, 400), (200, 10, 10)).save(big)  # shorter side 400 > 2 x 160 (the tiny model's side)
+    Image.new("RGB", (300, 300), (200, 10, 10)).save(small)
+    res = _run(["defend-typo", str(big), "--classes", "cat,dog", *cli_files])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "warning:" in line]
+    assert len(lines) == 1 and "160x160 px" in lines[0] and "Traceback" not in res.output
+    res = _run(["defend-typo", str(big), str(small), "--classes", "cat,dog", *cli_files, "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert len(doc["warnings"]) == 1 and "900x400" in doc["warnings"][0]
+    assert typo.resize_warning("x.png", (320, 999), 160) is None  # the rule: shorter side > 2 x the input side

@@ -152,21 +152,30 @@ def classify_cmd(
     """Top class probabilities of each image without and with the defence (the default sub-command)."""
     import torch
 
-    from sae_vit.analysis.typo import classify_image, defence_from_files, open_image, resolve_features
+    from sae_vit.analysis.typo import (
+        classify_image,
+        defence_from_files,
+        input_side,
+        open_image,
+        resize_warning,
+        resolve_features,
+    )
 
     check_inputs(features=features, weights=weights, text_embeddings=text_embeddings)
     local_sae = _local_sae(sae)
     device = _torch_device(device)
-    for image in images:  # fail fast on a bad path, before any model loads
-        open_image(image)
+    sizes = [open_image(image).size for image in images]  # fail fast on a bad path, before any model loads
     sae_path, feat_path = resolve_features(local_sae, features)
     defence, feats = defence_from_files(sae_path, feat_path, n_features, device)
     bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
     class_list = _class_list(classes, bundle)
     note(f"model: {bundle.description}; SAE: {sae_path} (layer {defence.sae.cfg.layer}); "
          f"suppressing {len(defence.features)} text features from {feats['path']}")
-    rows = []
-    for image in images:
+    side, rows, warnings = input_side(bundle.backbone), [], []
+    for image, size in zip(images, sizes, strict=True):
+        if (warning := resize_warning(image, size, side)) is not None:
+            note(f"warning: {warning}", "yellow")
+            warnings.append(warning)
         before, after = classify_image(bundle, image, class_list, defence)
         b, a = int(before.argmax()), int(after.argmax())
         order = torch.maximum(before, after).argsort(descending=True)[:top].tolist()  # by the larger one
@@ -175,7 +184,7 @@ def classify_cmd(
                                        for i in order}})
         print_table(image, ("class", "no defence", "defended"), left=("class",), rows=[
             (class_list[i], _prob(before[i], i == b), _prob(after[i], i == a)) for i in order])
-    result(classes=class_list, images=rows)
+    result(classes=class_list, images=rows, warnings=warnings)
 
 
 @typo_app.command("attack")
@@ -323,20 +332,26 @@ def _eval_world(paths, out, model, weights, text_embeddings, cfg, device) -> Non
         f"features -> {path} ({time.perf_counter() - start:.0f} s)")
 
 
+def _gain(x: float) -> str:
+    return "—" if x != x else f"{100 * x:+.1f}"
+
+
 def print_report(report) -> None:
-    """The validation sweep and the test tables of a :class:`~sae_vit.analysis.typo.TypoReport`."""
+    """The validation sweep and the test tables of a :class:`~sae_vit.analysis.typo.TypoReport`; gains are in
+    points against no defence on the same images, the reading-specific gain = attack gain − control gain."""
     sweep, chosen = report.sweep, (report.layer, report.n)
     result(layer=report.layer, n=report.n, sae_file=report.sae_path, sweep=sweep, settings=report.settings,
            results={name: {d: m.as_dict() for d, m in metrics.items()} for name, metrics in report.results.items()})
-    print_table("Validation sweep (discovery recipe): layer x N suppressed features",
-                ("layer", "N", "clean", "attacked", "ASR"),
-                [(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["asr"])) for r in sweep],
+    print_table("Validation sweep (discovery recipe): layer x N suppressed features, chosen by reading-specific gain",
+                ("layer", "N", "clean", "attacked", "control", "ASR", "reading gain"),
+                [(r["layer"], r["n"], _pct(r["clean"]), _pct(r["attacked"]), _pct(r["control"]), _pct(r["asr"]),
+                  _gain(r["reading_gain"])) for r in sweep],
                 styles=["bold green" if (r["layer"], r["n"]) == chosen else None for r in sweep])
-    cols = ("defence", "clean", "attacked", "control", "ASR", "setting")
+    cols = ("defence", "clean", "attacked", "control", "ASR", "attack gain", "control gain", "reading gain", "setting")
     for name, metrics in report.results.items():
-        rows = [(d, _pct(m.clean), _pct(m.attacked), _pct(m.control), _pct(m.asr), report.settings[d])
-                for d, m in metrics.items()]
-        title = f"{name}: zero-shot accuracy % and attack success rate %"
+        rows = [(d, _pct(m.clean), _pct(m.attacked), _pct(m.control), _pct(m.asr), _gain(m.attack_gain),
+                 _gain(m.control_gain), _gain(m.reading_gain), report.settings[d]) for d, m in metrics.items()]
+        title = f"{name}: zero-shot accuracy %, attack success rate %, gains in points"
         print_table(title, cols, rows, left=("defence", "setting"))
 
 
@@ -348,9 +363,13 @@ def _eval_folder(directory, sae, features, n, model, weights, text_embeddings, d
     bundle = _bundle(model, weights, text_embeddings, device, defence.sae.cfg.model)
     res = folder_eval(bundle, directory, defence)
     result(folder=directory, sae_file=sae_path, defence=defence.describe(), **res)
-    print_table(f"{directory}: {len(res['classes'])} classes (labels and written words)",
-                ("defence", "clean", "attacked", "ASR"), left=("defence",),
-                rows=[(label, _pct(res[d]["clean"]), _pct(res[d]["attacked"]), _pct(res[d]["asr"]))
-                      for d, label in (("none", "no defence"), ("sae", defence.describe()))])
+    controls = res["none"]["n_control"] > 0
+    cols = ("defence", "clean", "attacked", *(("control", "reading gain") if controls else ()), "ASR")
+    print_table(f"{directory}: {len(res['classes'])} classes (labels and written words)", cols, left=("defence",),
+                rows=[(label, _pct(res[d]["clean"]), _pct(res[d]["attacked"]),
+                       *((_pct(res[d]["control"]), _gain(res[d].get("reading_gain", 0.0))) if controls else ()),
+                       _pct(res[d]["asr"])) for d, label in (("none", "no defence"), ("sae", defence.describe()))])
     say(f"model: {bundle.description}; SAE: {sae_path}; {res['none']['n_attacked']} attacked, "
-        f"{res['none']['n_clean']} clean images")
+        f"{res['none']['n_clean']} clean, {res['none']['n_control']} control images"
+        + ("" if controls else " (no unrelated-word controls: no reading-specific gain; write them with "
+                               "`defend-typo attack --control`)"))

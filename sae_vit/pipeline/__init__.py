@@ -170,7 +170,11 @@ def sparsity(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLi
 def make_typo_assets(bundle, out_dir: str | os.PathLike, work: str | os.PathLike, cfg=None, eval_cfg=None,
                      overwrite: bool = False, progress: Callable[[str], None] | None = None):
     """Cache activations, train one SAE per layer, run the world protocol, and write the chosen SAE and its
-    feature file to ``out_dir`` as ``typo_sae.safetensors`` and ``typo_features.json``."""
+    feature file to ``out_dir`` as ``typo_sae.safetensors`` and ``typo_features.json``.
+
+    ``work`` keeps the cache and the SAEs: a finished cache of the same images (its source fingerprint, which
+    names the recipe) and model weights is reused, and so is an SAE of the same shape trained after it; anything else is rebuilt.
+    ``overwrite`` lets the outputs in ``out_dir`` be replaced."""
     import json
 
     from sae_vit.analysis import typo
@@ -186,24 +190,28 @@ def make_typo_assets(bundle, out_dir: str | os.PathLike, work: str | os.PathLike
     targets = (out_dir / typo.ASSET_SAE, out_dir / typo.ASSET_FEATURES)
     if any(t.exists() for t in targets) and not overwrite:
         raise SaeVitError(f"{targets[0]} already exists; pass --overwrite to replace it or choose another --out.")
+    source = typo.sae_training_images(cfg.n_images, cfg.seed)
     manifest = work / "cache" / "manifest.json"
-    done = manifest.is_file() and json.loads(manifest.read_text()).get("complete")
-    if done and not overwrite:
-        say(f"reusing the finished cache in {work / 'cache'}")
+    old = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    reuse = (bool(old.get("complete")) and old.get("source", {}).get("fingerprint") == source.fingerprint()
+             and old.get("weights") == bundle.backbone.weights_id and set(cfg.layers) <= set(old.get("layers", [])))
+    if reuse:
+        say(f"reusing the finished cache of the same images in {work / 'cache'}")
     else:
         say(f"caching {cfg.n_images} images at layers {list(cfg.layers)} into {work / 'cache'}")
-        write_cache(bundle.backbone, typo.sae_training_images(cfg.n_images, cfg.seed), work / "cache",
-                    list(cfg.layers), tokens=cfg.tokens, overwrite=overwrite)
+        write_cache(bundle.backbone, source, work / "cache", list(cfg.layers), tokens=cfg.tokens, overwrite=True)
     saes = []
     for layer in cfg.layers:
         path = work / f"sae_layer{layer}.safetensors"
-        if path.exists() and not overwrite:
-            say(f"reusing {path}")
+        sae = SAE.load(path) if reuse and path.is_file() and path.stat().st_mtime > manifest.stat().st_mtime else None
+        if sae is not None and (sae.cfg.k, sae.cfg.d_sae) == (cfg.k, cfg.expansion * bundle.backbone.d_model):
+            say(f"reusing {path} (trained on this cache)")
         else:
             say(f"training the layer-{layer} SAE ({cfg.n_tokens:,} tokens)")
             tc = TrainConfig(expansion=cfg.expansion, k=cfg.k, seed=cfg.seed, device="cpu")
             train(layer, cfg.tokens, work / "cache", path, tc, n_tokens=cfg.n_tokens, overwrite=True)
-        saes.append((path, SAE.load(path)))
+            sae = SAE.load(path)
+        saes.append((path, sae))
     report = typo.run_world_eval(bundle, saes, eval_cfg, progress)
     chosen = next(s for p, s in saes if str(p) == report.sae_path)
     atomic_copy(Path(report.sae_path), targets[0])

@@ -138,7 +138,8 @@ def suppress(out: Path, cfg, bundle=None) -> dict:
 
 def typo(out: Path, cfg, bundle) -> dict:
     """The shipped typographic defence (the package's SAE and text-feature file) on the world's own typographic
-    test split: clean, attacked and unrelated-word-control accuracy and attack success, without and with it."""
+    test split: clean, attacked and unrelated-word-control accuracy and attack success, without and with it, and
+    the reading-specific gain (attack gain minus control gain: what it recovers beyond undoing occlusion)."""
     from sae_vit.analysis.common import class_embeddings
     from sae_vit.analysis.typo import (
         ASSET_FEATURES,
@@ -147,7 +148,7 @@ def typo(out: Path, cfg, bundle) -> dict:
         defence_from_files,
         world_native_set,
     )
-    from sae_vit.analysis.typo.defences import TEMPLATE, Defence, evaluate
+    from sae_vit.analysis.typo.defences import TEMPLATE, evaluate
     from sae_vit.core.atomic import write_json
     from sae_vit.world import scenes as world
 
@@ -155,12 +156,13 @@ def typo(out: Path, cfg, bundle) -> dict:
     defence, feats = defence_from_files(asset_dir() / ASSET_SAE, asset_dir() / ASSET_FEATURES, None, bb.device)
     data = world_native_set(bb, "test", cfg.typo_images, cfg.seed)
     class_emb = class_embeddings(bundle.head, list(world.SHAPES), (TEMPLATE,))
-    metrics = {name: evaluate(bb, data, class_emb, d).as_dict() for name, d in (("none", Defence()),
-                                                                                 ("sae", defence))}
+    base = evaluate(bb, data, class_emb)
+    metrics = {"none": base.against(base).as_dict(), "sae": evaluate(bb, data, class_emb, defence, base=base).as_dict()}
     chosen = feats.get("selection", {})
     result = {"sae": ASSET_SAE, "features_file": ASSET_FEATURES, "layer": defence.sae.cfg.layer,
               "n": len(defence.features), "defence": defence.describe(), "n_images": cfg.typo_images,
-              "selected_on": {"split": chosen.get("split"), "n_images": chosen.get("n_images")},
+              "selected_on": {"split": chosen.get("split"), "n_images": chosen.get("n_images"),
+                              "rule": chosen.get("rule", "highest attacked accuracy")},
               "metrics": metrics, "json": "typo/typo_results.json"}
     write_json(out / "typo" / "typo_results.json", result)
     return result

@@ -239,33 +239,43 @@ def plot_typo(metrics: dict, path: Path) -> Path | None:
 
 
 def typo_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
-    """(verdict, summary, section) of the typographic defence."""
+    """(verdict, summary, section) of the typographic defence. The verdict rests on the reading-specific gain
+    (attack gain minus unrelated-word-control gain): a defence that only undoes occlusion lifts both alike."""
     title = "4. Suppressing text-reading features defends against typographic attacks"
     if not r:
         return "not run", "the defence was skipped", _section("typo", title, "not run", "<p>Skipped.</p>")
     a, b = r["metrics"]["none"], r["metrics"]["sae"]
     drop = a["clean"] - b["clean"]
-    recovers = b["attacked"] - a["attacked"] > 0.05 and drop <= 0.02
-    verdict = "partly reproduced" if recovers else "not reproduced"
-    rows = [[name, _pct(m["clean"]), _pct(m["attacked"]), _pct(m["control"]), _pct(m["asr"])]
-            for name, m in (("no defence", a), (r["defence"], b))]
+    gain = b.get("reading_gain")
+    reads = gain is not None and gain > 0.05 and drop <= 0.02
+    verdict = "partly reproduced" if reads else "not reproduced"
+    rows = [[name, _pct(m["clean"]), _pct(m["attacked"]), _pct(m["control"]), _pct(m["asr"]),
+             _points(m.get("reading_gain"))] for name, m in (("no defence", a), (r["defence"], b))]
     text = (f"<p>On {r['n_images']} test images of the world's typographic split (a wrong shape name written over "
             f"the object), the shipped defence ({html.escape(r['defence'])}) moves attacked accuracy from "
             f"{_pct(a['attacked'])} to {_pct(b['attacked'])} and the attack success rate from {_pct(a['asr'])} to "
             f"{_pct(b['asr'])}, while clean accuracy goes from {_pct(a['clean'])} to {_pct(b['clean'])} "
-            f"({100 * drop:.1f} points lost). The unrelated-word control (a pseudo-word at the same place) scores "
-            f"{_pct(a['control'])} without the defence: covering the object costs accuracy even when the word means "
-            "nothing, so it is the fair bar for attacked accuracy.</p><p class=muted>The demo runs the shipped "
-            "defence only, not the baselines, so this page cannot say whether it is the best defence; on the toy, "
-            "docs/defend-typo.md's full protocol (<code>saevit defend-typo eval world</code>) finds a prompt-side "
-            f"baseline ahead of it. The SAE and its {r['n']} features ({r['sae']}, {r['features_file']}, shipped "
-            f"in the package) were chosen on the world's validation split, never on these test images.</p>")
-    table = _table(["defence", "clean", "attacked", "unrelated-word control", "attack success"], rows)
+            f"({100 * drop:.1f} points lost). The unrelated-word control (a pseudo-word of the same length at the "
+            f"same place) goes from {_pct(a['control'])} to {_pct(b['control'])}: a defence that only undid the "
+            "occlusion of any written text would lift it as much as the attack. The <b>reading-specific gain</b> "
+            f"(attack gain minus control gain) is {_points(gain)} points; the verdict needs it above 5 points with "
+            "at most 2 points of clean accuracy lost.</p><p class=muted>The demo runs the shipped "
+            "defence only, not the baselines, so this page cannot say whether it is the best defence; "
+            "docs/defend-typo.md's full protocol (<code>saevit defend-typo eval world</code>) has the baselines and "
+            "a rendering family held out of the SAE's training and of feature selection. The SAE and its "
+            f"{r['n']} features ({r['sae']}, {r['features_file']}, shipped in the package) were chosen on the "
+            "world's validation split, never on these test images.</p>")
+    table = _table(["defence", "clean", "attacked", "unrelated-word control", "attack success",
+                    "reading-specific gain (points)"], rows)
     plot = plot_typo(r["metrics"], out / "typo" / "typo_defence.png")
-    summary = (f"attacked {_pct(a['attacked'])} → {_pct(b['attacked'])}, clean {_pct(a['clean'])} → "
-               f"{_pct(b['clean'])}")
+    summary = (f"attacked {_pct(a['attacked'])} → {_pct(b['attacked'])}, control {_pct(a['control'])} → "
+               f"{_pct(b['control'])}: reading-specific gain {_points(gain)} points")
     return verdict, summary, _section("typo", title, verdict, text, table,
                                       _img(out, _rel(plot, out), "typographic defence"))
+
+
+def _points(x) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:+.1f}"
 
 
 # ------------------------------------------------------------------------------------------- the page

@@ -21,6 +21,9 @@ from torch import Tensor
 
 from sae_vit.analysis.common import ModelBundle, check_sae_matches, class_embeddings, load_model, minimize
 from sae_vit.analysis.typo.attacks import (
+    FAMILIES,
+    HELD_OUT,
+    SAE_TRAINING_ATTACKS,
     AttackConfig,
     TypoSet,
     open_image,
@@ -44,7 +47,9 @@ from sae_vit.analysis.typo.defences import (
     embed_images,
     evaluate,
     folder_eval,
+    input_side,
     predict,
+    resize_warning,
 )
 from sae_vit.analysis.typo.files import (
     ASSET_FEATURES,
@@ -65,7 +70,9 @@ from sae_vit.core.sae import SAE
 from sae_vit.world import scenes as world
 
 __all__ = [
-    "ASSET_FEATURES", "ASSET_SAE", "AssetConfig", "AttackConfig", "EvalConfig", "HeadDefence", "ModelBundle",
+    "ASSET_FEATURES", "ASSET_SAE", "FAMILIES", "HELD_OUT", "SAE_TRAINING_ATTACKS", "AssetConfig", "AttackConfig",
+    "EvalConfig", "HeadDefence", "ModelBundle", "TypoMetrics", "input_side", "resize_warning",
+    "test_recipes",
     "SaeDefence", "SaeVitError", "TypoReport", "asset_dir", "classify_image", "default_pair",
     "defence_from_files", "embed_images", "features_path_for", "folder_eval", "load_features", "load_model",
     "open_image", "pseudo_word", "rank_text_features", "render_attack", "resolve_features", "run_world_eval",
@@ -142,15 +149,15 @@ def fit_probe(backbone: Backbone, data: TypoSet, layer: int, tokens: str = "all"
 
 
 def tune_baselines(bundle: ModelBundle, disc: TypoSet, val: TypoSet, class_emb: Tensor, classes: Sequence[str],
-                   layer: int, tokens: str, clean_ref: float, head_counts: Sequence[int],
+                   layer: int, tokens: str, base: TypoMetrics, head_counts: Sequence[int],
                    prompt_strengths: Sequence[float], max_clean_drop: float) -> dict[str, Defence]:
-    """Each baseline fitted on ``disc``, its setting chosen on ``val``: the best attacked accuracy among the
-    settings whose clean accuracy is at most ``max_clean_drop`` below ``clean_ref``."""
+    """Each baseline fitted on ``disc``, its setting chosen on ``val`` by :func:`best_setting` against ``base``
+    (no defence on ``val``): the highest reading-specific gain among the settings that keep clean accuracy."""
     bb = bundle.backbone
 
     def choose(candidates: Sequence[Defence]) -> Defence:
-        metrics = [evaluate(bb, val, class_emb, d, control=False) for d in candidates]
-        return candidates[best_setting(metrics, clean_ref, max_clean_drop)]
+        metrics = [evaluate(bb, val, class_emb, d, base=base) for d in candidates]
+        return candidates[best_setting(metrics, base.clean, max_clean_drop)]
 
     heads = rank_heads(bb, disc, class_emb)
     word_emb = bundle.head.embed(list(classes), ("the word {}.",))
@@ -164,9 +171,13 @@ def tune_baselines(bundle: ModelBundle, disc: TypoSet, val: TypoSet, class_emb: 
 
 
 #: Discovery settings of the shipped feature set: smaller words in the upper part, black and white only.
-DISCOVERY_ATTACK = AttackConfig(font_size=(0.19, 0.23), palette=("white", "black"), position="top")
-#: A different recipe for the generalisation check: larger words in yellow and black, across the middle.
-SHIFTED_ATTACK = AttackConfig(font_size=(0.23, 0.27), palette=("yellow", "black"), position="middle")
+DISCOVERY_ATTACK = FAMILIES["discovery"]
+#: A different recipe for the generalisation check: larger words in yellow and black, across the middle (inside
+#: what the typo SAE trained on).
+SHIFTED_ATTACK = FAMILIES["shifted"]
+#: The held-out family: chromatic fill and stroke, a thicker stroke, the bottom third (never seen by the typo SAE,
+#: discovery or selection).
+HELD_OUT_ATTACK = FAMILIES[HELD_OUT]
 
 
 @dataclass(frozen=True)
@@ -183,7 +194,11 @@ class EvalConfig:
     discovery_attack: AttackConfig = DISCOVERY_ATTACK
     """Recipe for discovery, validation and the in-distribution test."""
     shifted_attack: AttackConfig = SHIFTED_ATTACK
-    """A different size, colour and position: the generalisation test."""
+    """A different size, colour and position, inside what the typo SAE trained on: a generalisation test."""
+    held_out_attack: AttackConfig = HELD_OUT_ATTACK
+    """The held-out family (bottom third, thick stroke): never in the typo SAE's training, discovery or selection."""
+    held_out_colours_attack: AttackConfig = FAMILIES["held-out colours"]
+    """The held-out family's placement with fill colours no typo SAE training image has (red, green, blue, purple)."""
     ns: tuple[int, ...] = (0, 2, 4, 8, 16, 32, 64)
     """Numbers of suppressed features tried on the validation split."""
     head_counts: tuple[int, ...] = (0, 1, 2, 4, 8)
@@ -191,15 +206,17 @@ class EvalConfig:
     prompt_strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     """Prompt-side strengths tried."""
     max_clean_drop: float = 0.02
-    """A setting is eligible only if its validation clean accuracy drops at most this much."""
+    """A setting is eligible only if its validation clean accuracy drops at most this much; among the eligible,
+    the highest validation reading-specific gain wins (:func:`~.defences.best_setting`)."""
     pool: str = "mean"
     """How latents are pooled over tokens for discovery: ``mean`` or ``max``."""
     seed: int = 0
     """World seed (scenes and attack draws)."""
     baselines: bool = True
     """Also run the head-ablation, prompt and probe baselines."""
-    test_sets: tuple[str, ...] = ("discovery", "shifted", "world")
-    """Which test sets to report: our recipe as in discovery, the shifted recipe, the world's own renderer."""
+    test_sets: tuple[str, ...] = ("discovery", "shifted", "held-out", "held-out colours", "world")
+    """Which test sets to report: our recipe as in discovery, the shifted recipe, the two held-out families, the
+    world's own renderer."""
 
 
 @dataclass
@@ -207,7 +224,7 @@ class TypoReport:
     """What :func:`run_world_eval` returns."""
 
     sweep: list[dict]
-    """Validation rows: one per (layer, N) with clean / attacked / control accuracy and ASR."""
+    """Validation rows: one per (layer, N) with clean / attacked / control accuracy, ASR and the gains."""
     layer: int
     """Chosen layer."""
     n: int
@@ -216,36 +233,44 @@ class TypoReport:
     features: list[dict]
     """Ranked text features of the chosen SAE (index, score), best first."""
     results: dict[str, dict[str, TypoMetrics]]
-    """Test set name -> defence name -> metrics."""
+    """Test set name -> defence name -> metrics (gains against ``none`` on the same set)."""
     settings: dict[str, str]
     """Defence name -> what was chosen for it."""
     model: str = ""
 
 
+def test_recipes(cfg: EvalConfig) -> dict[str, tuple[str, AttackConfig | None, int]]:
+    """Test set key -> (name in the report, attack recipe or None for the world's own renderer, seed)."""
+    return {"discovery": ("test (discovery recipe)", cfg.discovery_attack, cfg.seed),
+            "shifted": ("test (shifted recipe)", cfg.shifted_attack, cfg.seed + 1),
+            "held-out": ("test (held-out family)", cfg.held_out_attack, cfg.seed + 2),
+            "held-out colours": ("test (held-out colours)", cfg.held_out_colours_attack, cfg.seed + 3),
+            "world": ("test (world typographic)", None, cfg.seed)}
+
+
 def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, SAE]], cfg: EvalConfig = EvalConfig(),
                    progress: Callable[[str], None] | None = None) -> TypoReport:
-    """Discover text features of each SAE on the world's train split, choose the layer and N on val, and report
-    every defence on three test sets: the discovery recipe, the shifted recipe and the world's own typographic
-    split (each with clean and control twins)."""
+    """Discover text features of each SAE on the world's train split, choose the layer and N on val by
+    reading-specific gain, and report every defence on the test sets of ``cfg.test_sets`` (each with clean and
+    control twins; gains against no defence on the same images)."""
     say = progress or (lambda _msg: None)
     if not saes:
         raise SaeVitError("No SAE to evaluate; pass --sae with at least one checkpoint.")
     bb = bundle.backbone
     classes = list(world.SHAPES)
     class_emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
-    say(f"rendering discovery ({cfg.n_discovery}), validation ({cfg.n_val}) and test ({cfg.n_test}) images")
-    disc = world_typo_set(bb, "train", cfg.n_discovery, cfg.discovery_attack, cfg.seed)
-    val = world_typo_set(bb, "val", cfg.n_val, cfg.discovery_attack, cfg.seed)
-    recipes = {"discovery": ("test (discovery recipe)", cfg.discovery_attack, cfg.seed),
-               "shifted": ("test (shifted recipe)", cfg.shifted_attack, cfg.seed + 1),
-               "world": ("test (world typographic)", None, cfg.seed)}
+    recipes = test_recipes(cfg)
     unknown = [t for t in cfg.test_sets if t not in recipes]
     if unknown:
         raise SaeVitError(f"Unknown test set {unknown[0]!r}; use some of: {', '.join(recipes)}.")
+    say(f"rendering discovery ({cfg.n_discovery}), validation ({cfg.n_val}) and test ({cfg.n_test}) images")
+    disc = world_typo_set(bb, "train", cfg.n_discovery, cfg.discovery_attack, cfg.seed)
+    val = world_typo_set(bb, "val", cfg.n_val, cfg.discovery_attack, cfg.seed)
     tests = {name: world_native_set(bb, "test", cfg.n_test, seed) if attack is None
              else world_typo_set(bb, "test", cfg.n_test, attack, seed)
              for name, attack, seed in (recipes[t] for t in cfg.test_sets)}
-    base_val = evaluate(bb, val, class_emb, control=False)
+    base_val = evaluate(bb, val, class_emb)
+    base_val = base_val.against(base_val)  # gains of no defence: 0
     sweep, best = [], None
     for path, sae in saes:
         check_sae_matches(sae, bb, path)
@@ -255,29 +280,31 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
                            cfg.max_clean_drop)
         sweep.extend(rows)
         m = next(r for r in rows if r["n"] == n)
-        if best is None or (m["attacked"], -n) > (best[0], -best[1]):
-            best = (m["attacked"], n, path, sae, ranked)
+        if best is None or (m["reading_gain"], -n) > (best[0], -best[1]):
+            best = (m["reading_gain"], n, path, sae, ranked)
     _, best_n, best_path, best_sae, features = best
     defences: dict[str, Defence] = {"none": Defence(),
                                     "sae": SaeDefence(best_sae, [f["index"] for f in features[:best_n]])}
     if cfg.baselines:
         say("baselines: ranking attention heads, fitting the probe, tuning the prompt defences")
         defences.update(tune_baselines(bundle, disc, val, class_emb, classes, best_sae.cfg.layer, best_sae.cfg.tokens,
-                                       base_val.clean, cfg.head_counts, cfg.prompt_strengths, cfg.max_clean_drop))
+                                       base_val, cfg.head_counts, cfg.prompt_strengths, cfg.max_clean_drop))
     results = {}
     for name, data in tests.items():
         say(f"evaluating on {name}")
-        results[name] = {d: evaluate(bb, data, class_emb, defence) for d, defence in defences.items()}
+        base = evaluate(bb, data, class_emb)
+        results[name] = {d: evaluate(bb, data, class_emb, defence, base=base) for d, defence in defences.items()}
     return TypoReport(sweep, best_sae.cfg.layer, best_n, str(best_path), features, results,
                       {d: defence.describe() for d, defence in defences.items()}, bundle.description)
 
 
 def select_n(backbone: Backbone, sae: SAE, ranked: Sequence[int], val: TypoSet, class_emb: Tensor,
              ns: Sequence[int], base: TypoMetrics, max_clean_drop: float = 0.02) -> tuple[int, list[dict]]:
-    """``(n, rows)``: the number of suppressed features chosen on ``val`` by :func:`best_setting` against
-    ``base`` (no defence), and one row per N tried."""
+    """``(n, rows)``: the number of suppressed features chosen on ``val`` by :func:`best_setting` (highest
+    reading-specific gain that keeps clean accuracy) against ``base`` (no defence, with its gains: 0), and one
+    row per N tried."""
     tried = [n for n in ns if n <= len(ranked)]
-    metrics = [evaluate(backbone, val, class_emb, SaeDefence(sae, ranked[:n]), control=False) if n else base
+    metrics = [evaluate(backbone, val, class_emb, SaeDefence(sae, ranked[:n]), base=base) if n else base
                for n in tried]
     rows = [{"layer": sae.cfg.layer, "n": n, **m.as_dict()} for n, m in zip(tried, metrics, strict=True)]
     return tried[best_setting(metrics, base.clean, max_clean_drop)], rows
@@ -291,5 +318,7 @@ def write_report_features(report: TypoReport, sae: SAE, out: str | os.PathLike |
                  "attack": asdict(cfg.discovery_attack), "pool": cfg.pool, "score": "standardised paired difference",
                  "template": TEMPLATE}
     selection = {"split": "val", "n_images": cfg.n_val, "ns": list(cfg.ns), "max_clean_drop": cfg.max_clean_drop,
-                 "sweep": report.sweep}
+                 "rule": "highest reading-specific gain (attack gain - control gain) among the settings whose "
+                         "clean accuracy drops at most max_clean_drop; ties to the smaller N",
+                 "held_out_family": asdict(cfg.held_out_attack), "sweep": report.sweep}
     return save_features(path, report.sae_path, sae, report.features, report.n, discovery, selection, overwrite)

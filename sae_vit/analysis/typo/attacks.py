@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,14 @@ class AttackConfig:
     """A TrueType font file; default Pillow's bundled font."""
     margin: float = 0.02
     """Free border, as a fraction of the side, that the word must fit inside."""
+    stroke_palette: tuple[str, ...] | None = None
+    """Colours the stroke is drawn from, when not the fill's ``palette`` (it still never equals the fill)."""
 
     def validate(self) -> AttackConfig:
         lo, hi = self.font_size
         if not 0 < lo <= hi <= 1:
             raise SaeVitError(f"Font size range {self.font_size} is invalid; give 0 < min <= max <= 1 (fractions of the side).")
-        bad = [c for c in self.palette if c not in PALETTE]
+        bad = [c for c in (*self.palette, *(self.stroke_palette or ())) if c not in PALETTE]
         if bad:
             raise SaeVitError(f"Unknown palette colour {bad[0]!r}; use some of: {', '.join(PALETTE)}.")
         if len(set(self.palette)) < 2:
@@ -72,6 +74,29 @@ class AttackConfig:
         if self.font is not None and not Path(self.font).is_file():
             raise SaeVitError(f"Font file {self.font} does not exist; pass a .ttf path or leave --font out.")
         return self
+
+
+#: Rendering families of our recipe: a colour set, a position band, a size range and a stroke width (one font:
+#: Pillow's bundled one, the only font every install has). ``discovery`` finds and selects the features;
+#: ``shifted`` differs from it but lies inside what the typo SAE trained on; ``held-out`` and ``held-out colours``
+#: are kept out of the SAE's training images (:data:`SAE_TRAINING_ATTACKS`) and of discovery and selection, and
+#: are reported as test sets of their own.
+FAMILIES: dict[str, AttackConfig] = {
+    "discovery": AttackConfig(font_size=(0.19, 0.23), palette=("white", "black"), position="top"),
+    "shifted": AttackConfig(font_size=(0.23, 0.27), palette=("yellow", "black"), position="middle"),
+    "held-out": AttackConfig(font_size=(0.2, 0.26), palette=("white", "black"), position="bottom", stroke=0.14),
+    "held-out colours": AttackConfig(font_size=(0.2, 0.26), palette=("red", "green", "blue", "purple"),
+                                     stroke_palette=("white", "black"), position="bottom", stroke=0.14),
+}
+#: The family no SAE training image, discovery image or validation image is drawn in (its position band and
+#: stroke width; ``held-out colours`` adds fill colours that no SAE training image has either).
+HELD_OUT = "held-out"
+#: The recipes written on the typo SAE's training images (one drawn per image): none of the held-out family's
+#: colours (as fill or stroke), its position band (the bottom third) or its stroke width.
+SAE_TRAINING_ATTACKS: tuple[AttackConfig, ...] = (
+    AttackConfig(palette=("white", "black", "yellow", "orange"), position="top"),
+    AttackConfig(palette=("white", "black", "yellow", "orange"), position="middle"),
+)
 
 
 @dataclass(frozen=True)
@@ -110,7 +135,12 @@ def choose_placement(image_size: tuple[int, int], word: str, rng: np.random.Gene
         if (tw <= w - 2 * margin and th <= h - 2 * margin) or size <= 6:
             break
         size -= 1
-    fill, stroke = rng.choice(len(cfg.palette), size=2, replace=False)
+    if cfg.stroke_palette is None:
+        fill, stroke = (cfg.palette[int(i)] for i in rng.choice(len(cfg.palette), size=2, replace=False))
+    else:
+        fill = cfg.palette[int(rng.integers(len(cfg.palette)))]
+        others = [c for c in cfg.stroke_palette if c != fill]
+        stroke = others[int(rng.integers(len(others)))]
     x = int(rng.integers(margin, max(margin, w - margin - tw) + 1)) - x0
     if cfg.position == "random":
         lo, hi = margin, h - margin - th
@@ -119,7 +149,7 @@ def choose_placement(image_size: tuple[int, int], word: str, rng: np.random.Gene
         lo = max(margin, int(band * h / 3 + h / 6 - th / 2) - h // 8)
         hi = min(h - margin - th, int(band * h / 3 + h / 6 - th / 2) + h // 8)
     y = int(rng.integers(min(lo, hi), max(lo, hi) + 1)) - y0
-    return Placement(size, (x, y), cfg.palette[int(fill)], cfg.palette[int(stroke)], sw)
+    return Placement(size, (x, y), fill, stroke, sw)
 
 
 def draw_word(image: Image.Image, word: str, placement: Placement, font: str | None = None) -> Image.Image:
@@ -203,14 +233,20 @@ class TypoSet:
     """Index of the written word [n] into ``classes`` (never equal to the label)."""
     classes: list[str]
     """Zero-shot class names: the union of true labels and attack words."""
+    written_words: list[str] = field(default_factory=list)
+    """The word written on each attacked image (empty when unknown)."""
+    control_words: list[str] = field(default_factory=list)
+    """The pseudo-word written on each control image, one for one with ``written_words``."""
 
 
-def _typo_set(backbone: Backbone, twins, labels: Sequence[int], written: Sequence[int], classes) -> TypoSet:
-    """A :class:`TypoSet` from ``(clean, attacked, control)`` PIL images, preprocessed for ``backbone``."""
+def _typo_set(backbone: Backbone, twins, labels: Sequence[int], written: Sequence[int], classes,
+              words: Sequence[tuple[str, str]] = ()) -> TypoSet:
+    """A :class:`TypoSet` from ``(clean, attacked, control)`` PIL images, preprocessed for ``backbone``;
+    ``words``: the (written word, control word) of each image."""
     clean, attacked, control = (torch.stack([backbone.transform(im) for im in ims])
                                 for ims in zip(*twins, strict=True))
     return TypoSet(clean, attacked, control, torch.tensor(list(labels)), torch.tensor(list(written)),
-                   list(classes))
+                   list(classes), [w for w, _ in words], [c for _, c in words])
 
 
 def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = AttackConfig(), seed: int = 0) -> TypoSet:
@@ -222,12 +258,14 @@ def world_typo_set(backbone: Backbone, split: str, n: int, cfg: AttackConfig = A
     scenes, rows = world.task_scenes("shapes", split, n, seed)
     images = [world.render(s) for s in scenes]
     rng = np.random.default_rng([seed, 0x7790])
-    twins, written = [], []
+    twins, written, words = [], [], []
     for image, row in zip(images, rows, strict=True):
         wrong = [i for i in range(len(world.SHAPES)) if i != row["label"]]
         written.append(wrong[int(rng.integers(len(wrong)))])
-        twins.append(attack_twins(to_rgb(image), world.SHAPES[written[-1]], rng, cfg, avoid=world.SHAPES)[:3])
-    return _typo_set(backbone, twins, [r["label"] for r in rows], written, world.SHAPES)
+        *images3, ctrl_word = attack_twins(to_rgb(image), world.SHAPES[written[-1]], rng, cfg, avoid=world.SHAPES)
+        twins.append(images3)
+        words.append((world.SHAPES[written[-1]], ctrl_word))
+    return _typo_set(backbone, twins, [r["label"] for r in rows], written, world.SHAPES, words)
 
 
 def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> TypoSet:
@@ -237,11 +275,11 @@ def world_native_set(backbone: Backbone, split: str, n: int, seed: int = 0) -> T
 
     scenes, rows = world.task_scenes("typographic", split, n, seed)
     rng = np.random.default_rng([seed, 0xC7])
-    twins = [(world.render(replace(s, word=None)), world.render(s),
-              world.render(replace(s, word=pseudo_word(len(s.word), rng, avoid=world.SHAPES))))
-             for s in scenes]
+    words = [(s.word, pseudo_word(len(s.word), rng, avoid=world.SHAPES)) for s in scenes]
+    twins = [(world.render(replace(s, word=None)), world.render(s), world.render(replace(s, word=c)))
+             for s, (_, c) in zip(scenes, words, strict=True)]
     labels, written = [r["label"] for r in rows], [r["text_label"] for r in rows]
-    return _typo_set(backbone, twins, labels, written, world.SHAPES)
+    return _typo_set(backbone, twins, labels, written, world.SHAPES, words)
 
 
 def write_attacks(images: Sequence[str | os.PathLike], out: str | os.PathLike, word: str | None = None,

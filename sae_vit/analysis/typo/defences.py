@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -136,7 +136,7 @@ def predict(backbone: Backbone, images: Tensor, class_emb: Tensor, defence: Defe
 
 @dataclass
 class TypoMetrics:
-    """Zero-shot results of one defence on one :class:`TypoSet` (fractions in [0, 1])."""
+    """Zero-shot results of one defence on one :class:`TypoSet` (fractions in [0, 1]; gains in fractions too)."""
 
     clean: float
     """Accuracy on clean images."""
@@ -147,32 +147,67 @@ class TypoMetrics:
     asr: float
     """Attack success rate: the prediction is the written word."""
     n_images: int
+    attack_gain: float = float("nan")
+    """Attacked accuracy minus the undefended model's on the same images (NaN when not compared)."""
+    control_gain: float = float("nan")
+    """Control accuracy minus the undefended model's on the same images."""
+    reading_gain: float = float("nan")
+    """Reading-specific gain, ``attack_gain - control_gain``: what the defence recovers on the attack beyond
+    what it recovers on the unrelated-word control (i.e. beyond undoing the occlusion of any written text)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def against(self, base: TypoMetrics) -> TypoMetrics:
+        """These metrics with their gains over ``base`` (the undefended model on the same images)."""
+        attack, control = self.attacked - base.attacked, self.control - base.control
+        return replace(self, attack_gain=attack, control_gain=control, reading_gain=attack - control)
+
 
 def evaluate(backbone: Backbone, data: TypoSet, class_emb: Tensor, defence: Defence = Defence(),
-             control: bool = True) -> TypoMetrics:
+             control: bool = True, base: TypoMetrics | None = None) -> TypoMetrics:
     """Accuracy on clean, attacked and control images and the ASR, under ``defence`` (``control=False`` skips
-    the control images and reports NaN for them, to save time in sweeps)."""
+    the control images and reports NaN for them); with ``base`` (no defence, same images), the gains too."""
     kinds = ("clean", "attacked", "control") if control else ("clean", "attacked")
     pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written).argmax(-1)
             for k in kinds}
     acc = {k: float((p == data.labels).float().mean()) for k, p in pred.items()}
-    return TypoMetrics(acc["clean"], acc["attacked"], acc.get("control", float("nan")),
-                       float((pred["attacked"] == data.written).float().mean()), len(data.labels))
+    m = TypoMetrics(acc["clean"], acc["attacked"], acc.get("control", float("nan")),
+                    float((pred["attacked"] == data.written).float().mean()), len(data.labels))
+    return m.against(base) if base is not None else m
 
 
 def best_setting(metrics: Sequence[TypoMetrics], clean_ref: float, max_clean_drop: float) -> int:
-    """The selection rule of every setting: the index of the best attacked accuracy among the settings
-    whose clean accuracy is at most ``max_clean_drop`` below ``clean_ref`` (the first on ties; 0 if none)."""
+    """The selection rule of every setting: the index of the highest reading-specific gain
+    (:attr:`TypoMetrics.reading_gain`) among the settings whose clean accuracy is at most ``max_clean_drop``
+    below ``clean_ref`` (the first on ties, so list the no-defence setting first; 0 if none is eligible)."""
     best = None
     for i, m in enumerate(metrics):
         eligible = clean_ref - m.clean <= max_clean_drop + 1e-9
-        if eligible and (best is None or m.attacked > metrics[best].attacked + 1e-9):
+        if eligible and (best is None or m.reading_gain > metrics[best].reading_gain + 1e-9):
             best = i
     return best or 0
+
+
+#: An input image whose shorter side exceeds this many times the model's input side gets a resize warning.
+RESIZE_WARN_FACTOR = 2.0
+
+
+def input_side(backbone: Backbone) -> int:
+    """The side in pixels of the square the model sees (its preprocessing resizes and centre-crops to it)."""
+    import timm.data
+
+    return int(timm.data.resolve_data_config({}, model=backbone.model)["input_size"][-1])
+
+
+def resize_warning(image: str | os.PathLike, size: tuple[int, int], side: int) -> str | None:
+    """One line when an image of ``size`` (w, h) is shrunk far below its size for a model that sees ``side`` px:
+    its shorter side is more than :data:`RESIZE_WARN_FACTOR` × ``side``. None otherwise."""
+    w, h = size
+    if min(w, h) <= RESIZE_WARN_FACTOR * side:
+        return None
+    return (f"{image} is {w}x{h} px; the model sees it at {side}x{side} px (shorter side shrunk "
+            f"{min(w, h) / side:.1f}x, then centre-cropped), so small text on it may not be readable to the model.")
 
 
 def classify_image(bundle: ModelBundle, image: str | os.PathLike, classes: Sequence[str],
@@ -183,37 +218,47 @@ def classify_image(bundle: ModelBundle, image: str | os.PathLike, classes: Seque
     return predict(bundle.backbone, x, emb)[0], predict(bundle.backbone, x, emb, defence)[0]
 
 
-def folder_eval(bundle: ModelBundle, directory: str | os.PathLike, defence: Defence) -> dict[str, TypoMetrics | dict]:
-    """A typographic set on disk (PAINT / RTA-100 names or a ``path,label,text`` CSV): accuracy and ASR on its
-    attacked images (and accuracy on its clean ones, rows whose text is empty or ``none``), without and with
-    ``defence``. Classes: the union of labels and written words."""
+def _folder_kinds(directory: str | os.PathLike, frame) -> list[str]:
+    """``attack``, ``control`` or ``clean`` per row of a typographic set: from ``metadata.csv``'s ``kind`` column
+    (sets written by ``defend-typo attack --control``), else ``clean`` for empty / ``none`` text, else ``attack``."""
     import pandas as pd
 
+    meta = Path(directory) / "metadata.csv"
+    if meta.is_file() and "kind" in (kinds := pd.read_csv(meta)).columns and len(kinds) == len(frame):
+        return [k if k in ("attack", "control", "clean") else "attack" for k in kinds["kind"].astype(str)]
+    texts = frame["text"].astype(str).str.strip().str.lower()
+    return ["clean" if t in ("", "none", "nan", "clean") else "attack" for t in texts]
+
+
+def folder_eval(bundle: ModelBundle, directory: str | os.PathLike, defence: Defence) -> dict[str, TypoMetrics | dict]:
+    """A typographic set on disk (PAINT / RTA-100 names or a ``path,label,text[,kind]`` CSV): accuracy and ASR on
+    its attacked images, accuracy on its clean ones (text empty or ``none``) and on its unrelated-word controls
+    (``kind`` = ``control``), without and with ``defence``; with controls, the gains and the reading-specific gain
+    (NaN without). Classes: the union of labels and written words (controls' pseudo-words are not classes)."""
     from sae_vit.io.datasets import read_typographic
 
     frame = read_typographic(directory)
-    texts = frame["text"].astype(str).str.strip().str.lower()
-    is_clean = texts.isin(["", "none", "nan", "clean"])
-    meta = Path(directory) / "metadata.csv"
-    if meta.is_file() and "kind" in (kinds := pd.read_csv(meta)).columns and len(kinds) == len(frame):
-        # sets written by `defend-typo attack --control`: keep only the attacks (controls are not classes)
-        keep = kinds["kind"].astype(str).isin(["attack", "clean"]).values
-        frame, is_clean = frame[keep].reset_index(drop=True), is_clean[keep].reset_index(drop=True)
-    classes = sorted(set(frame["label_name"]) | set(frame.loc[~is_clean, "text"]))
+    kinds = _folder_kinds(directory, frame)
+    mask = {k: torch.tensor([x == k for x in kinds]) for k in ("attack", "control", "clean")}
+    classes = sorted(set(frame["label_name"]) | {t for t, k in zip(frame["text"], kinds, strict=True) if k == "attack"})
     index = {c: i for i, c in enumerate(classes)}
     images = torch.stack([bundle.backbone.transform(open_image(p)) for p in frame["path"]])
     labels = torch.tensor([index[n] for n in frame["label_name"]])
-    written = torch.tensor([index.get(t, -1) if not c else -1 for t, c in zip(frame["text"], is_clean, strict=True)])
+    written = torch.tensor([index.get(t, -1) if k == "attack" else -1 for t, k in zip(frame["text"], kinds, strict=True)])
     emb = class_embeddings(bundle.head, classes, (TEMPLATE,))
     out: dict = {"classes": classes}
-    mask_a, mask_c = torch.tensor((~is_clean).values), torch.tensor(is_clean.values)
 
-    def rate(hit: Tensor, mask: Tensor) -> float:
-        return float(hit[mask].float().mean()) if mask.any() else float("nan")
+    def rate(hit: Tensor, m: Tensor) -> float:
+        return float(hit[m].float().mean()) if m.any() else float("nan")
 
     for name, d in (("none", Defence()), ("sae", defence)):
         pred = predict(bundle.backbone, images, emb, d).argmax(-1)
-        out[name] = {"attacked": rate(pred == labels, mask_a), "clean": rate(pred == labels, mask_c),
-                     "asr": rate(pred == written, mask_a), "n_attacked": int(mask_a.sum()),
-                     "n_clean": int(mask_c.sum())}
+        out[name] = {"attacked": rate(pred == labels, mask["attack"]), "clean": rate(pred == labels, mask["clean"]),
+                     "control": rate(pred == labels, mask["control"]), "asr": rate(pred == written, mask["attack"]),
+                     "n_attacked": int(mask["attack"].sum()), "n_clean": int(mask["clean"].sum()),
+                     "n_control": int(mask["control"].sum())}
+    none, sae = out["none"], out["sae"]
+    sae["attack_gain"] = sae["attacked"] - none["attacked"]
+    sae["control_gain"] = sae["control"] - none["control"]
+    sae["reading_gain"] = sae["attack_gain"] - sae["control_gain"]
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sae_vit.analysis.typo.attacks import AttackConfig, render_attack
+from sae_vit.analysis.typo.attacks import HELD_OUT, SAE_TRAINING_ATTACKS, AttackConfig, render_attack
 from sae_vit.analysis.typo.defences import SaeDefence
 from sae_vit.core.atomic import write_json
 from sae_vit.core.backbone import file_sha256
@@ -127,22 +127,27 @@ class AssetConfig:
     seed: int = 0
 
 
-def sae_training_images(n: int, seed: int = 0, attack: AttackConfig = AttackConfig()):
+def sae_training_images(n: int, seed: int = 0, attacks: tuple[AttackConfig, ...] = SAE_TRAINING_ATTACKS):
     """An :class:`~sae_vit.data.ImageSource` of ``n`` world images for SAE training, disjoint from every task
-    split: the toy CLIP's training distribution (a third with written words), our attack on another third."""
+    split: the toy CLIP's training distribution (a third with written words, all in black or white ink here),
+    and on another third one of ``attacks`` (drawn per image). The default ``attacks`` and the black-and-white
+    ink keep the held-out rendering family (:data:`~sae_vit.analysis.typo.attacks.HELD_OUT`) out: none of its
+    colours, its position band or its stroke width."""
     from sae_vit.io.images import ImageItem, ImageSource
     from sae_vit.world import scenes as world
 
-    scenes = world.training_scenes(n, seed + 991)
+    scenes = world.training_scenes(n, seed + 991, world.TrainingMix(p_colour_ink=0.0))
 
     def loader(i, scene):
         def load():
             image = world.render(scene)
             if i % 3 == 0 and scene.word is None and scene.shape is not None:
                 rng = np.random.default_rng([seed, i, 0x5AE])
-                image = render_attack(image, world.WRITABLE[int(rng.integers(len(world.WRITABLE)))], rng, attack)[0]
+                word = world.WRITABLE[int(rng.integers(len(world.WRITABLE)))]
+                image = render_attack(image, word, rng, attacks[int(rng.integers(len(attacks)))])[0]
             return image
         return load
 
-    return ImageSource("world", f"typo-sae-train/n={n}/seed={seed}",
-                       [ImageItem(id=f"typo:{i}", load=loader(i, s)) for i, s in enumerate(scenes)])
+    # the ids name the recipe, so a cache of another recipe is never taken for this one (see make_typo_assets)
+    return ImageSource("world", f"typo-sae-train/n={n}/seed={seed}/without={HELD_OUT}",
+                       [ImageItem(id=f"typo:{i}:without={HELD_OUT}", load=loader(i, s)) for i, s in enumerate(scenes)])
