@@ -1,6 +1,6 @@
 """Steerability by layer on the toy CLIP: SAE features, residual neurons, random directions and the null edits.
 
-    python examples/steer_layers.py [--out runs/steer_layers] [--layers 0,2,5,8,11] [--decide-at 0.5,paper]
+    python examples/steer_layers.py [--out runs/steer_layers] [--layers 0,2,5,8,11] [--decide-at 0.3,paper]
     python examples/steer_layers.py --null-curve [--layers 2,5,8]
 
 For every listed block of the toy CLIP it caches activations over synthetic-world images (train split), trains a
@@ -42,7 +42,8 @@ def null_curve(layers: list[int], n_images: int, norms=NORMS) -> pd.DataFrame:
             rows.append({"layer": layer, "token_norms": round(t, 3), "alpha": round(t * 768**0.5, 1),
                          "noise_max": round(float(nulls.noise_S[:, a].max()), 4),
                          "noise_median": round(float(nulls.noise_S[:, a].median()), 4),
-                         "erase": round(float(nulls.erase_S[a]), 4), "erase_full": round(nulls.full_S, 4)})
+                         "erase": round(float(nulls.erase_S[a]), 4), "erase_full": round(nulls.full_S, 4),
+                         "erase_full_token_norms": round(nulls.full_token_norms, 3)})
     return pd.DataFrame(rows)
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=256)
     parser.add_argument("--probe-images", type=int, default=64)
     parser.add_argument("--layers", default="0,2,5,8,11")
-    parser.add_argument("--decide-at", default="0.5,paper",
+    parser.add_argument("--decide-at", default="0.3,paper",
                         help="Decision strengths: token norms, or 'paper' (the largest alpha, 150).")
     parser.add_argument("--null-curve", action="store_true", help="Only print S of the nulls against strength.")
     parser.add_argument("--norms", default=None, help="With --null-curve: strengths in token norms (comma list).")

@@ -22,7 +22,7 @@ REFERENCE_NORM = math.sqrt(768)
 #: Default decision strength, in mean hooked-token norms (s* = DECIDE_AT × the mean norm of the tokens at the
 #: hook, in the space where the unit pushes). Chosen from the measurement of the null edits against strength
 #: on the toy CLIP (docs/steer.md, "Choosing the decision strength").
-DECIDE_AT = 0.5
+DECIDE_AT = 0.3
 
 
 @dataclass

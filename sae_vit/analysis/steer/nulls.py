@@ -44,6 +44,8 @@ class NullScores(NamedTuple):
     """[A] S of the partial erase."""
     full_S: float
     """S of the full erase."""
+    full_token_norms: float = float("nan")
+    """The full erase's mean displacement, in mean hooked-token norms (it is not norm-matched)."""
 
     def at(self, t: float) -> int:
         """Index of the strength ``t`` (token norms) in :attr:`token_norms`."""
@@ -78,7 +80,8 @@ def score_nulls(ctx: SteerContext, token_norms: Sequence[float], n_seeds: int = 
     full_dp, rest = dp[0], dp[1:].view(len(grid), 1 + n_seeds, -1)
     erase_dp, noise_dp = rest[:, 0], rest[:, 1:].transpose(0, 1)
     return NullScores(grid, noise_dp, erase_dp, full_dp, steerability(noise_dp, ctx.groups),
-                      steerability(erase_dp, ctx.groups), float(steerability(full_dp, ctx.groups)))
+                      steerability(erase_dp, ctx.groups), float(steerability(full_dp, ctx.groups)),
+                      float(dist.mean() / norm))
 
 
 def null_bar(nulls: NullScores, t: float) -> float:
@@ -118,7 +121,7 @@ def null_rows(nulls: NullScores, t: float, words: Sequence[str], attributes: Seq
         rows.append({"kind": kind, "index": index, "target": words[best],
                      "target_attribute": attributes[best] if attributes else "", "S": S,
                      "max_dp": float(dp.max()), "steerable": S > threshold, "steerable_threshold": S > threshold,
-                     "s_token_norms": float("nan") if kind == "null_erase_full" else nulls.token_norms[a],
+                     "s_token_norms": nulls.full_token_norms if kind == "null_erase_full" else nulls.token_norms[a],
                      **curve_of(kind, index)})
     return rows
 
@@ -132,7 +135,8 @@ def null_summary(nulls: NullScores, t: float, threshold: float) -> dict:
                "null_erase_full": nulls.full_S}
     return {
         **{k: {"S": v, "steerable": v > threshold} for k, v in entries.items()},
-        "null_noise_median": float(noise.median()), "null_noise_seeds": int(len(noise)), "bar": null_bar(nulls, t),
+        "null_noise_median": float(noise.median()), "null_noise_seeds": int(len(noise)),
+        "null_erase_full_token_norms": nulls.full_token_norms, "bar": null_bar(nulls, t),
         "curve": {"token_norms": nulls.token_norms, "null_noise_max": nulls.noise_S.amax(0).tolist(),
                   "null_erase": nulls.erase_S.tolist()},
     }
