@@ -115,12 +115,12 @@ def test_real_clip_path_end_to_end(tmp_path, image_dir):
     result = CliRunner().invoke(app, [
         "steer-score", "--sae", str(sae_path), "--model", name, "--weights", str(weights), "--text-embeddings",
         str(emb), "--images", str(image_dir), "--n-images", "2", "--features", "0,1,2", "--alphas", "0,150",
-        "--no-neurons", "--random-control", "2", "--out", str(out)])
+        "--no-neurons", "--random-control", "2", "--null-seeds", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     units = pd.read_csv(out / "steer_layer10_resid_post_all.csv")
     scored = units[~units.kind.str.startswith("null")]
     assert len(scored) == 5 and set(units["target"]) <= set(words)
-    assert (units.kind == "null_noise").sum() == 8 and {"null_erase", "null_erase_full"} <= set(units.kind)
+    assert (units.kind == "null_noise").sum() == 2 and {"null_erase", "null_erase_full"} <= set(units.kind)
     summary = pd.read_csv(out / "steer_summary.csv")
     assert set(summary["kind"]) == {"feature", "random", "null_noise", "null_erase", "null_erase_full"}
     assert {"alpha", "s", "s_token_norms", "strengths_token_norms"} <= set(summary.columns)
