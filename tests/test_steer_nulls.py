@@ -127,6 +127,10 @@ def test_detection_and_permutation_test():
     labels[10:, 0] = 1
     acts = torch.stack([torch.linspace(1, 0, 40), torch.zeros(40), torch.linspace(0, 1, 40)])
     assert detected_concepts(acts, labels, top=8).tolist() == [2, -1, 0]  # constant activation: no detection
+    rare = torch.zeros(1, 40)
+    rare[0, [30, 35]] = 1.0  # fires on two images only; zero-activation ties must not fill its top images
+    labels[[30, 35], 1] = 1
+    assert detected_concepts(rare, labels, top=8).tolist() == [1]
     yes, no = torch.ones(30, dtype=torch.bool), torch.zeros(30, dtype=torch.bool)
     far = permutation_test(yes, no, n_perm=2000, seed=0)
     assert far["difference"] == 1.0 and far["p"] < 0.01

@@ -133,7 +133,8 @@ def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]
     for x in layers:
         k = x["kinds"]
         f, n, rnd = k["feature"]["fraction"], k["neuron"]["fraction"], k.get("random", {}).get("fraction")
-        est_f, est_n = f * x["d_sae"], n * d_model
+        # features are sampled among those live on the probe images: the share applies to those
+        est_f, est_n = f * k["feature"].get("live_on_probe", x["d_sae"]), n * d_model
         more += est_f > est_n
         wins += f > n
         beat += rnd is None or f > rnd
@@ -150,7 +151,7 @@ def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]
     x0 = layers[0]
     text = (f"<p>Under the rule ({html.escape(x0.get('rule', 'S > threshold'))}), sampled SAE features are steerable more often than "
             f"neurons at {wins} of {n_l} layers and more often than random directions at {beat} of {n_l}; the SAE "
-            f"offers more steerable directions in total (share × width) at {more} of {n_l}. "
+            f"offers more steerable directions in total (share × features live on the probe images) at {more} of {n_l}. "
             + (f"Null edits above the threshold: {', '.join(nulls_up)}. " if nulls_up else
                "No null edit (noise, partial or full erase) is steerable by the threshold at the decision strength. "
                if x0.get("nulls") else "")
@@ -163,7 +164,7 @@ def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]
             "at s = 150; on the toy every push, the nulls included, is steerable there (docs/steer.md).</p>")
     table = _table(["layer", "α / s / token norms", "features", "neurons", "random",
                     "S of nulls (noise / erase / full erase)", "agreement: features (chance)",
-                    "agreement: random (chance)", "p (features vs random)", "steerable features (est.)",
+                    "agreement: random (chance)", "p (features vs random)", "steerable features (est., of the live)",
                     "steerable neurons", "best features → concept"], rows)
     plot = plot_steer_by_layer(layers, out / "steer" / "steer_by_layer.png")
     summary = (f"features beat neurons at {wins}/{n_l} layers, random directions at {beat}/{n_l}; more steerable "

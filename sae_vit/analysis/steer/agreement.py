@@ -30,14 +30,18 @@ def zero_shot_labels(p0: Tensor, groups: Tensor | None) -> Tensor:
 
 def detected_concepts(acts: Tensor, labels: Tensor, top: int) -> Tensor:
     """Index of the detected concept [m] for activations ``acts`` [m, N] and labels [N, V] (1 = the image shows
-    the concept); −1 for a unit whose activation is the same on every image (it detects nothing)."""
+    the concept): the largest enrichment among the unit's top ``top`` images (at most N/4) that are above its
+    minimum activation; −1 for a unit whose activation is the same on every image (it detects nothing)."""
     n = acts.shape[1]
     q = max(1, min(top, n // 4))
-    idx = acts.topk(q, dim=1).indices                       # [m, q]
-    enrichment = labels[idx].mean(1) - labels.mean(0)       # [m, V]
-    detected = enrichment.argmax(-1)
-    flat = (acts.amax(1) - acts.amin(1)) <= 1e-6 * acts.abs().amax(1).clamp_min(1e-12)
-    detected[flat] = -1
+    values, idx = acts.topk(q, dim=1)                       # [m, q]
+    # only images above the unit's minimum count: a feature that fires on 3 images has 3 top images, not 3
+    # plus 13 zero-activation ones taken in index order
+    low = acts.amin(1, keepdim=True)
+    above = (values > low + 1e-6 * (acts.amax(1, keepdim=True) - low)).float()  # [m, q]
+    share = (labels[idx] * above[..., None]).sum(1) / above.sum(1, keepdim=True).clamp_min(1)
+    detected = (share - labels.mean(0)).argmax(-1)          # largest enrichment over the base rate
+    detected[above.sum(1) == 0] = -1  # the same activation on every image: detects nothing
     return detected
 
 
