@@ -139,7 +139,9 @@ def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]
         wins += f > n
         beat += rnd is None or f > rnd
         nulls = x.get("nulls") or {}  # results of an older run have no nulls
-        nulls_up += [f"{name} (layer {x['layer']})" for name, v in nulls.items() if v["steerable"]]
+        # the strength-matched nulls; the full erase is a reference (not matched to the strength)
+        nulls_up += [f"{name} (layer {x['layer']})" for name, v in nulls.items()
+                     if v["steerable"] and name != "null_erase_full"]
         rows.append([x["layer"], _steer_strength(x), *(_steer_share(k.get(kind)) for kind in ("feature", "neuron", "random")),
                      " / ".join(f"{v['S']:.3f}" for v in nulls.values()) or "n/a",
                      *(_steer_agree(k.get(kind)) for kind in ("feature", "random")), _steer_p(x),
@@ -153,8 +155,10 @@ def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]
             f"neurons at {wins} of {n_l} layers and more often than random directions at {beat} of {n_l}; the SAE "
             f"offers more steerable directions in total (share × features live on the probe images) at {more} of {n_l}. "
             + (f"Null edits above the threshold: {', '.join(nulls_up)}. " if nulls_up else
-               "No null edit (noise, partial or full erase) is steerable by the threshold at the decision strength. "
-               if x0.get("nulls") else "")
+               "Neither strength-matched null edit (noise, partial erase) is steerable by the threshold at the "
+               "decision strength. " if x0.get("nulls") else "")
+            + ("The full erase (every hooked token replaced by the mean token; not matched to the strength) is "
+               "shown for reference. " if x0.get("nulls") else "")
             + "Steer–detect agreement (does steering move the output to the concept the unit's top probe images "
             "show?) is compared between features and random directions by a permutation test (p in the table).</p>"
             f"<p class=muted>Decision at α / s / mean token norms = {_steer_strength(x0)} (layer {x0['layer']}), "
