@@ -6,7 +6,8 @@ Run examples/steer_layers.py with the same --root first (it caches the world and
 The vocabulary is every "a {colour} {object} on {background}." caption of the world (6 colours x 8 objects x
 3 backgrounds), embedded by the toy's text tower and written as a --text-embeddings file; steer-score then
 scores 256 sampled features, the 64 residual neurons and 256 random directions at each strength (relative
-units), and this prints the steerable fractions, the S distribution per family and the most common targets.
+units; a flat vocabulary, decided at that alpha against the null edits), and this prints the steerable
+fractions, the S distribution per family and the most common targets.
 """
 
 import argparse
@@ -46,12 +47,14 @@ def main() -> None:
         for alpha in [float(v) for v in args.decide_at.split(",")]:
             out = args.root / "steer_composite" / f"layer_{layer}_alpha_{alpha:g}"
             report = score_saes([sae], model="toy", text_embeddings=emb_file, n_images=args.probe_images,
-                                     config=SteerConfig(alphas=(alpha,)), max_features=args.max_features,
+                                     config=SteerConfig(alphas=(alpha,), decide_at=None), max_features=args.max_features,
                                      random_control=args.max_features, out=out, overwrite=True)[0]
             kinds = report.summary["kinds"]
             print(f"block {layer}, alpha {alpha:g}: " + ", ".join(
                 f"{kind} {k['steerable']}/{k['scored']} ({100 * k['fraction']:.1f} %, {k['distinct_targets']} targets)"
                 for kind, k in kinds.items()))
+            print("nulls:", {k: round(report.summary["nulls"][k]["S"], 3) for k in ("null_noise", "null_erase",
+                                                                                   "null_erase_full")})
             units = pd.read_csv(next(out.glob("steer_layer*.csv")))
             print(units.groupby("kind").S.describe(percentiles=[0.5, 0.9])[["mean", "50%", "90%", "max"]])
 

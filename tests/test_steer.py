@@ -73,10 +73,10 @@ def test_steer_score_report_and_errors(tiny_backbone):
     cfg = SteerConfig(alphas=(0, 5, 40), threshold=0.01, temperature=30.0, curve_top=2)
     report = steer_score(sae, tiny_backbone, images, words, text, cfg, max_features=10, random_control=6)
     units = report.units
-    assert set(units["kind"]) == {"feature", "neuron", "random"}
+    assert set(units["kind"]) == {"feature", "neuron", "random", "null_noise", "null_erase", "null_erase_full"}
     assert (units["kind"] == "feature").sum() == 10 and (units["kind"] == "neuron").sum() == 64
     assert units["target"].isin(words).all()
-    assert units["S_alpha_40"].notna().sum() == 6  # curve for the top 2 of each kind
+    assert units.loc[~units.kind.str.startswith("null"), "S_alpha_40"].notna().sum() == 6  # top 2 of each kind
     k = report.summary["kinds"]["feature"]
     assert 0 <= k["fraction"] <= 1 and k["scored"] == 10
     # strengths are relative on a non-CLIP model: alpha 40 is scaled by the activation norm
@@ -115,10 +115,13 @@ def test_real_clip_path_end_to_end(tmp_path, image_dir):
     result = CliRunner().invoke(app, [
         "steer-score", "--sae", str(sae_path), "--model", name, "--weights", str(weights), "--text-embeddings",
         str(emb), "--images", str(image_dir), "--n-images", "2", "--features", "0,1,2", "--alphas", "0,150",
-        "--no-neurons", "--random-control", "2", "--out", str(out)])
+        "--no-neurons", "--random-control", "2", "--null-seeds", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     units = pd.read_csv(out / "steer_layer10_resid_post_all.csv")
-    assert len(units) == 5 and set(units["target"]) <= set(words)
+    scored = units[~units.kind.str.startswith("null")]
+    assert len(scored) == 5 and set(units["target"]) <= set(words)
+    assert (units.kind == "null_noise").sum() == 2 and {"null_erase", "null_erase_full"} <= set(units.kind)
     summary = pd.read_csv(out / "steer_summary.csv")
-    assert set(summary["kind"]) == {"feature", "random"}
+    assert set(summary["kind"]) == {"feature", "random", "null_noise", "null_erase", "null_erase_full"}
+    assert {"alpha", "s", "s_token_norms", "strengths_token_norms"} <= set(summary.columns)
     assert "150.0" in summary.loc[summary.kind == "feature", "strengths"].iloc[0]  # absolute: the paper's s

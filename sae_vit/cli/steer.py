@@ -36,7 +36,12 @@ def steer_score_cmd(
     strength_unit: Annotated[opt.StrengthUnit, typer.Option(
         "--strength-unit", help="auto: absolute for CLIP ViT-B/32, relative to the activation norm otherwise.")
     ] = opt.StrengthUnit.auto,
-    threshold: Annotated[float, typer.Option("--threshold", help="Steerable if S exceeds it.")] = 0.10,
+    threshold: Annotated[float, typer.Option("--threshold", help="Steerable if S exceeds it (and the nulls).")] = 0.10,
+    decide_at: Annotated[str, typer.Option(
+        "--decide-at", help="Decision strength in mean hooked-token norms, or 'paper' (the largest alpha, the "
+                            "paper's s = 150).")] = "default",
+    null_seeds: Annotated[int, typer.Option("--null-seeds", help="Draws of the noise null (its bar: the largest S).")
+                          ] = 8,
     temperature: Annotated[float, typer.Option("--temperature")] = 100.0,
     tokens: Annotated[opt.SteerTokens, typer.Option(
         "--tokens", help="Token selection to clamp: sae is the SAE's own.")] = opt.SteerTokens.sae,
@@ -64,6 +69,8 @@ def steer_score_cmd(
     check_number(temperature, "--temperature", strict=True)
     check_number(max_features, "--max-features", minimum=1)
     check_number(random_control, "--random-control")
+    check_number(null_seeds, "--null-seeds", minimum=1)
+    decide = _decision(decide_at)
     feature_list = parse_numbers(features, "--features")
     check_images(images, world)
     check_inputs(weights=weights, vocab=vocab, text_embeddings=text_embeddings)
@@ -71,7 +78,8 @@ def steer_score_cmd(
         note_default("SAEs", "every checkpoint in <workdir>/saes")
     paths = find_saes(sae)  # resolved (hf://, SAELens, sparsify) before the library checks --out
     cfg = SteerConfig(alphas=alpha_list, threshold=threshold, temperature=temperature, tokens=tokens,
-                      strength_unit=strength_unit, precision=precision)
+                      strength_unit=strength_unit, precision=precision, null_seeds=null_seeds,
+                      **({} if decide == "default" else {"decide_at": decide}))
     with LazyProgress("steering", "what") as bar:
         reports = score_saes(
             paths, model, weights, vocab, text_embeddings, images, world, n_images, cfg, feature_list,
@@ -81,21 +89,62 @@ def steer_score_cmd(
     print_steer(reports)
     if reports:
         st = reports[0].summary
-        say(f"strength unit {st['strength_unit']}; feature strengths {st['strengths'].get('feature')}; "
-            f"{st['n_images']} probe images, {st['vocabulary']} words; results in {out or workdir() / 'steer'}")
+        vocab = "per attribute (" + ", ".join(st["attributes"]) + ")" if st["attributes"] else "flat"
+        say(f"strength unit {st['strength_unit']}; sweep token norms {_round(st['strengths_token_norms']['feature'])}; "
+            f"{st['n_images']} probe images, {st['vocabulary']} words, vocabulary {vocab}; "
+            f"results in {out or workdir() / 'steer'}")
+        say(f"rule: {st['rule']}")
+
+
+def _decision(text: str) -> float | None | str:
+    """--decide-at: ``default``, ``paper`` (None: the largest alpha) or a positive number of token norms."""
+    if text in ("default", "paper"):
+        return None if text == "paper" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        from sae_vit.core.errors import SaeVitError
+
+        raise SaeVitError(f"--decide-at must be a positive number of mean token norms (e.g. 0.3) or 'paper', "
+                          f"not {text!r}.")
+    return value
+
+
+def _round(xs) -> list[float]:
+    return [round(x, 3) for x in xs]
+
+
+def _fmt(x, digits: int = 1, pct: bool = True) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
 
 
 def print_steer(reports) -> None:
-    """The steerability table of :class:`~sae_vit.analysis.steer.SteerReport` s and their top features."""
-    cols = ("layer", "tokens", "units", "scored", "steerable", "%", "distinct targets")
-    rows, tops = [], []
+    """The steerability table of :class:`~sae_vit.analysis.steer.SteerReport` s (families and nulls, at the
+    decision strength, with α, s and token norms), the agreement tests and the top features."""
+    cols = ("layer", "tokens", "units", "alpha", "s", "token norms", "scored", "steerable", "%", "S > thr %",
+            "agree %", "chance %", "S (nulls)")
+    rows, tops, tests = [], [], []
     for r in reports:
         s = r.summary
         feats = r.units[(r.units.kind == "feature")].head(3)
         tops.append(f"layer {s['layer']} ({s['steer_tokens']}): " + ", ".join(
             f"{int(i)} -> {t} (S {v:.2f})" for i, t, v in zip(feats["index"], feats["target"], feats["S"], strict=True)))
-        rows += [(s["layer"], s["steer_tokens"], kind, k["scored"], k["steerable"],
-                  f"{100 * k['fraction']:.1f}", k["distinct_targets"]) for kind, k in s["kinds"].items()]
+        rows += [(s["layer"], s["steer_tokens"], kind, f"{k['alpha']:.1f}", f"{k['s']:.2f}",
+                  f"{k['s_token_norms']:.2f}", k["scored"], k["steerable"], _fmt(k["fraction"]),
+                  _fmt(k["fraction_threshold"]), _fmt(k["agreement"]), _fmt(k["chance"]), "")
+                 for kind, k in s["kinds"].items()]
+        t = s["decision"]["token_norms"]
+        rows += [(s["layer"], s["steer_tokens"], kind, "", "", "" if kind == "null_erase_full" else f"{t:.2f}", "",
+                  int(n["steerable"]), "", "", "", "", f"{n['S']:.3f}")
+                 for kind, n in ((k, s["nulls"][k]) for k in ("null_noise", "null_erase", "null_erase_full"))]
+        tests += [f"layer {s['layer']} {name}: agreement difference {_fmt(x['difference'])} points, p = "
+                  f"{_fmt(x['p'], 4, pct=False)} ({x['n_perm']} permutations, n = {x['n']})"
+                  for name, x in s["agreement_tests"].items()]
     result(steer=[r.summary for r in reports])
-    print_table("Steerability (S > threshold at the largest strength)", cols, rows, left=cols)
+    print_table("Steerability at the decision strength (steerable: S > threshold and S > the nulls; a null's "
+                "'steerable' is S > threshold)", cols, rows, left=("layer", "tokens", "units"))
+    for line in tests:
+        say(line)
     say("top features: " + "; ".join(tops))

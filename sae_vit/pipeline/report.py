@@ -123,43 +123,78 @@ def plot_steer_by_layer(layers: list[dict], path: Path) -> Path | None:
 
 
 def steer_claim(out: Path, r: dict | None, d_model: int) -> tuple[str, str, str]:
-    """(verdict, summary, section) of steerability: features against neurons and random directions."""
+    """(verdict, summary, section) of steerability: features against neurons, random directions and the null
+    edits, at the decision strength, with the steer–detect agreement test."""
     title = "2. Many more steerable directions with an SAE than with neurons"
     if not r or not r["layers"]:
         return "not run", "steer-score was skipped", _section("steer", title, "not run", "<p>Skipped.</p>")
     layers = r["layers"]
-    rows, more, wins, close = [], 0, 0, []
+    rows, more, wins, beat, nulls_up = [], 0, 0, 0, []
     for x in layers:
         k = x["kinds"]
         f, n, rnd = k["feature"]["fraction"], k["neuron"]["fraction"], k.get("random", {}).get("fraction")
-        est_f, est_n = f * x["d_sae"], n * d_model
+        # features are sampled among those live on the probe images: the share applies to those
+        est_f, est_n = f * k["feature"].get("live_on_probe", x["d_sae"]), n * d_model
         more += est_f > est_n
         wins += f > n
-        if rnd is not None and rnd >= 0.75 * f:
-            close.append(str(x["layer"]))
-        top = ", ".join(f"{t['index']} → {t['target']}" for t in x["top"][:3])
-        rows.append([x["layer"], f"{k['feature']['steerable']}/{k['feature']['scored']} ({_pct(f)})",
-                     f"{k['neuron']['steerable']}/{k['neuron']['scored']} ({_pct(n)})",
-                     "n/a" if rnd is None else f"{k['random']['steerable']}/{k['random']['scored']} ({_pct(rnd)})",
-                     f"≈{est_f:.0f} of {x['d_sae']}", f"≈{est_n:.0f} of {d_model}", top])
+        beat += rnd is None or f > rnd
+        nulls = x.get("nulls") or {}  # results of an older run have no nulls
+        # the strength-matched nulls; the full erase is a reference (not matched to the strength)
+        nulls_up += [f"{name} (layer {x['layer']})" for name, v in nulls.items()
+                     if v["steerable"] and name != "null_erase_full"]
+        rows.append([x["layer"], _steer_strength(x), *(_steer_share(k.get(kind)) for kind in ("feature", "neuron", "random")),
+                     " / ".join(f"{v['S']:.3f}" for v in nulls.values()) or "n/a",
+                     *(_steer_agree(k.get(kind)) for kind in ("feature", "random")), _steer_p(x),
+                     f"≈{est_f:.0f} of {x['d_sae']}", f"≈{est_n:.0f} of {d_model}",
+                     ", ".join(f"{t['index']} → {t['target']}" for t in x["top"][:3])])
     n_l = len(layers)
-    verdict = "reproduced" if more == n_l and wins == n_l else "partly reproduced" if more or wins else "not reproduced"
-    a = layers[0]["alphas"]
-    text = (f"<p>Sampled SAE features are steerable more often than neurons at {wins} of {n_l} layers, and the "
-            f"SAE offers more steerable directions in total at {more} of {n_l} layers (share × width). "
-            + (f"Random directions in the SAE's activation space are nearly as steerable (≥ 75 % of the features' "
-               f"share) at layer(s) {', '.join(close)}: on the toy, much of the gain is the number of directions "
-               "rather than their choice. " if close else "")
-            + f"</p><p class=muted>Strengths α ∈ {a} relative to the activation scale, threshold S > "
-            f"{layers[0]['threshold']}, {layers[0]['n_images']} probe images, a {layers[0]['vocabulary']}-word "
-            "vocabulary. The paper decides at s = 150; on the toy every direction, random ones included, saturates "
-            "that small vocabulary well before it, so the demo stops at α = 20.</p>")
-    table = _table(["layer", "features", "neurons", "random", "steerable features (est.)", "steerable neurons",
-                    "best features → concept"], rows)
+    ok = more == n_l and wins == n_l and beat == n_l and not nulls_up
+    verdict = "reproduced" if ok else "partly reproduced" if (more or wins) and beat else "not reproduced"
+    x0 = layers[0]
+    text = (f"<p>Under the rule ({html.escape(x0.get('rule', 'S > threshold'))}), sampled SAE features are steerable more often than "
+            f"neurons at {wins} of {n_l} layers and more often than random directions at {beat} of {n_l}; the SAE "
+            f"offers more steerable directions in total (share × features live on the probe images) at {more} of {n_l}. "
+            + (f"Null edits above the threshold: {', '.join(nulls_up)}. " if nulls_up else
+               "Neither strength-matched null edit (noise, partial erase) is steerable by the threshold at the "
+               "decision strength. " if x0.get("nulls") else "")
+            + ("The full erase (every hooked token replaced by the mean token; not matched to the strength) is "
+               "shown for reference. " if x0.get("nulls") else "")
+            + "Steer–detect agreement (does steering move the output to the concept the unit's top probe images "
+            "show?) is compared between features and random directions by a permutation test (p in the table).</p>"
+            f"<p class=muted>Decision at α / s / mean token norms = {_steer_strength(x0)} (layer {x0['layer']}), "
+            f"threshold S > {x0['threshold']}, {x0['n_images']} probe images, {x0['vocabulary']} concepts"
+            + (f" scored within their attribute ({', '.join(x0['attributes'])})" if x0.get("attributes") else "")
+            + f"; curves sweep α ∈ {x0['alphas']}. The paper decides "
+            "at s = 150; on the toy every push, the nulls included, is steerable there (docs/steer.md).</p>")
+    table = _table(["layer", "α / s / token norms", "features", "neurons", "random",
+                    "S of nulls (noise / erase / full erase)", "agreement: features (chance)",
+                    "agreement: random (chance)", "p (features vs random)", "steerable features (est., of the live)",
+                    "steerable neurons", "best features → concept"], rows)
     plot = plot_steer_by_layer(layers, out / "steer" / "steer_by_layer.png")
-    summary = f"features beat neurons at {wins}/{n_l} layers; more steerable directions at {more}/{n_l}"
+    summary = (f"features beat neurons at {wins}/{n_l} layers, random directions at {beat}/{n_l}; more steerable "
+               f"directions at {more}/{n_l}; nulls steerable: {len(nulls_up)}")
     return verdict, summary, _section("steer", title, verdict, text, table,
                                       _img(out, _rel(plot, out), "steerable share by layer"))
+
+
+def _steer_strength(x: dict) -> str:
+    d = x.get("decision")
+    if d is None:
+        return "n/a"
+    return f"{d['alpha']:.1f} / {d['s']:.2f} / {d['token_norms']:.2f}"
+
+
+def _steer_share(k: dict | None) -> str:
+    return "n/a" if k is None else f"{k['steerable']}/{k['scored']} ({_pct(k['fraction'])})"
+
+
+def _steer_agree(k: dict | None) -> str:
+    return "n/a" if k is None or k.get("agreement") is None else f"{_pct(k['agreement'])} ({_pct(k['chance'])})"
+
+
+def _steer_p(x: dict) -> str:
+    test = (x.get("agreement_tests") or {}).get("feature_vs_random")
+    return "n/a" if not test or test["p"] is None else f"{test['p']:.3g}"
 
 
 def _rel(path, out: Path) -> str | None:

@@ -607,3 +607,19 @@ def sample_grid(scenes: Sequence[Scene], columns: int = 8, scale: int = 2) -> Im
         img = render(scene).resize((s, s), Image.Resampling.NEAREST)
         grid.paste(img, ((i % columns) * s, (i // columns) * s))
     return grid
+
+
+# --------------------------------------------------------------------------------------------- concepts
+
+
+def concept_attributes() -> dict[str, tuple[str, ...]]:
+    """The world's concept words by attribute (object, colour, background, size): steer-score's default
+    vocabulary scores each attribute's concepts among themselves."""
+    return {"object": OBJECTS, "colour": tuple(COLOURS), "background": BACKGROUNDS, "size": SIZES}
+
+
+def scene_concepts(scene: Scene) -> tuple[str, ...]:
+    """The concept words a scene shows (its object, colour, background and size; no object for a word-only
+    image): ground-truth labels for the concepts of :func:`concept_attributes`."""
+    shown = (scene.colour, scene.background, scene.size_word)
+    return shown if scene.shape is None else (scene.shape, *shown)
