@@ -56,19 +56,33 @@ def print_sparsity(sparsity) -> None:
     """The table of a :class:`~sae_vit.analysis.sparsity.SparsityResult`; columns equal for every SAE go into the
     title, so the table fits a terminal."""
     rows = sparsity.rows
-    same = {c: rows[c].iloc[0] for c in ("site", "architecture", "d_sae", "evaluated_on") if rows[c].nunique() == 1}
+    from sae_vit.analysis.sparsity import MIN_EVAL_TOKENS
+
+    rows = rows.assign(recipe=[f"k {r['k']:.0f}" if r["architecture"] == "topk" else f"L1 {r['l1_coefficient']:g}"
+                               for r in rows.to_dict("records")])
+    same = {c: rows[c].iloc[0] for c in ("site", "architecture", "d_sae", "recipe", "evaluated_on")
+            if rows[c].nunique() == 1}
     title = "SAE sparsity (held-out tokens" + "".join(f"; {k} {v}" for k, v in same.items()) + ")"
     cols = [("layer", "layer"), ("tokens", "tokens"), ("site", "site"), ("arch", "architecture"),
-            ("d_sae", "d_sae"), ("L0", "l0"), ("FVU", "fvu"), ("MSE", "mse"), ("dead %", "dead_fraction"),
-            ("dense %", "dense_fraction"), ("eval", "evaluated_on")]
+            ("d_sae", "d_sae"), ("recipe", "recipe"), ("L0", "l0"), ("FVU", "fvu"), ("MSE", "mse"),
+            ("dead %", "dead_fraction"), ("dense %", "dense_fraction"), ("held-out", "n_eval_tokens"),
+            ("eval", "evaluated_on")]
     cols = [(name, key) for name, key in cols if key not in same]
     fmt = {"l0": "{:.1f}", "fvu": "{:.3f}", "mse": "{:.3g}"}
 
     def cell(key, v) -> str:
         return f"{100 * v:.1f}" if key.endswith("_fraction") else fmt.get(key, "{}").format(v)
 
-    records = rows.to_dict("records")
+    def held_out(r) -> str:
+        return f"{r['n_eval_tokens']}" + ("" if r["reliable"] else " (few)")
+
+    records = sparsity.rows.to_dict("records")
     result(rows=records, csv=str(sparsity.csv_path), plot=str(sparsity.plot_path) if sparsity.plot_path else None)
-    print_table(title, [name for name, _ in cols], [[cell(key, r[key]) for _, key in cols] for r in records],
-                left=("tokens", "site", "arch", "eval"))
+    shown = rows.to_dict("records")
+    print_table(title, [name for name, _ in cols],
+                [[held_out(r) if key == "n_eval_tokens" else cell(key, r[key]) for _, key in cols] for r in shown],
+                left=("tokens", "site", "arch", "recipe", "held-out", "eval"))
+    if not rows["reliable"].all():
+        say(f"(few): fewer than {MIN_EVAL_TOKENS} held-out tokens, so dead % and L0 are unreliable; cache more "
+            "images (one CLS token each).")
     say(f"table -> {sparsity.csv_path}" + (f", plot -> {sparsity.plot_path}" if sparsity.plot_path else ""))
