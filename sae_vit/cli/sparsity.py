@@ -15,8 +15,10 @@ def sparsity_cmd(
     saes: Annotated[list[str] | None, typer.Argument(
         help=f"SAEs: each {opt.SAE_HELP}; a folder of several is searched for *.safetensors. "
              "Default: <workdir>/saes.")] = None,
-    cache: Annotated[Path | None, typer.Option(
-        "--cache", help="Evaluate on this cache's held-out images (default: <workdir>/cache when present).")] = None,
+    cache: Annotated[list[Path] | None, typer.Option(
+        "--cache", help="Evaluate on this cache's held-out images (default: <workdir>/cache when present). "
+                        "Repeatable: each SAE on the cache it was trained on, else the first that matches (e.g. "
+                        "a demo's cache and cache_cls).")] = None,
     grid: Annotated[bool, typer.Option(
         "--grid", help="Train one SAE per layer x token selection of the cache first (missing ones only).")] = False,
     layers: Annotated[str | None, typer.Option("--layers", help="With --grid: layers (default: all cached).")] = None,
@@ -27,6 +29,13 @@ def sparsity_cmd(
     k: opt.K = 32,
     l1_coefficient: opt.L1 = 8e-5,
     expansion: opt.Expansion = 16,
+    lr: Annotated[str, typer.Option(
+        "--lr", help="With --grid: peak learning rate, or 'auto' (as `saevit train`).")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="With --grid: tokens per step.")] = 4096,
+    seed: opt.Seed = 0,
+    sae_dir: Annotated[Path | None, typer.Option(
+        "--sae-dir", help="With --grid: where the SAEs go (layer_{L}/{tokens}/sae.safetensors). "
+                          "Default: <workdir>/saes.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="CSV path. Default: <workdir>/sparsity.csv.")] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Also write a PNG of L0 by layer.")] = True,
     allow_incomplete: Annotated[bool, typer.Option(
@@ -37,17 +46,24 @@ def sparsity_cmd(
     """Table of L0, FVU, MSE, dead % and dense % per layer and token selection (the paper's sparsity
     analysis).
 
-    --architecture, --k, --l1-coefficient and --expansion are the recipe of the SAEs --grid trains.
+    --architecture, --k, --l1-coefficient, --expansion, --lr, --batch-size and --seed are the recipe of the SAEs
+    --grid trains.
     """
     import sae_vit.pipeline as api
+    from sae_vit.cli.cache import parse_lr
+    from sae_vit.core.errors import SaeVitError
     from sae_vit.core.train import TrainConfig
 
     check_number(l1_coefficient, "--l1-coefficient")
-    config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion)
+    config = TrainConfig(architecture=architecture, k=k, l1_coefficient=l1_coefficient, expansion=expansion,
+                         lr=parse_lr(lr), batch_size=batch_size, seed=seed)
     config.validate()
+    if grid and cache and len(cache) > 1:
+        raise SaeVitError("--grid trains from one cache; pass --cache once (several are for evaluating SAEs).")
+    caches = None if not cache else cache[0] if len(cache) == 1 else list(cache)
     layer_list = parse_layers(layers)
-    table = api.sparsity(saes, cache, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
-                          n_tokens, out, plot, overwrite, progress=note, config=config,
+    table = api.sparsity(saes, caches, grid, None if layer_list == "all" else layer_list, parse_names(tokens),
+                          n_tokens, out, plot, overwrite, progress=note, config=config, sae_dir=sae_dir,
                           allow_incomplete=allow_incomplete)
     print_sparsity(table)
 
