@@ -48,7 +48,7 @@ class DemoConfig:
     """Active latents per token (TopK)."""
     relu_l1: float = 1e-3
     """L1 coefficient of the ReLU+L1 SAEs (the paper's architecture), whose L0 judges the sparsity claim; 0 skips
-    them. docs/sparsity.md has the sweep it was picked from (the paper's 8e-5 gives L0 ~180 of 512 on the toy)."""
+    them. docs/sparsity.md has the sweep it was picked from (the paper's 8e-5 gives L0 160–195 of 512 on the toy)."""
     relu_n_tokens: int = 200_000
     """Training tokens per ReLU+L1 SAE."""
     relu_lr: float = 4e-3
