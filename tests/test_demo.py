@@ -13,10 +13,11 @@ from sae_vit.pipeline.demo import DemoConfig, run_demo
 
 #: Every step, at sizes a test can afford.
 REDUCED = DemoConfig(n_images=80, layers=(2, 8), tokens=("cls", "patches", "all"), n_tokens=20_000,
-                     steer_features=8, steer_images=4, suppress_images=80, suppress_n_features=(2, 8),
+                     cls_images=200, relu_n_tokens=10_000, steer_features=8, steer_images=4, suppress_images=80, suppress_n_features=(2, 8),
                      typo_images=24, inspect_features=6, inspect_images=32, inspect_top_images=3)
 #: Only the expensive products (cache and SAEs) and the page.
-MINIMAL = DemoConfig(n_images=80, layers=(2,), tokens=("cls",), n_tokens=20_000, steer_features=0,
+MINIMAL = DemoConfig(n_images=80, layers=(2,), tokens=("cls",), n_tokens=20_000, cls_images=120,
+                     relu_n_tokens=5_000, steer_features=0,
                      suppress_images=0, typo_images=0, inspect_features=0)
 
 
@@ -42,9 +43,30 @@ def test_reduced_demo_runs_every_step_and_reports_its_numbers(tmp_path):
     assert f"from {_pct(zs['none']['test_worst'])} to {_pct(zs['sae']['test_worst'])}" in text
     assert f"from {_pct(metrics['none']['attacked'])} to {_pct(metrics['sae']['attacked'])}" in text
     assert "10.5 %" in text  # the paper's share of steerable features, beside the toy's
+    _check_sparsity(out, r["sparsity"], text)
     srcs = re.findall(r"<img src='([^']*)'", text)
     assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)  # self-contained
     assert "http://" not in text and "https://" not in text
+
+
+def _check_sparsity(out, sp, text):
+    """ReLU+L1 SAEs per layer x {cls, patches} are trained, measured (CLS on the CLS cache's held-out tokens) and
+    judged with their bootstrap intervals; rows on too few held-out tokens are flagged, in the results and page."""
+    relu = [x for x in sp["rows"] if x["architecture"] == "relu"]
+    assert sorted((x["layer"], x["tokens"]) for x in relu) == [(2, "cls"), (2, "patches"), (8, "cls"), (8, "patches")]
+    assert all((out / "saes_relu" / f"layer_{x['layer']:.0f}" / x["tokens"] / "sae.safetensors").is_file() for x in relu)
+    assert all(x["l0"] is not None and x["l1_coefficient"] == REDUCED.relu_l1 for x in relu)
+    cls = [x for x in sp["rows"] if x["tokens"] == "cls"]
+    assert all(x["n_eval_tokens"] == REDUCED.cls_images // 20 for x in cls)  # the CLS cache's held-out images
+    assert all(x["reliable"] is (x["n_eval_tokens"] >= sp["min_eval_tokens"]) for x in sp["rows"])
+    assert not any(x["reliable"] for x in cls) and "(few: unreliable)" in text
+    assert [c["layer"] for c in sp["patches_vs_cls"]] == [2, 8] and sp["cls_depth"]["last"] == 8
+    for c in [*sp["patches_vs_cls"], sp["cls_depth"]]:
+        assert c["lo"] <= c["ratio"] <= c["hi"] and isinstance(c["holds"], bool)
+        assert f"{c['lo']:.2f}–{c['hi']:.2f}" in text
+    assert f"ReLU+L1, L1 = {REDUCED.relu_l1:g}" in text and "L0 is k by" in text
+    for x in relu:
+        assert f"<td>{x['l0']:.1f}</td>" in text
 
 
 def _mtimes(out):

@@ -198,7 +198,7 @@ def test_cli_waterbirds_layout(tiny_vit, tiny_saes, text_file, tmp_path):
     data = write_waterbirds(tmp_path / "wb")
     args = ["suppress", "--data", str(data), "--task", "waterbirds", "--model", tiny_vit[0], "--weights",
             str(tiny_vit[1]), "--text-embeddings", str(text_file), "--n-features", "1,2", "--n-random", "2",
-            "--out", str(tmp_path / "out")]
+            "--no-extend-n", "--out", str(tmp_path / "out")]
     for p in tiny_saes:
         args += ["--sae", str(p)]
     res = CliRunner().invoke(app, args)
@@ -342,3 +342,38 @@ def test_matched_random_features_follow_the_chosen_ones_statistic():
     uniform = alive[torch.randperm(len(alive), generator=g)[:10]]
     assert gap < 0.1 < (key[uniform].sort().values - key[chosen].sort().values).abs().mean()
     assert MATCH_POOL >= 2  # a pool, so draws differ
+
+
+def _val(rows):
+    return pd.DataFrame([{"eval": how, "method": "sae", "layer": layer, "n": n, "worst": w, "avg": w}
+                         for how, layer, n, w in rows])
+
+
+def test_n_sweep_extends_while_the_edge_is_best():
+    """The N rule: a layer whose validation-best N is the largest tried gets twice that N (at most its live
+    features); a layer whose best is inside the sweep, or whose edge is every live feature, gets nothing."""
+    from sae_vit.analysis.suppress.run import extend_n_features
+
+    val = _val([("zero_shot", 2, 4, 0.2), ("zero_shot", 2, 16, 0.5), ("zero_shot", 2, 64, 0.7),   # edge best
+                ("zero_shot", 5, 4, 0.2), ("zero_shot", 5, 16, 0.6), ("zero_shot", 5, 64, 0.5),   # inside
+                ("zero_shot", 8, 4, 0.2), ("zero_shot", 8, 64, 0.9)])                             # edge = all live
+    new = extend_n_features(val, {2: 100, 5: 512, 8: 64}, ["zero_shot"])
+    assert new == [Condition("sae", 2, 100)]  # 2 x 64 capped at the 100 live features
+    tie = _val([("zero_shot", 2, 16, 0.7), ("zero_shot", 2, 64, 0.7)])  # a tie goes to the smaller N: not the edge
+    assert extend_n_features(tie, {2: 512}, ["zero_shot"]) == []
+    probe_edge = _val([("zero_shot", 2, 16, 0.7), ("zero_shot", 2, 64, 0.5), ("probe", 2, 16, 0.1),
+                       ("probe", 2, 64, 0.3)])  # any evaluation at the edge extends the layer
+    assert extend_n_features(probe_edge, {2: 512}, ["zero_shot", "probe"]) == [Condition("sae", 2, 128)]
+
+
+def test_extended_sweep_never_chooses_its_edge(tiny_vit, tiny_saes, text_file, tmp_path):
+    """End to end: the N values tried are recorded per layer, and each evaluation's chosen N is below the largest
+    tried at its layer unless that is every live feature."""
+    data = write_waterbirds(tmp_path / "wb")
+    result, _ = _run(tiny_vit, tiny_saes, text_file, data, "waterbirds", tmp_path / "out",
+                     cfg_kw={"probe": False})
+    s = result.summary
+    assert set(s["n_tried"]) == {str(layer) for layer in s["layers"]} and s["n_live"]
+    for chosen in s["chosen"].values():
+        layer, n = str(chosen["layer"]), chosen["n"]
+        assert n < max(s["n_tried"][layer]) or n == s["n_live"][layer]

@@ -1,22 +1,48 @@
 """The paper's sparsity analysis: L0, FVU, MSE, dead and dense fractions per layer and token type.
 
-Checkpoints are evaluated on the held-out images of a cache when one matches them (same model and hook);
-otherwise the held-out metrics stored in the checkpoint at training time are reported, and the table says so.
+Checkpoints are evaluated on the held-out images of a cache when one matches them (same model and hook; of
+several caches, the one the SAE was trained on); otherwise the held-out metrics stored in the checkpoint at
+training time are reported, and the table says so. A row measured on fewer than :data:`MIN_EVAL_TOKENS` held-out
+tokens is flagged ``reliable = False``.
+
+:func:`density_contrast` compares mean L0 between two sets of held-out tokens (patches against CLS, a deep
+layer's CLS against a shallow one's) with a bootstrap interval, so that a verdict on the paper's density
+pattern needs more than run-to-run noise.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sae_vit.core.defaults import default_cache_dir, workdir
 from sae_vit.core.errors import SaeVitError
 
-COLUMNS = ["layer", "tokens", "site", "architecture", "d_sae", "k", "l0", "fvu", "mse", "dead_fraction",
-           "dense_fraction", "n_eval_tokens", "evaluated_on", "path"]
+COLUMNS = ["layer", "tokens", "site", "architecture", "d_sae", "k", "l1_coefficient", "l0", "fvu", "mse",
+           "dead_fraction", "dense_fraction", "n_eval_tokens", "reliable", "evaluated_on", "path"]
+
+#: A latent that fires on this fraction of tokens ...
+RARE_RATE = 0.01
+#: ... should be missed (counted dead) by the held-out set with at most this probability.
+MISS_PROBABILITY = 0.02
+
+
+def min_eval_tokens(rate: float = RARE_RATE, miss: float = MISS_PROBABILITY) -> int:
+    """Held-out tokens below which a row's metrics are flagged unreliable: the smallest n for which a latent
+    firing on ``rate`` of tokens fires at least once with probability 1 - ``miss`` ((1 - rate)^n <= miss). With
+    fewer, dead % counts live latents as dead and L0 / FVU rest on a handful of images."""
+    return math.ceil(math.log(miss) / math.log(1 - rate))
+
+
+#: Held-out tokens a row needs to be marked reliable (390 with the defaults).
+MIN_EVAL_TOKENS = min_eval_tokens()
+#: The density verdict's margin: a ratio of mean L0 counts only when its whole bootstrap interval exceeds this.
+DENSITY_MARGIN = 1.05
 
 
 @dataclass
@@ -28,24 +54,72 @@ class SparsityResult:
     csv_path: Path
     plot_path: Path | None
     """The PNG of L0 by layer per token type, or None when matplotlib is not installed or plotting is off."""
+    token_l0: dict[str, np.ndarray] | None = None
+    """Per SAE path evaluated on a cache: the active-latent count of each held-out token (for
+    :func:`density_contrast`)."""
 
 
-def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000) -> dict:
-    """One table row for the SAE at ``path``: evaluated on ``reader``'s held-out split when it matches."""
+def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000, token_l0: dict | None = None) -> dict:
+    """One table row for the SAE at ``path``: evaluated on the held-out split of ``reader`` (a CacheReader, or a
+    list of them: the one the SAE was trained on, else the first that matches) when one matches. With
+    ``token_l0`` (a dict), the per-token active counts of a cache evaluation are stored in it under the path."""
     from sae_vit.core.metrics import evaluate
     from sae_vit.core.sae import SAE
 
     sae = SAE.load(path)
     c = sae.cfg
     row = {"layer": c.layer, "tokens": c.tokens, "site": c.site, "architecture": c.architecture, "d_sae": c.d_sae,
-           "k": c.k, "path": str(path)}
+           "k": c.k, "l1_coefficient": c.l1_coefficient, "path": str(path)}
     keys = ("l0", "fvu", "mse", "dead_fraction", "dense_fraction")
-    if reader is not None and _matches(sae, reader):
+    reader = _pick_reader(sae, reader)
+    if reader is not None:
         acts = reader.load(c.layer, c.tokens, "eval", max_tokens=max_tokens)
         metrics = evaluate(sae, acts)
-        return {**row, **{k: metrics[k] for k in keys}, "n_eval_tokens": len(acts), "evaluated_on": "cache"}
-    return {**row, **{k: c.training.get(k, float("nan")) for k in keys},
-            "n_eval_tokens": c.training.get("eval_tokens", 0), "evaluated_on": "checkpoint"}
+        if token_l0 is not None:
+            token_l0[str(path)] = active_counts(sae, acts)
+        return {**row, **{k: metrics[k] for k in keys}, "n_eval_tokens": len(acts),
+                "reliable": len(acts) >= MIN_EVAL_TOKENS, "evaluated_on": "cache"}
+    n_eval = c.training.get("eval_tokens", 0)
+    return {**row, **{k: c.training.get(k, float("nan")) for k in keys}, "n_eval_tokens": n_eval,
+            "reliable": n_eval >= MIN_EVAL_TOKENS, "evaluated_on": "checkpoint"}
+
+
+def _pick_reader(sae, readers):
+    """Of ``readers`` (one, a list, or None), the one ``sae`` was trained on if it matches, else the first match."""
+    readers = [r for r in ([] if readers is None else readers if isinstance(readers, list) else [readers])
+               if _matches(sae, r)]
+    trained_on = sae.cfg.training.get("cache")
+    same = [r for r in readers if trained_on is not None and Path(r.root).resolve() == Path(trained_on).resolve()]
+    return (same or readers or [None])[0]
+
+
+def active_counts(sae, acts, batch_size: int = 8192) -> np.ndarray:
+    """[n] number of active latents of ``sae`` on each token of ``acts`` [n, d_in]."""
+    import torch
+
+    device = next(sae.parameters()).device
+    with torch.no_grad():
+        counts = [(sae.encode(x.to(device=device, dtype=torch.float32)) > 0).sum(-1).cpu()
+                  for x in acts.split(batch_size)]
+    return torch.cat(counts).numpy() if counts else np.zeros(0, dtype=np.int64)
+
+
+def density_contrast(dense: np.ndarray, sparse: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                     margin: float = DENSITY_MARGIN, level: float = 0.95) -> dict:
+    """Is ``dense`` (per-token L0 of one set of held-out tokens) denser than ``sparse`` (another)?
+
+    Returns the ratio of mean L0, its ``level`` bootstrap interval (each set resampled with replacement,
+    ``n_boot`` times) and ``holds``: the whole interval lies above ``margin``. The margin absorbs what the
+    bootstrap cannot see: two trainings of the same recipe differ by a few per cent."""
+    dense, sparse = np.asarray(dense, dtype=np.float64), np.asarray(sparse, dtype=np.float64)
+    ratio = float(dense.mean() / max(sparse.mean(), 1e-12))
+    rng = np.random.default_rng(seed)
+    a = dense[rng.integers(0, len(dense), (n_boot, len(dense)))].mean(1)
+    b = sparse[rng.integers(0, len(sparse), (n_boot, len(sparse)))].mean(1)
+    boot = a / np.maximum(b, 1e-12)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return {"ratio": ratio, "lo": float(lo), "hi": float(hi), "holds": bool(lo > margin), "margin": margin,
+            "n_dense": len(dense), "n_sparse": len(sparse), "n_boot": n_boot}
 
 
 def _matches(sae, reader) -> bool:
@@ -64,27 +138,32 @@ def check_out(out: str | os.PathLike | None, overwrite: bool) -> Path:
     return out
 
 
-def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | None = None,
+def run(saes: list[str | os.PathLike] | None = None, cache: str | os.PathLike | list | None = None,
         out: str | os.PathLike | None = None, plot: bool = True, overwrite: bool = False) -> SparsityResult:
     """Build the sparsity table of ``saes`` (default: every SAE in the working folder), evaluated on the held-out
-    split of ``cache`` (default: the working folder's, when present) where it matches; write the CSV and plot."""
+    split of ``cache`` (default: the working folder's, when present; a list: each SAE on the one it was trained
+    on, else the first that matches) where it matches; write the CSV and plot."""
     from sae_vit.core.atomic import write_csv
     from sae_vit.core.backbone import TOKENS
     from sae_vit.io.cache import CacheReader
     from sae_vit.io.resolve import find_saes
 
-    cache_dir = Path(cache) if cache is not None else default_cache_dir()
-    reader = CacheReader(cache_dir) if (cache is not None or (cache_dir / "manifest.json").exists()) else None
+    if isinstance(cache, list | tuple):
+        reader = [CacheReader(c) for c in cache]
+    else:
+        cache_dir = Path(cache) if cache is not None else default_cache_dir()
+        reader = CacheReader(cache_dir) if (cache is not None or (cache_dir / "manifest.json").exists()) else None
     paths = find_saes(saes)
     out = check_out(out, overwrite)
-    rows = [evaluate_checkpoint(p, reader) for p in paths]
+    token_l0: dict[str, np.ndarray] = {}
+    rows = [evaluate_checkpoint(p, reader, token_l0=token_l0) for p in paths]
     order = {t: i for i, t in enumerate(TOKENS)}
     df = pd.DataFrame(rows, columns=COLUMNS)
-    df = df.sort_values(["site", "layer", "tokens"], key=lambda s: s.map(order) if s.name == "tokens" else s,
-                        ignore_index=True)
+    df = df.sort_values(["site", "architecture", "layer", "tokens"],
+                        key=lambda s: s.map(order) if s.name == "tokens" else s, ignore_index=True)
     write_csv(out, df)
     plot_path = plot_l0(df, out.with_suffix(".png")) if plot else None
-    return SparsityResult(df, out, plot_path)
+    return SparsityResult(df, out, plot_path, token_l0)
 
 
 def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
@@ -94,15 +173,17 @@ def plot_l0(df: pd.DataFrame, path: Path) -> Path | None:
 
     panels = [("fvu", "FVU (fraction of variance unexplained)", 1.0), ("l0", "L0 (active latents per token)", 1.0),
               ("dead_fraction", "dead latents (%)", 100.0)]
-    styles = {"cls": ("tab:blue", "o", "-"), "patches": ("tab:orange", "s", "--"), "all": ("tab:green", "^", ":")}
+    styles = {"cls": ("tab:blue", "o"), "patches": ("tab:orange", "s"), "all": ("tab:green", "^")}
+    lines = {"relu": "-", "topk": ":"}
+    several = df["site"].nunique() > 1
 
     def draw(axes):
         for ax, (column, label, scale) in zip(axes, panels, strict=True):
-            for (site, tokens), g in df.groupby(["site", "tokens"]):
+            for (site, arch, tokens), g in df.groupby(["site", "architecture", "tokens"]):
                 g = g.sort_values("layer")
-                colour, marker, line = styles.get(tokens, ("tab:grey", "x", "-."))
-                ax.plot(g["layer"], scale * g[column], color=colour, marker=marker, linestyle=line,
-                        label=f"{tokens} ({site})")
+                colour, marker = styles.get(tokens, ("tab:grey", "x"))
+                ax.plot(g["layer"], scale * g[column], color=colour, marker=marker, linestyle=lines.get(arch, "-."),
+                        label=f"{tokens} ({arch}" + (f", {site})" if several else ")"))
             ax.set(xlabel="layer", ylabel=label, title=label.split(" (")[0])
             ax.ticklabel_format(axis="y", useOffset=False)
             values = scale * df[column].dropna()

@@ -37,6 +37,9 @@ def suppress_cmd(
         "--layers", help="Only these layers' SAEs, e.g. 4,6,8 or all. Default: every --sae.")] = None,
     n_features: Annotated[str, typer.Option(
         "--n-features", help="Numbers of top-ranked features to suppress (chosen on val).")] = "1,2,4,8,16,32,64",
+    extend_n: Annotated[bool, typer.Option(
+        "--extend-n/--no-extend-n", help="Keep doubling N past the largest --n-features value while it is the "
+                                         "validation best (up to every live feature).")] = True,
     ranking: Annotated[opt.Ranking, typer.Option(
         "--ranking", help="mean_diff: standardised difference of means; text: by --text-query.")]
     = opt.Ranking.mean_diff,
@@ -78,7 +81,7 @@ def suppress_cmd(
     n_list = parse_numbers(n_features, "--n-features")
     if not n_list or min(n_list) < 1:
         raise SaeVitError("--n-features must list positive integers, e.g. 1,2,4,8.")
-    cfg = SuppressConfig(n_features=tuple(n_list), ranking=ranking, within_class=within_class,
+    cfg = SuppressConfig(n_features=tuple(n_list), extend_n=extend_n, ranking=ranking, within_class=within_class,
                          text_query=tuple(parse_names(text_query) or ()), n_random=n_random, probe=probe,
                          batch_size=batch_size, seed=seed)
     with LazyProgress("suppress", "what") as bar:

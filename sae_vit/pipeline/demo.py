@@ -1,7 +1,8 @@
 """``saevit demo``: the paper in miniature on the toy CLIP and the synthetic world, offline, in minutes.
 
-Steps, all under one output folder: cache activations of the toy CLIP over world images, train one SAE per
-layer x token type, build the sparsity table, estimate steerability (SAE features against neurons and random
+Steps, all under one output folder: cache activations of the toy CLIP over world images (and CLS tokens over
+more images), train one TopK SAE per layer x token type and one ReLU+L1 SAE per layer x {cls, patches}, build
+the sparsity table, estimate steerability (SAE features against neurons and random
 directions), suppress background features on the world's Waterbirds-like task, evaluate the shipped typographic
 defence on the world's typographic split, open the feature browser of one SAE (``inspect``), and write
 ``report.html``, which puts each of the paper's four claims beside what this run measured.
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sae_vit.core.defaults import default_sae_path, workdir
+from sae_vit.core.defaults import workdir
 from sae_vit.core.errors import SaeVitError
 
 #: The file that records a finished demo run's settings, results and timings (the report is rendered from it).
@@ -32,6 +33,9 @@ class DemoConfig:
 
     n_images: int = 2048
     """World images to cache (5 % are held out for evaluation)."""
+    cls_images: int = 8192
+    """World images for the CLS-only cache the CLS SAEs train on (one token per image: 2,048 images would leave
+    ~100 held-out tokens, too few to measure dead latents); 0 trains them on the main cache."""
     layers: tuple[int, ...] = (2, 5, 8, 11)
     """Blocks of the toy CLIP to analyse (12 blocks, like ViT-B/32)."""
     tokens: tuple[str, ...] = ("cls", "patches", "all")
@@ -42,6 +46,15 @@ class DemoConfig:
     """d_sae / d_in."""
     k: int = 16
     """Active latents per token (TopK)."""
+    relu_l1: float = 1e-3
+    """L1 coefficient of the ReLU+L1 SAEs (the paper's architecture), whose L0 judges the sparsity claim; 0 skips
+    them. docs/sparsity.md has the sweep it was picked from (the paper's 8e-5 gives L0 160–195 of 512 on the toy)."""
+    relu_n_tokens: int = 200_000
+    """Training tokens per ReLU+L1 SAE."""
+    relu_lr: float = 4e-3
+    """Learning rate of the ReLU+L1 SAEs (the paper's 4e-4 barely moves a 512-latent SAE in a 200-step run)."""
+    relu_batch_size: int = 1024
+    """Tokens per step of the ReLU+L1 SAEs."""
     seed: int = 0
     """Seed of the world images and of the SAEs' initial weights."""
     steer_features: int = 64
@@ -71,10 +84,14 @@ class DemoConfig:
             raise SaeVitError(f"Token types {list(self.tokens)} must be some of {', '.join(TOKENS)}.")
         if self.n_images < 40:
             raise SaeVitError(f"n_images {self.n_images} is too few; the demo needs at least 40 images.")
-        counts = {"n_tokens": self.n_tokens, "expansion": self.expansion, "k": self.k}
+        counts = {"n_tokens": self.n_tokens, "expansion": self.expansion, "k": self.k,
+                  "relu_n_tokens": self.relu_n_tokens, "relu_batch_size": self.relu_batch_size}
         for name, value in counts.items():
             if value < 1:
                 raise SaeVitError(f"{name} must be a positive integer (got {value}).")
+        if self.cls_images and self.cls_images < 40 or self.relu_l1 < 0 or self.relu_lr <= 0:
+            raise SaeVitError("cls_images must be 0 or at least 40, relu_l1 not negative and relu_lr positive (got "
+                              f"{self.cls_images}, {self.relu_l1}, {self.relu_lr}).")
         if self.suppress_images and self.suppress_images < 80:  # the train split's minority groups need images
             raise SaeVitError(f"suppress_images {self.suppress_images} is too few; use 0 to skip or at least 80.")
         if self.suppress_images and (not self.suppress_n_features or min(self.suppress_n_features) < 1):
@@ -127,12 +144,15 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
         timings[name] = time.perf_counter() - t0
         return value
 
-    manifest = step(1, "cache", f"caching the toy CLIP over {cfg.n_images} synthetic-world images "
+    extra = f", CLS tokens of {cfg.cls_images}" if cfg.cls_images else ""
+    manifest = step(1, "cache", f"caching the toy CLIP over {cfg.n_images} synthetic-world images{extra} "
                     f"(layers {list(cfg.layers)})", lambda: steps.cache(out, cfg, overwrite))
     n_saes = len(cfg.layers) * len(cfg.tokens)
+    relu = (f" and {len(cfg.layers) * len(steps.relu_tokens(cfg))} ReLU+L1 SAEs (L1 {cfg.relu_l1:g}, "
+            f"{cfg.relu_n_tokens:,} tokens each)") if cfg.relu_l1 else ""
     table = step(2, "train", f"training {n_saes} TopK SAEs (k={cfg.k}, x{cfg.expansion}, {cfg.n_tokens:,} tokens "
-                 "each) and the sparsity table", lambda: steps.train_and_sparsity(out, cfg, say))
-    results["sparsity"] = steps.sparsity_results(table, manifest)
+                 f"each){relu} and the sparsity table", lambda: steps.train_and_sparsity(out, cfg, say))
+    results["sparsity"] = steps.sparsity_results(table, manifest, cfg)
     steer = []
     if cfg.steer_features and "all" in cfg.tokens:
         steer = step(3, "steer", f"steerability of {cfg.steer_features} sampled features per layer vs neurons and "
@@ -157,30 +177,49 @@ def run_demo(out: str | os.PathLike | None = None, config: DemoConfig | None = N
 
 
 def sae_paths(out: Path, cfg: DemoConfig) -> list[Path]:
-    """The checkpoints the demo trains, one per layer x token type."""
-    return [default_sae_path(layer, tokens, root=out / "saes") for layer in cfg.layers for tokens in cfg.tokens]
+    """The checkpoints the demo trains: TopK per layer x token type, then ReLU+L1 per layer x {cls, patches}."""
+    from sae_vit.pipeline.demo_steps import demo_jobs
+
+    return [job.out for jobs in demo_jobs(out, cfg).values() for job in jobs]
 
 
 def check_products(out: Path, cfg: DemoConfig, d_model: int, overwrite: bool) -> None:
     """Refuse, before anything is written or removed, to mix this run's settings with a cache or SAEs that an
     earlier run in ``out`` made with other ones (unless ``overwrite``), and anything of the user's in their place."""
+    from sae_vit.pipeline.demo_steps import CLS_CACHE, demo_jobs
+
+    for (cache_dir, _), jobs in demo_jobs(out, cfg).items():
+        for job in jobs:
+            check_sae(job, cache_dir, cfg, d_model, overwrite)
+    _check_cache(out / "cache", overwrite, ("toy", list(cfg.layers), cfg.n_images, "all"))
+    if cfg.cls_images:
+        _check_cache(out / CLS_CACHE, overwrite, ("toy", list(cfg.layers), cfg.cls_images, "cls"))
+
+
+def check_sae(job, cache_dir: Path, cfg: DemoConfig, d_model: int, overwrite: bool) -> None:
+    """Refuse a folder at ``job.out``, or (unless ``overwrite``) a checkpoint there made with other settings."""
+    path = job.out
+    if path.is_dir():
+        raise SaeVitError(f"{path} is a folder; move it away or choose another --out.")
+    if path.exists() and not overwrite:
+        why = _sae_mismatch(path, job, cache_dir, cfg, d_model)
+        if why:
+            raise SaeVitError(f"{path} was trained with other settings ({why}); pass --overwrite to retrain "
+                              "the demo's SAEs or choose another --out.")
+
+
+def _check_cache(cache: Path, overwrite: bool, want: tuple) -> None:
+    """Refuse a cache folder holding files sae-vit did not write (with ``overwrite``) or a cache made with other
+    settings (model, layers, images, tokens) than ``want`` (without)."""
     import json
 
-    for path in sae_paths(out, cfg):
-        if path.is_dir():
-            raise SaeVitError(f"{path} is a folder; move it away or choose another --out.")
-        if path.exists() and not overwrite:
-            why = _sae_mismatch(path, cfg, d_model)
-            if why:
-                raise SaeVitError(f"{path} was trained with other settings ({why}); pass --overwrite to retrain "
-                                  "the demo's SAEs or choose another --out.")
     from sae_vit.io.cache import foreign_files
 
-    foreign = foreign_files(out / "cache") if overwrite and (out / "cache").is_dir() else []
+    foreign = foreign_files(cache) if overwrite and cache.is_dir() else []
     if foreign:  # the cache's writer would refuse them after the SAEs were gone: refuse first, remove nothing
-        raise SaeVitError(f"{out / 'cache'} holds {foreign[0]}, which sae-vit did not write; move it away before "
+        raise SaeVitError(f"{cache} holds {foreign[0]}, which sae-vit did not write; move it away before "
                           "--overwrite (it only ever replaces the demo's own files) or choose another --out.")
-    manifest = out / "cache" / "manifest.json"
+    manifest = cache / "manifest.json"
     if manifest.is_file() and not overwrite:
         try:
             m = json.loads(manifest.read_text())
@@ -188,14 +227,13 @@ def check_products(out: Path, cfg: DemoConfig, d_model: int, overwrite: bool) ->
             raise SaeVitError(f"{manifest} is not a readable cache manifest; pass --overwrite or choose another "
                               "--out.") from exc
         have = (m.get("model"), m.get("layers"), m.get("n_images"), m.get("tokens"))
-        want = ("toy", list(cfg.layers), cfg.n_images, "all")
         if have != want:
-            raise SaeVitError(f"{out / 'cache'} holds a cache made with other settings (model, layers, images, "
+            raise SaeVitError(f"{cache} holds a cache made with other settings (model, layers, images, "
                               f"tokens: {have}, this run: {want}); pass --overwrite to recache or choose another --out.")
 
 
-def _sae_mismatch(path: Path, cfg: DemoConfig, d_model: int) -> str:
-    """Why the checkpoint at ``path`` is not the one this demo would train ('' when it is)."""
+def _sae_mismatch(path: Path, job, cache_dir: Path, cfg: DemoConfig, d_model: int) -> str:
+    """Why the checkpoint at ``path`` is not the one ``job`` would train on ``cache_dir`` ('' when it is)."""
     from sae_vit.core.sae import SAE
 
     try:
@@ -203,9 +241,13 @@ def _sae_mismatch(path: Path, cfg: DemoConfig, d_model: int) -> str:
     except SaeVitError as exc:
         return f"not a readable SAE: {exc}"
     recipe = c.training.get("recipe", {})
-    have = {"model": c.model, "k": c.k, "d_sae": c.d_sae, "n_tokens": recipe.get("n_tokens"),
-            "seed": recipe.get("seed")}
-    want = {"model": "toy", "k": cfg.k, "d_sae": cfg.expansion * d_model, "n_tokens": cfg.n_tokens, "seed": cfg.seed}
+    relu = job.config.architecture == "relu"
+    have = {"model": c.model, "architecture": c.architecture, "k": c.k, "l1": c.l1_coefficient, "d_sae": c.d_sae,
+            "n_tokens": recipe.get("n_tokens"), "seed": recipe.get("seed"),
+            "cache": Path(c.training.get("cache", "")).name}
+    want = {"model": "toy", "architecture": job.config.architecture, "k": None if relu else cfg.k,
+            "l1": cfg.relu_l1 if relu else None, "d_sae": cfg.expansion * d_model,
+            "n_tokens": cfg.relu_n_tokens if relu else cfg.n_tokens, "seed": cfg.seed, "cache": cache_dir.name}
     return ", ".join(f"{k} {have[k]} instead of {v}" for k, v in want.items() if have[k] != v)
 
 

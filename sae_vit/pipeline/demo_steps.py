@@ -11,6 +11,10 @@ from pathlib import Path
 
 from sae_vit.core.defaults import default_sae_path
 
+#: The demo's folder of CLS-only activations (``DemoConfig.cls_images`` images) and of its ReLU+L1 SAEs.
+CLS_CACHE = "cache_cls"
+RELU_SAES = "saes_relu"
+
 
 def _num(x) -> float | None:
     """A float for JSON (None for NaN / missing)."""
@@ -25,31 +29,62 @@ def _rel(path, out: Path) -> str | None:
 
 
 def cache(out: Path, cfg, overwrite: bool) -> dict:
-    """``saevit cache`` over the world's images; an identical finished cache is kept."""
+    """``saevit cache`` over the world's images (all tokens), and over ``cfg.cls_images`` images for CLS tokens
+    only (one per image: the CLS SAEs need more images than the patch ones); an identical finished cache is kept.
+    Returns the all-token cache's manifest."""
     import sae_vit.pipeline as api
 
+    if cfg.cls_images:
+        api.cache(out=out / CLS_CACHE, model="toy", layers=list(cfg.layers), tokens="cls", max_images=cfg.cls_images,
+                  seed=cfg.seed, batch_size=256, overwrite=overwrite)
     return api.cache(out=out / "cache", model="toy", layers=list(cfg.layers), tokens="all",
                      max_images=cfg.n_images, seed=cfg.seed, batch_size=128, overwrite=overwrite)
 
 
 def train_and_sparsity(out: Path, cfg, say: Callable[[str], None]):
-    """``saevit sparsity --grid``: train the SAEs missing under ``out/saes`` and write the sparsity table."""
-    import sae_vit.pipeline as api
-    from sae_vit.core.train import TrainConfig
+    """Train the demo's SAEs that are missing (TopK per layer x token type; ReLU+L1 per layer x {cls, patches}),
+    CLS ones on the CLS cache when there is one, and write the sparsity table (each SAE on the held-out split of
+    the cache it was trained on)."""
+    from sae_vit.analysis import sparsity as table
+    from sae_vit.pipeline.training import train_many
 
-    train_cfg = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed)
-    return api.sparsity(cache=out / "cache", grid=True, layers=list(cfg.layers), tokens=list(cfg.tokens),
-                        n_tokens=cfg.n_tokens, out=out / "sparsity.csv", config=train_cfg, sae_dir=out / "saes",
-                        progress=say)
+    groups = demo_jobs(out, cfg)
+    for (cache_dir, n_tokens), jobs in groups.items():
+        say(f"  training {len(jobs)} SAE(s) on {cache_dir.name}/: " + ", ".join(
+            f"{j.config.architecture} {j.layer}/{j.tokens}" for j in jobs))
+        train_many(cache_dir, jobs, n_tokens=n_tokens)
+    paths = [job.out for jobs in groups.values() for job in jobs]
+    caches = list(dict.fromkeys(cache_dir for cache_dir, _ in groups))
+    return table.run(paths, caches, out / "sparsity.csv", plot=True, overwrite=True)
 
 
-def sparsity_results(table, manifest: dict) -> dict:
-    """The sparsity rows the report shows."""
-    keys = ("layer", "tokens", "d_sae", "k", "l0", "fvu", "dead_fraction", "dense_fraction", "n_eval_tokens")
-    rows = [{k: r[k] if k == "tokens" else _num(r[k]) for k in keys} for r in table.rows.to_dict("records")]
+def sparsity_results(table, manifest: dict, cfg=None) -> dict:
+    """The sparsity rows the report shows, and the density contrasts of the ReLU+L1 SAEs it judges the claim on:
+    patches against CLS at each layer, and the CLS token at the deepest layer against the shallowest."""
+    from sae_vit.analysis.sparsity import DENSITY_MARGIN, MIN_EVAL_TOKENS, density_contrast
+
+    keys = ("layer", "tokens", "architecture", "d_sae", "k", "l1_coefficient", "l0", "fvu", "dead_fraction",
+            "dense_fraction", "n_eval_tokens", "reliable")
+    text = ("tokens", "architecture")
+    records = table.rows.to_dict("records")
+    rows = [{k: r[k] if k in text else bool(r[k]) if k == "reliable" else _num(r[k]) for k in keys} for r in records]
     out = Path(table.csv_path).parent
+    l0s = {(int(r["layer"]), r["tokens"]): (table.token_l0 or {}).get(r["path"]) for r in records
+           if r["architecture"] == "relu"}
+    l0s = {k: v for k, v in l0s.items() if v is not None and len(v)}
+    seed = cfg.seed if cfg is not None else 0
+    layers = sorted({layer for layer, t in l0s if t == "cls" and (layer, "patches") in l0s})
+    patches = [{"layer": layer, **density_contrast(l0s[(layer, "patches")], l0s[(layer, "cls")], seed=seed)}
+               for layer in layers]
+    cls_layers = sorted(layer for layer, t in l0s if t == "cls")
+    depth = ({"first": cls_layers[0], "last": cls_layers[-1],
+              **density_contrast(l0s[(cls_layers[-1], "cls")], l0s[(cls_layers[0], "cls")], seed=seed)}
+             if len(cls_layers) > 1 else None)
     return {"rows": rows, "plot": _rel(table.plot_path, out), "csv": _rel(table.csv_path, out),
-            "n_images": manifest.get("n_images"), "d_model": manifest.get("d_model")}
+            "n_images": manifest.get("n_images"), "d_model": manifest.get("d_model"),
+            "cls_images": cfg.cls_images if cfg is not None else None,
+            "relu_l1": cfg.relu_l1 if cfg is not None else None, "min_eval_tokens": MIN_EVAL_TOKENS,
+            "margin": DENSITY_MARGIN, "patches_vs_cls": patches, "cls_depth": depth}
 
 
 def steer(out: Path, cfg) -> list:
@@ -139,6 +174,7 @@ def suppress(out: Path, cfg, bundle=None) -> dict:
     feats = result.features[result.features["eval"] == "zero_shot"].head(8)
     return {"n_images": s["n_images"], "groups": s["groups"], "classes": s["classes"], "tokens": tokens,
             "layers": list(cfg.layers), "n_features": list(cfg.suppress_n_features), "chosen": s["chosen"],
+            "n_tried": s.get("n_tried"), "n_live": s.get("n_live"),
             "table": table, "by_layer": by_layer,
             "features": [{"feature": int(r["feature"]), "score": _num(r["score"]), "concepts": r["concepts"] or ""}
                          for r in feats.to_dict("records")],
@@ -218,3 +254,32 @@ def remove_tiles(folder: Path) -> None:
         for path in folder.iterdir():
             if re.fullmatch(r"f\d+_(patch|cls)_\d+\.png", path.name):
                 path.unlink()
+
+
+def demo_jobs(out: Path, cfg) -> dict:
+    """The demo's SAEs as :class:`~sae_vit.pipeline.training.Job` lists keyed by (cache folder, training tokens):
+    TopK per layer x token type under ``saes/``, ReLU+L1 per layer x {cls, patches} under ``saes_relu/``; CLS
+    SAEs train on the CLS cache when ``cfg.cls_images``."""
+    from sae_vit.core.train import TrainConfig
+    from sae_vit.pipeline.training import Job
+
+    topk = TrainConfig(k=cfg.k, expansion=cfg.expansion, seed=cfg.seed)
+    relu = TrainConfig(architecture="relu", l1_coefficient=cfg.relu_l1, expansion=cfg.expansion, seed=cfg.seed,
+                       lr=cfg.relu_lr, batch_size=cfg.relu_batch_size)
+    groups: dict = {}
+
+    def add(config, tokens_list, root, n_tokens):
+        for tokens in tokens_list:
+            cache_dir = out / (CLS_CACHE if tokens == "cls" and cfg.cls_images else "cache")
+            groups.setdefault((cache_dir, n_tokens), []).extend(
+                Job(layer, tokens, config, default_sae_path(layer, tokens, root=out / root)) for layer in cfg.layers)
+
+    add(topk, cfg.tokens, "saes", cfg.n_tokens)
+    if cfg.relu_l1:
+        add(relu, relu_tokens(cfg), RELU_SAES, cfg.relu_n_tokens)
+    return groups
+
+
+def relu_tokens(cfg) -> list[str]:
+    """The token types the demo trains ReLU+L1 SAEs on: CLS and patches (the sparsity claim's two)."""
+    return [t for t in ("cls", "patches") if t in cfg.tokens]

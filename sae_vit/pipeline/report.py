@@ -66,38 +66,56 @@ def _section(key: str, title: str, verdict: str, measured: str, table: str = "",
 # ------------------------------------------------------------------------------------------- claim 1: sparsity
 
 def sparsity_claim(out: Path, r: dict) -> tuple[str, str, str]:
-    """(verdict, one-line summary, section HTML) of the sparsity pattern by layer and token type."""
-    rows = r["rows"]
-    fvu = {(x["layer"], x["tokens"]): x["fvu"] for x in rows}
-    layers = sorted({x["layer"] for x in rows})
-    table = _table(["layer", "tokens", "L0", "FVU", "dead %", "held-out tokens"],
-                   [[int(x["layer"]), x["tokens"], f"{x['l0']:.1f}", f"{x['fvu']:.4f}", _pct(x["dead_fraction"]),
-                     int(x["n_eval_tokens"])] for x in rows])
-    both = [ly for ly in layers if (ly, "cls") in fvu and (ly, "patches") in fvu]
-    if not both:
-        return "not run", "needs SAEs on both CLS and patch tokens", _section(
-            "sparsity", "1. Sparsity by layer and token type", "not run", "<p>Not measured.</p>", table)
-    ratios = [fvu[(ly, "patches")] / max(fvu[(ly, "cls")], 1e-12) for ly in both]
-    denser = all(q > 1 for q in ratios)
-    cls_first, cls_last = fvu[(both[0], "cls")], fvu[(both[-1], "cls")]
-    rises = cls_last > 1.1 * cls_first
+    """(verdict, one-line summary, section HTML) of the density pattern by layer and token type, judged on the
+    ReLU+L1 SAEs' L0 (a TopK SAE's L0 is k by construction) with the noise margin of ``r['margin']``."""
+    title = "1. Sparsity by layer and token type"
+    rows, few = r["rows"], r.get("min_eval_tokens", 0)
+
+    def recipe(x) -> str:
+        return f"TopK k = {x['k']:.0f}" if x["architecture"] == "topk" else f"ReLU+L1, L1 = {x['l1_coefficient']:g}"
+
+    table = _table(["layer", "tokens", "SAE", "L0", "FVU", "dead %", "held-out tokens"],
+                   [[int(x["layer"]), x["tokens"], recipe(x), f"{x['l0']:.1f}", f"{x['fvu']:.4f}",
+                     _pct(x["dead_fraction"]), f"{int(x['n_eval_tokens'])}"
+                     + ("" if x.get("reliable", True) else " (few: unreliable)")] for x in rows])
+    pvc, depth = r.get("patches_vs_cls") or [], r.get("cls_depth")
+    if not pvc and depth is None:
+        return "not run", "needs ReLU+L1 SAEs on CLS and patch tokens", _section(
+            "sparsity", title, "not run", "<p>Not measured: a TopK SAE's L0 is k by construction, so the claim is "
+            "judged on ReLU+L1 SAEs, which this run did not train (relu_l1 = 0 or no cls / patches tokens).</p>",
+            table)
+    denser = bool(pvc) and all(c["holds"] for c in pvc)
+    rises = depth is not None and depth["holds"]
     verdict = ("reproduced" if denser and rises else "partly reproduced" if denser or rises else "not reproduced")
-    k = rows[0]["k"]
-    text = (f"<p>Every SAE here is TopK with k = {k:.0f}, so L0 is {k:.0f} for all of them: density shows up as "
-            f"reconstruction error at that fixed L0 (FVU, the fraction of variance unexplained). "
-            f"Patch-token SAEs leave {min(ratios):.1f}–{max(ratios):.1f}× the FVU of CLS-token SAEs at layers "
-            f"{', '.join(str(int(x)) for x in both)}: "
-            + ("patches need more latents than the CLS token at every layer, as in the paper. " if denser else
-               "patches are <b>not</b> harder to reconstruct than the CLS token at every layer. ")
-            + f"The CLS token's FVU goes from {cls_first:.4f} at layer {both[0]:.0f} to {cls_last:.4f} at layer "
-            f"{both[-1]:.0f}: " + ("it gets denser with depth, as in the paper." if rises else
-                                   "it does <b>not</b> get denser with depth on the toy.")
-            + "</p><p class=muted>The toy has no language model to compare with, so the paper's 3–14× against "
-            "GPT-2 cannot be checked here. Dead % counts latents that never fire on the held-out tokens (few for "
-            "CLS: one per image).</p>")
-    summary = f"patches {min(ratios):.1f}–{max(ratios):.1f}× the CLS token's FVU at equal L0; CLS " + (
-        "denser with depth" if rises else "not denser with depth")
-    return verdict, summary, _section("sparsity", "1. Sparsity by layer and token type", verdict, text, table,
+    l0 = {(int(x["layer"]), x["tokens"]): x["l0"] for x in rows if x["architecture"] == "relu"}
+    ratios = [c["ratio"] for c in pvc]
+    n_unreliable = sum(not x.get("reliable", True) for x in rows)
+
+    def interval(c) -> str:
+        return f"{c['ratio']:.2f}× (95 % interval {c['lo']:.2f}–{c['hi']:.2f})"
+
+    text = (f"<p>Judged on the ReLU+L1 SAEs (L1 = {r['relu_l1']:g}), whose L0 is free to vary. "
+            + (f"Patch tokens have {min(ratios):.2f}–{max(ratios):.2f}× the CLS token's mean L0 at layers "
+               f"{', '.join(str(c['layer']) for c in pvc)} ("
+               + "; ".join(f"layer {c['layer']}: {interval(c)}" for c in pvc) + "): "
+               + ("patches are denser than the CLS token at every layer, as in the paper. " if denser else
+                  "patches are <b>not</b> clearly denser than the CLS token at every layer. ") if pvc else "")
+            + (f"The CLS token's L0 goes from {l0[(depth['first'], 'cls')]:.1f} at layer {depth['first']} to "
+               f"{l0[(depth['last'], 'cls')]:.1f} at layer {depth['last']}, {interval(depth)}: "
+               + ("it gets denser with depth, as in the paper." if rises else
+                  "it does <b>not</b> clearly get denser with depth on the toy.") if depth is not None else "")
+            + f"</p><p class=muted>Rule: a ratio of mean L0 counts only when its whole 95 % bootstrap interval "
+            f"({(pvc or [depth])[0]['n_boot']:,} resamples of the held-out tokens) lies above {r['margin']:.2f}; "
+            "the margin covers the few per cent by which two trainings of one recipe differ. TopK SAEs' L0 is k by "
+            "construction: they are in the table for their FVU. CLS SAEs train and are measured on "
+            + (f"{r['cls_images']:,} images' CLS tokens" if r.get("cls_images") else "the main cache's images")
+            + f" (one per image). A row with fewer than {few} held-out tokens is marked unreliable (a latent firing "
+            f"on 1 % of tokens would look dead with probability above 2 %)"
+            + (f"; {n_unreliable} row(s) here are" if n_unreliable else "") + ". The toy has no language model to "
+            "compare with, so the paper's 3–14× against GPT-2 cannot be checked here.</p>")
+    summary = ((f"ReLU+L1: patches {min(ratios):.2f}–{max(ratios):.2f}× the CLS token's L0; " if pvc else "")
+               + ("CLS denser with depth" if rises else "CLS not clearly denser with depth"))
+    return verdict, summary, _section("sparsity", title, verdict, text, table,
                                       _img(out, r.get("plot"), "FVU, L0 and dead latents by layer"))
 
 
@@ -238,7 +256,8 @@ def suppress_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
                "paper." if middle else f"The layer chosen on validation, {layer}, is at the edge of those tried "
                f"({r['layers']}): the paper's middle-layer optimum is not reproduced.")
             + f"</p><p class=muted>{n['train']} / {n['val']} / {n['test']} train / val / test images; features "
-            f"ranked on train, layer and N (of {r['n_features']}) chosen on val. Groups: {html.escape(names)}. "
+            f"ranked on train, layer and N chosen on val, N from {r['n_features']}, doubled past the largest while "
+            f"that is a layer's validation best, up to its live features ({_tried(r)}). Groups: {html.escape(names)}. "
             f"Test worst group by layer (each at its validation-best N): {sweep}. Suppressed features (concepts): "
             f"{html.escape(feats)}.</p>")
     table = _table(["method", "layer", "N", "test average", "test worst group"], rows)
@@ -246,6 +265,12 @@ def suppress_claim(out: Path, r: dict | None) -> tuple[str, str, str]:
                f"(random features: {_pct(rnd['test_worst'])})")
     return verdict, summary, _section("suppress", title, verdict, text, table,
                                       _img(out, r.get("plot"), "worst-group accuracy by layer"))
+
+
+def _tried(r: dict) -> str:
+    """The N values tried per layer, and the layer's live features (for the suppression section)."""
+    tried, live = r.get("n_tried") or {}, r.get("n_live") or {}
+    return "; ".join(f"layer {k}: N ∈ {{{', '.join(map(str, v))}}} of {live.get(k, '?')} live" for k, v in tried.items())
 
 
 # ------------------------------------------------------------------------------------------- claim 4: typography
@@ -332,7 +357,9 @@ def write_report(out: Path, results: dict) -> Path:
              f"claims about SAEs on CLIP ViT-B/32. This page checks each on the built-in toy CLIP (12 blocks, "
              f"{d_model}-wide) and synthetic world, offline: {cfg['n_images']:,} cached images, layers "
              f"{list(cfg['layers'])}, one TopK SAE (k = {cfg['k']}, {cfg['expansion']}× width, "
-             f"{cfg['n_tokens']:,} tokens) per layer and token type. Every number below was measured by this run; "
+             f"{cfg['n_tokens']:,} tokens) per layer and token type"
+             + (f" and one ReLU+L1 SAE (L1 = {cfg['relu_l1']:g}) per layer for CLS and patch tokens"
+                if cfg.get("relu_l1") else "") + ". Every number below was measured by this run; "
              "the paper's are quoted beside them. The verdicts are computed from the numbers; a toy is not CLIP, "
              "so \"reproduced\" means the pattern holds in miniature.</p>")
     browser = _browser(results.get("inspect"))

@@ -113,6 +113,9 @@ class SuppressConfig:
 
     n_features: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     """Numbers of top-ranked features to suppress (the N sweep)."""
+    extend_n: bool = True
+    """Extend the N sweep past its largest value while validation improves (:func:`extend_n_features`), so the
+    chosen N is never at the sweep's edge unless that edge is every live feature."""
     ranking: str = "mean_diff"
     """``mean_diff`` (standardised difference of means), ``auroc``, or ``text`` (needs ``text_query``)."""
     within_class: bool = True
@@ -255,6 +258,19 @@ def evaluate_split(backbone: Backbone, task: TaskData, split: str, conditions: l
             for c, emb in embs.items() for how, predict in predictors.items()]
 
 
+def extend_n_features(val, live: dict[int, int], evals: list[str]) -> list[Condition]:
+    """The N sweep's extension rule, per layer: when the validation-best N of any evaluation (ties go to the
+    smaller N) is the largest N tried at that layer and below the layer's number of live features, try twice
+    that N (at most every live feature). Returns the new validation conditions (none: the sweep is done)."""
+    new = []
+    for layer, n_live in live.items():
+        part = val[(val["method"] == "sae") & (val["layer"] == layer)]
+        top = int(part["n"].max())
+        if top < n_live and any(_choose(part[part["eval"] == how])[1] == top for how in evals):
+            new.append(Condition("sae", layer, min(2 * top, n_live)))
+    return new
+
+
 def _choose(val) -> tuple[int, int]:
     best = val.sort_values(["worst", "avg", "n", "layer"], ascending=[False, False, True, True]).iloc[0]
     return int(best["layer"]), int(best["n"])
@@ -302,6 +318,10 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
     rows = evaluate_split(backbone, task, "val", conds, edit_for, predictors, share, cfg, progress)
     val = pd.DataFrame(rows)
     evals = list(predictors)
+    live = {layer: int((train.stats[layer].fired > 0).sum()) for layer in layers}
+    while cfg.extend_n and (more := extend_n_features(val, live, evals)):
+        rows += evaluate_split(backbone, task, "val", more, edit_for, predictors, share, cfg, progress)
+        val = pd.DataFrame(rows)
     chosen = {how: _choose(val[(val["eval"] == how) & (val["method"] == "sae")]) for how in evals}
     chosen_proj = {how: _choose(val[(val["eval"] == how) & (val["method"] == "projection")]) for how in evals}
     best_n = {(how, layer): _choose(val[(val["eval"] == how) & (val["method"] == "sae") & (val["layer"] == layer)])[1]
@@ -318,6 +338,10 @@ def run_suppress(backbone: Backbone, head: TextHead, saes: dict[int, tuple[SAE, 
 
     features = _feature_rows(backbone, saes, chosen, ranked, train, vocab, cfg)
     summary = _summary(backbone, head, task, share, chosen, chosen_proj, saes, cfg)
+    sae_val = val[val["method"] == "sae"]
+    summary["n_tried"] = {str(layer): sorted(int(n) for n in set(sae_val[sae_val["layer"] == layer]["n"]))
+                          for layer in layers}
+    summary["n_live"] = {str(layer): n for layer, n in live.items()}
     return SuppressResult(results_table(sweep, evals, chosen, chosen_proj), sweep, pd.DataFrame(features), summary)
 
 
