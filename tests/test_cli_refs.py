@@ -78,7 +78,8 @@ def test_hf_ref_in_inspect_and_steer_score(hub, model_args, image_dir, tmp_path)
     run("steer-score", "--sae", REF, *model_args, "--images", image_dir, "--n-images", "2", "--features", "0,1",
         "--alphas", "0,5", "--no-neurons", "--random-control", "1", "--out", tmp_path / "steer")
     units = pd.read_csv(tmp_path / "steer" / "steer_layer3_resid_post_all.csv")
-    assert set(units["kind"]) == {"feature", "random"} and set(units["target"]) <= set(WORDS)
+    assert set(units["kind"]) == {"feature", "random", "null_noise", "null_erase", "null_erase_full"}
+    assert set(units["target"]) <= set(WORDS)
 
 
 def test_hf_ref_in_suppress(hub, model_args, tmp_path):

@@ -31,8 +31,10 @@ def test_demo_reduced(tmp_path):
                      steer_images=4, suppress_images=0, typo_images=0, inspect_features=0)  # tests/test_demo.py
     result = run_demo(tmp_path / "demo", cfg)
     rows = result.sparsity.rows
-    assert list(rows["layer"]) == [2, 2, 8, 8] and (rows["evaluated_on"] == "cache").all()
-    assert rows["fvu"].notna().all() and (rows["l0"] <= 16 + 1e-6).all()  # a few steps only: no quality bar
+    topk, relu = rows[rows["architecture"] == "topk"], rows[rows["architecture"] == "relu"]
+    assert list(topk["layer"]) == [2, 2, 8, 8] and (rows["evaluated_on"] == "cache").all()
+    assert rows["fvu"].notna().all() and (topk["l0"] <= 16 + 1e-6).all()  # a few steps only: no quality bar
+    assert sorted(relu["layer"]) == [2, 8] and set(relu["tokens"]) == {"cls"}  # the paper's ReLU+L1 SAEs too
     assert len(result.steer) == 2
     kinds = result.steer[0].summary["kinds"]
     assert kinds["feature"]["scored"] == 8 and kinds["neuron"]["scored"] == result.manifest["d_model"]
