@@ -89,3 +89,5 @@ def _print_typo(r: dict | None) -> None:
         say(f"defend-typo (world typographic split, {r['n_images']} images): attacked {_pct(a['attacked'])} -> "
             f"{_pct(b['attacked'])}, clean {_pct(a['clean'])} -> {_pct(b['clean'])}, control {_pct(a['control'])} "
             f"-> {_pct(b['control'])}, attack success {_pct(a['asr'])} -> {_pct(b['asr'])} ({r['defence']})")
+        if b.get("reading_gain") is not None:
+            say(f"defend-typo reading-specific gain (attack gain - control gain): {100 * b['reading_gain']:+.1f} points")
