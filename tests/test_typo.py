@@ -186,12 +186,17 @@ def test_cli_errors(tmp_path, cli_files):
     assert res.exit_code == 2 and "two colours" in res.output
 
 
-def test_cli_attack_then_eval_folder(tmp_path, cli_files):
-    src = tmp_path / "photos"
+def _photo_folder(src, shape: tuple[int, int]):
+    """Two plain grey images of each of the classes cat and dog under ``src/<class>/``."""
     for cls in ("cat", "dog"):
         (src / cls).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(np.full((40, 70, 3), 60 * i + 40, np.uint8)).save(src / cls / f"{i}.png")
+            Image.fromarray(np.full((*shape, 3), 60 * i + 40, np.uint8)).save(src / cls / f"{i}.png")
+    return src
+
+
+def test_cli_attack_then_eval_folder(tmp_path, cli_files):
+    src = _photo_folder(tmp_path / "photos", (40, 70))
     out = tmp_path / "attacked"
     res = _run(["defend-typo", "attack", str(src), "--classes", "cat,dog,bird", "--out", str(out), "--control",
                 "--font-size", "0.2,0.3", "--position", "bottom"])
@@ -294,11 +299,7 @@ def test_cli_eval_world_prints_reading_gain(tmp_path, tiny_vit, text_file):
 
 
 def test_cli_eval_folder_with_controls_reports_reading_gain(tmp_path, cli_files):
-    src = tmp_path / "photos"
-    for cls in ("cat", "dog"):
-        (src / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.full((40, 40, 3), 60 * i + 40, np.uint8)).save(src / cls / f"{i}.png")
+    src = _photo_folder(tmp_path / "photos", (40, 40))
     out = tmp_path / "attacked"
     assert _run(["defend-typo", "attack", str(src), "--classes", "cat,dog,bird", "--out", str(out),
                  "--control"]).exit_code == 0

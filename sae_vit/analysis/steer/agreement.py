@@ -16,14 +16,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from sae_vit.analysis.steer.context import attribute_columns
+
 
 def zero_shot_labels(p0: Tensor, groups: Tensor | None) -> Tensor:
     """[N, V] one-hot labels from the unsteered probabilities ``p0`` [N, V]: the top concept of each image
     (within each attribute when ``groups`` is given)."""
     labels = torch.zeros_like(p0)
-    groups = torch.zeros(p0.shape[1], dtype=torch.long) if groups is None else groups
-    for g in groups.unique().tolist():
-        cols = (groups == g).nonzero().squeeze(1)
+    for cols in attribute_columns(groups, p0.shape[1]):
         labels[torch.arange(len(p0)), cols[p0[:, cols].argmax(1)]] = 1.0
     return labels
 

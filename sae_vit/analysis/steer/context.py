@@ -93,11 +93,8 @@ class SteerContext:
         """softmax(temperature · ê · Tᵀ) [B, V] for unit embeddings ``emb`` [B, d_emb], within each attribute
         of :attr:`groups` (each attribute's probabilities sum to 1)."""
         logits = self.temperature * emb @ self.text.T
-        if self.groups is None:
-            return torch.softmax(logits, dim=-1)
         p = torch.empty_like(logits)
-        for g in self.groups.unique().tolist():
-            cols = (self.groups == g).nonzero().squeeze(1)
+        for cols in attribute_columns(self.groups, logits.shape[-1]):
             p[:, cols] = torch.softmax(logits[:, cols], dim=-1)
         return p
 
@@ -106,10 +103,6 @@ class SteerContext:
         if self.site == "mlp_hidden":
             return delta @ self.backbone.model.blocks[self.layer].mlp.fc2.weight.T
         return delta  # resid_post, and mlp_out (added to the residual as is)
-
-    def token_norm(self) -> float:
-        """Mean L2 norm of the tokens at the hook (the unit of the null edits' strengths)."""
-        return self.site_acts.float().norm(dim=-1).mean().item()
 
     def mean_dp(self, delta: Tensor, precision: str = "fp32") -> Tensor:
         """Δp [c, V] (mean over probe images) for ``c`` edits ``delta`` [c, N, T_sel, d_site] at the hook."""
@@ -125,9 +118,15 @@ class SteerContext:
 def steerability(dp: Tensor, groups: Tensor | None) -> Tensor:
     """S from Δp [..., V]: Σ_v Δp_v² over a flat vocabulary; with attributes, the largest of the per-attribute
     sums (each attribute is its own distribution, so S stays on the paper's scale: at most 2)."""
+    return torch.stack([(dp[..., cols] ** 2).sum(-1) for cols in attribute_columns(groups, dp.shape[-1])]).amax(0)
+
+
+def attribute_columns(groups: Tensor | None, n_words: int) -> list[Tensor]:
+    """The vocabulary's column indices of each attribute of ``groups`` [V] (one group of all ``n_words`` columns
+    when None: a flat vocabulary)."""
     if groups is None:
-        return (dp**2).sum(-1)
-    return torch.stack([(dp[..., groups == g] ** 2).sum(-1) for g in groups.unique().tolist()]).amax(0)
+        return [torch.arange(n_words)]
+    return [(groups == g).nonzero().squeeze(1) for g in groups.unique().tolist()]
 
 
 def build_context(backbone: Backbone, layer: int, site: str, images: Tensor, text: Tensor, tokens: str,

@@ -69,14 +69,19 @@ def score_nulls(ctx: SteerContext, token_norms: Sequence[float], n_seeds: int = 
     dist = to_mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     gen = torch.Generator().manual_seed(seed)
     noise = [F.normalize(torch.randn(x.shape, generator=gen), dim=-1) for _ in range(n_seeds)]
-    edits = [to_mean]  # full erase, then per strength: partial erase and one noise push per seed
-    for t in grid:
-        s = t * norm
-        edits.append(to_mean * (s / dist).clamp(max=1.0))
-        edits += [s * d for d in noise]
-    per = max(1, max_batch // x.shape[0])
-    dp = torch.cat([ctx.mean_dp(torch.stack(edits[i:i + per]).to(x.device), precision)
-                    for i in range(0, len(edits), per)])  # [1 + A (1 + seeds), V]
+
+    def edit(i: int) -> Tensor:
+        """Edit ``i``: the full erase, then per strength the partial erase and one noise push per seed (made
+        when its batch runs, so that only one batch of edits is ever held)."""
+        if i == 0:
+            return to_mean
+        a, j = divmod(i - 1, 1 + n_seeds)
+        s = grid[a] * norm
+        return to_mean * (s / dist).clamp(max=1.0) if j == 0 else s * noise[j - 1]
+
+    n_edits, per = 1 + len(grid) * (1 + n_seeds), max(1, max_batch // x.shape[0])
+    dp = torch.cat([ctx.mean_dp(torch.stack([edit(i) for i in range(i0, min(i0 + per, n_edits))]).to(x.device),
+                                precision) for i0 in range(0, n_edits, per)])  # [1 + A (1 + seeds), V]
     full_dp, rest = dp[0], dp[1:].view(len(grid), 1 + n_seeds, -1)
     erase_dp, noise_dp = rest[:, 0], rest[:, 1:].transpose(0, 1)
     return NullScores(grid, noise_dp, erase_dp, full_dp, steerability(noise_dp, ctx.groups),
