@@ -33,7 +33,7 @@ import _data
 import _peers
 import torch
 
-from sae_vit.core.kernels import encoder_pre, encoder_rows
+from sae_vit.core.kernels import Workspace, encoder_pre, encoder_rows
 from sae_vit.core.sae import SAE, SAEConfig
 
 CONFIGS = ("bound-fp32", "bound-bf16", "ours-fp32", "ours-bf16", "ours-noaux-fp32", "sparsify-fp32",
@@ -58,9 +58,10 @@ def initial_sae(args, data: torch.Tensor) -> SAE:
 
 def run_bound(data, init: SAE, args, dtype) -> list[float]:
     enc = encoder_rows(init.W_enc.detach(), init.b_enc.detach()).contiguous()  # the trainer's layout
+    workspace = Workspace()  # the trainer's buffer, too
     times = [time.perf_counter()]
     for x in data.split(args.batch_size):
-        encoder_pre(x, enc, init.b_dec.detach(), dtype)
+        encoder_pre(x, enc, init.b_dec.detach(), dtype, workspace)
         times.append(time.perf_counter())
     return [b - a for a, b in zip(times, times[1:], strict=False)]
 

@@ -54,7 +54,7 @@ def training(device: str, size: dict) -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import _peers
 
-    from sae_vit.core.kernels import encoder_pre, encoder_rows
+    from sae_vit.core.kernels import Workspace, encoder_pre, encoder_rows
     from sae_vit.core.sae import SAE, SAEConfig
 
     d_in, d_sae, k, batch, steps = (size[n] for n in ("d_in", "d_sae", "k", "batch", "steps"))
@@ -72,11 +72,12 @@ def training(device: str, size: dict) -> None:
     tok_s = {}
     for dtype in (torch.float32, torch.bfloat16):
         enc = encoder_rows(init.W_enc.detach(), init.b_enc.detach()).contiguous().to(device)
+        workspace = Workspace()  # the trainer's buffer
         times = []
         for x in data.split(batch):
             sync(device)
             t0 = time.perf_counter()
-            encoder_pre(x, enc, init.b_dec.to(device), dtype)
+            encoder_pre(x, enc, init.b_dec.to(device), dtype, workspace)
             sync(device)
             times.append(time.perf_counter() - t0)
         tok_s["bound-fp32" if dtype == torch.float32 else "bound-bf16"] = batch / statistics.median(times[1:])

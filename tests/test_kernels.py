@@ -117,6 +117,24 @@ def test_encoder_pre_in_dtype(dtype):
                                atol=0.1 if dtype == torch.bfloat16 else 1e-5)
 
 
+def test_workspace_reuses_its_buffer_and_changes_no_result():
+    """The trainer's pre-activation buffer: the same storage step after step (a shorter batch gets a view of it,
+    a longer one a new buffer), and the same selection and values as without it."""
+    g = torch.Generator().manual_seed(0)
+    W, b, c = torch.randn(16, 64, generator=g), torch.randn(64, generator=g), torch.randn(16, generator=g)
+    enc = kernels.encoder_rows(W, b)
+    ws = kernels.Workspace()
+    ptrs = []
+    for n in (8, 8, 5, 12):
+        x = torch.randn(n, 16, generator=g)
+        pre = kernels.encoder_pre(x, enc, c, workspace=ws)
+        ptrs.append(pre.data_ptr())
+        torch.testing.assert_close(pre, (x - c) @ W + b, rtol=1e-5, atol=1e-5)
+        plain, reused = kernels.topk_encode_rows(x, enc, c, 4), kernels.topk_encode_rows(x, enc, c, 4, workspace=ws)
+        assert torch.equal(plain.idx, reused.idx) and torch.equal(plain.vals, reused.vals)
+    assert ptrs[0] == ptrs[1] == ptrs[2] != ptrs[3]
+
+
 @given(problems(), st.booleans(), st.integers(0, 2**31 - 1))
 @SETTINGS
 def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed):

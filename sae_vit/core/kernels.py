@@ -13,6 +13,7 @@ Every kernel is checked against the plain dense computation in tests/test_kernel
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -210,13 +211,41 @@ class Encoded(NamedTuple):
     to ``W_enc``, ``b_enc`` and ``x``, not to ``b_dec``), or ``None``."""
 
 
-def encoder_pre(x: Tensor, enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+class Workspace:
+    """Buffers kept from one training step to the next. A CPU tensor larger than glibc's mmap threshold (at most
+    32 MiB) goes back to the OS when freed and is faulted in again page by page when next allocated: for the
+    [4096, 12288] fp32 pre-activations of a step that costs ~75 ms, 14 % of the encoder matmul itself
+    (docs/benchmarks.md, "Training throughput")."""
+
+    def __init__(self):
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor of ``shape``, the buffer ``name`` (grown when too small)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+            self._buffers.pop(name, None)  # free the old buffer before allocating its successor
+            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+
+def encoder_pre(x: Tensor, enc: Tensor, b_dec: Tensor, dtype: torch.dtype = torch.float32,
+                workspace: Workspace | None = None) -> Tensor:
     """Dense pre-activations ``[x - b_dec | 1] @ enc^T`` = ``(x - b_dec) @ W_enc + b_enc``, [n, d_sae], from
     ``enc`` = :func:`encoder_rows`, computed (and returned) in ``dtype``, without autograd: the one O(n d_sae d)
     product of a TopK step (:func:`topk_encode_rows` makes the same call), hence the bound on its speed that
-    benchmarks/bench_train.py reports."""
+    benchmarks/bench_train.py reports. With a ``workspace`` the result is its buffer ``"pre"``, valid until the
+    next call with the same workspace."""
     with torch.no_grad():
-        return with_ones((x - b_dec).float()).to(dtype) @ enc.to(dtype).T
+        return _encoder_pre(with_ones((x - b_dec).float()), enc, dtype, workspace)
+
+
+def _encoder_pre(x_a: Tensor, enc: Tensor, dtype: torch.dtype, workspace: Workspace | None) -> Tensor:
+    a, b = x_a.to(dtype), enc.to(dtype).T
+    if workspace is None:
+        return a @ b
+    return torch.mm(a, b, out=workspace.get("pre", (a.shape[0], b.shape[1]), dtype, a.device))
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
@@ -227,17 +256,18 @@ def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
 
 
 def topk_encode_rows(x: Tensor, enc: Tensor, b_dec: Tensor, k: int, dtype: torch.dtype = torch.float32,
-                     dead: Tensor | None = None) -> Encoded:
+                     dead: Tensor | None = None, workspace: Workspace | None = None) -> Encoded:
     """TopK encoder of ``x`` [n, d_in] with ``enc`` = :func:`encoder_rows` [d_sae, d_in + 1]: dense forward in
     ``dtype``, k-sparse backward to ``enc`` and ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae]
     pre-activations are freed on return.
 
     ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``, columns of
-    the same product), for AuxK; pass them on to :func:`decode_with_dead`.
+    the same product), for AuxK; pass them on to :func:`decode_with_dead`. ``workspace``: where the
+    pre-activations are made (:class:`Workspace`; the trainer keeps one).
     """
     with torch.no_grad():
         x_a = with_ones((x - b_dec).float())
-        pre = x_a.to(dtype) @ enc.to(dtype).T
+        pre = _encoder_pre(x_a, enc, dtype, workspace)
         # The dead columns of the product already made: a gather costs a fraction of their own matmul.
         dead_pre = None if dead is None else pre.index_select(1, dead)
         raw, idx = topk(pre, k)

@@ -350,7 +350,7 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
 
 
 def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: float,
-             enc: Tensor | None = None) -> StepOutput:
+             enc: Tensor | None = None, workspace: kernels.Workspace | None = None) -> StepOutput:
     """Loss of ``sae`` on ``x`` [n, d_in], in the activations' own space.
 
     TopK: FVU of the batch + ``aux_coef`` * AuxK (:func:`auxk_loss`, on the latents that ``dead`` [d_sae] bool
@@ -359,7 +359,8 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     token's centred norm, averaged, + ``l1_weight`` * mean L1 of the latents (decoder rows have unit norm, so no
     decoder-norm weighting is needed). ``enc`` [d_sae, d_in + 1] (TopK only), if given, is used (and
     differentiated) instead of ``sae``'s encoder, as :func:`sae_vit.core.kernels.encoder_rows` lays it out: the
-    trainer passes its own leaf.
+    trainer passes its own leaf, and a :class:`~sae_vit.core.kernels.Workspace` that keeps the pre-activations'
+    buffer from step to step.
     """
     xn, ctx = sae.normalize(x)
     aux = cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any())
@@ -367,7 +368,8 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     if cfg.architecture == "topk":
         dead_idx = dead.nonzero().squeeze(1) if fused_aux else None
         enc_rows = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
-        coded = kernels.topk_encode_rows(xn, enc_rows, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx)
+        coded = kernels.topk_encode_rows(xn, enc_rows, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx,
+                                         workspace)
         vals = coded.vals.relu()
         if fused_aux:
             # AuxK inside the main kernels: its gradients land in place in the main ones (no full-size copies).
@@ -453,11 +455,13 @@ class _Loss(torch.nn.Module):
     encoder matmul then needs no bias broadcast, the k-sparse encoder gradient (bias included) is computed as
     latent rows and lands in ``enc.grad`` without a transposing copy, and fused AdamW gets one contiguous tensor
     (on a column-major parameter it copies, ~5x slower at 768 x 12288). ReLU SAEs train their own parameters.
+    The [n, d_sae] pre-activations are made in one buffer kept for the whole run (:class:`kernels.Workspace`).
     """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         super().__init__()
         self.sae, self.cfg = sae, cfg
+        self.workspace = kernels.Workspace()
         self.enc = None
         if cfg.architecture == "topk":
             d_in = sae.cfg.d_in
@@ -469,7 +473,7 @@ class _Loss(torch.nn.Module):
             sae.b_enc.requires_grad_(False)
 
     def forward(self, x: Tensor, dead: Tensor, l1_weight: float) -> StepOutput:
-        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, enc=self.enc)
+        return sae_loss(self.sae, x, self.cfg, dead, l1_weight, enc=self.enc, workspace=self.workspace)
 
 
 def recipe(cfg: TrainConfig) -> dict:
