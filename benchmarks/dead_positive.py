@@ -33,10 +33,11 @@ def main() -> None:
     stats = []
     encode = kernels.topk_encode_rows
 
-    def spy(x, enc, b_dec, k, dtype=torch.float32, dead=None):
-        out = encode(x, enc, b_dec, k, dtype, dead)
+    def spy(x, enc, b_dec, k, dtype=torch.float32, dead=None, *args, **kwargs):
+        out = encode(x, enc, b_dec, k, dtype, dead, *args, **kwargs)
         if dead is not None and len(dead):
-            positive = out.dead_pre > 0
+            with torch.no_grad():
+                positive = kernels.encoder_pre(x, enc, b_dec)[:, dead] > 0
             stats.append((len(dead), positive.any(0).float().mean().item(), positive.float().mean().item()))
         return out
 

@@ -135,15 +135,20 @@ def test_workspace_reuses_its_buffer_and_changes_no_result():
     assert ptrs[0] == ptrs[1] == ptrs[2] != ptrs[3]
 
 
-@given(problems(), st.booleans(), st.integers(0, 2**31 - 1))
+@given(problems(), st.booleans(), st.integers(0, 2**31 - 1), st.integers(1, 8), st.sampled_from([0.0, 1.0]),
+       st.sampled_from([-1.0, 0.0, 2.0]))
 @SETTINGS
-def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed):
-    """``topk_encode(..., dead)`` and ``decode_with_dead``: the dead latents' pre-activations and their decode
-    (AuxK's) give the gradients of the dense computation, with ``b_dec`` held constant on the dead path."""
+def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed, aux_k, ragged_density, shift):
+    """``topk_encode(..., dead, aux_k)`` and ``decode_with_dead``: AuxK's selection among the dead latents (each
+    token's top ``aux_k`` positive pre-activations, as a dense or a ragged code; a bias ``shift`` makes few, some
+    or most positive) and its decode give the gradients of the dense computation, with ``b_dec`` held constant
+    on the dead path."""
     x, *weights, k = problem
     m = weights[0].shape[1]
     g = torch.Generator().manual_seed(seed)
     dead = torch.randperm(m, generator=g)[: int(torch.randint(1, m + 1, (1,), generator=g))]
+    weights[1] = weights[1].clone()
+    weights[1][dead] += shift * weights[1].abs().max()
     target, target_dead = torch.randn_like(x), torch.randn_like(x)
 
     def run(fast):
@@ -151,16 +156,40 @@ def test_dead_columns_ride_along_with_dense_gradients(problem, x_grad, seed):
         params = [w.clone().requires_grad_() for w in weights]
         W_enc, b_enc, b_dec, W_dec = params
         if fast:
-            enc = kernels.topk_encode(xs, W_enc, b_enc, b_dec, k, dead=dead)
-            x_hat, e_hat = kernels.decode_with_dead(enc.idx, enc.vals.relu(), W_dec, enc.bags, dead,
-                                                    enc.dead_pre.relu())
+            enc = kernels.topk_encode(xs, W_enc, b_enc, b_dec, k, dead=dead, aux_k=aux_k)
+            x_hat, e_hat = kernels.decode_with_dead(enc.idx, enc.vals.relu(), W_dec, enc.bags, dead, enc.aux,
+                                                    enc.aux.activate(enc.aux_pre))
             x_hat = x_hat + b_dec
         else:
             x_hat, _ = dense_topk_sae(xs, W_enc, b_enc, b_dec, W_dec, k)
             dead_pre = (xs - b_dec.detach()) @ W_enc[:, dead] + b_enc[dead]
-            e_hat = dead_pre.relu() @ W_dec[dead]
+            top, j = dead_pre.topk(min(aux_k, len(dead)), dim=-1)
+            e_hat = torch.zeros_like(dead_pre).scatter(1, j, top.relu()) @ W_dec[dead]
         loss = (x_hat - target).pow(2).sum() + (e_hat - target_dead).pow(2).sum()
         loss.backward()
         return loss, [p.grad for p in params] + ([xs.grad] if x_grad else [])
 
-    _assert_fast_matches_dense(run)
+    saved = kernels.RAGGED_DENSITY
+    kernels.RAGGED_DENSITY = ragged_density
+    try:
+        _assert_fast_matches_dense(run)
+    finally:
+        kernels.RAGGED_DENSITY = saved
+
+
+def test_aux_code_is_ragged_only_while_few_pairs_are_selected():
+    pre = torch.full((8, 24), -1.0)
+    pre[0, :3] = 1.0  # 3 of 192 positive
+    few = kernels.aux_code(pre, 24)
+    assert isinstance(few, kernels.RaggedCode) and few.pairs == 3
+    assert few.crow.tolist() == [0, 3, 3, 3, 3, 3, 3, 3, 3] and few.latents.tolist() == [0, 1, 2]
+    pre[:, :12] = 1.0  # half positive; the top 4 of each token's 12 positives are selected
+    many = kernels.aux_code(pre, 4)
+    assert isinstance(many, kernels.DenseCode) and many.pairs == 32
+    none = kernels.aux_code(torch.full((8, 24), -1.0), 24)
+    assert isinstance(none, kernels.RaggedCode) and none.pairs == 0
+    W, g = torch.randn(24, 5), torch.randn(8, 5)
+    assert not none.decode(none.values(pre), W).any() and none.grad_acts(g, W).shape == (0,)
+    assert none.sum_by_latent(torch.zeros(0), g).shape == (24, 5)
+
+

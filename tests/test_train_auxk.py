@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from sae_vit.core import kernels
 from sae_vit.core.sae import SAE, SAEConfig
-from sae_vit.core.train import AUXK_DENSE_FRACTION, TrainConfig, auxk_loss, resolve, sae_loss
+from sae_vit.core.train import AUXK_FUSED_FRACTION, TrainConfig, auxk_loss, resolve, sae_loss
 
 D_IN, D_SAE = 16, 128
 
@@ -47,7 +48,7 @@ def dead_mask(n_dead: int, seed: int) -> torch.Tensor:
 CASES = [
     (5, 8),  # fewer dead than aux_k: dense, every dead latent
     (12, 8),  # dense, top aux_k of the dead
-    (int(AUXK_DENSE_FRACTION * D_SAE) + 20, 8),  # many dead: the k-sparse kernels
+    (int(AUXK_FUSED_FRACTION * D_SAE) + 20, 8),  # many dead: the k-sparse kernels
 ]
 
 
@@ -88,9 +89,11 @@ def dense_topk_loss(sae: SAE, x: torch.Tensor, dead: torch.Tensor, cfg: TrainCon
 
 @pytest.mark.parametrize("normalization", ["none", "layer_norm", "constant"])
 @pytest.mark.parametrize("n_dead, aux_k", CASES + [(0, 8)])
-def test_trainer_loss_with_auxk_matches_dense_reference(normalization, n_dead, aux_k):
-    """sae_loss (AuxK fused into the main encoder and decoder kernels while few latents are dead, separate
-    beyond) gives the loss and every gradient of the dense computation."""
+@pytest.mark.parametrize("ragged_density", [0.0, 1.0], ids=["dense-code", "ragged-code"])
+def test_trainer_loss_with_auxk_matches_dense_reference(normalization, n_dead, aux_k, ragged_density, monkeypatch):
+    """sae_loss (AuxK fused into the main encoder and decoder kernels while few latents are dead, as a dense or a
+    ragged code, separate beyond) gives the loss and every gradient of the dense computation."""
+    monkeypatch.setattr(kernels, "RAGGED_DENSITY", ragged_density)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(96, D_IN, generator=g) * 2 + 0.5
     dead = dead_mask(n_dead, 3)

@@ -90,16 +90,24 @@ def sampled_dot(idx: Tensor, a: Tensor, W: Tensor) -> Tensor:
     """``out[t, s] = a[t] . W[idx[t, s]]``, [n, k], from ``a`` [n, d] and ``W`` [m, d]: ``(a @ W.T)`` only
     where it is needed (SDDMM on the CSR pattern of ``idx``), O(n k d)."""
     n, k = idx.shape
+    crow = torch.arange(0, n * k + 1, k, device=idx.device)
+    return sampled_dot_csr(crow, idx.reshape(-1), a, W).view(n, k)
+
+
+def sampled_dot_csr(crow: Tensor, col: Tensor, a: Tensor, W: Tensor) -> Tensor:
+    """``out[p] = a[t] . W[col[p]]`` for the pairs ``p`` of each row ``t`` (``crow[t] <= p < crow[t + 1]``, CSR),
+    [len(col)], from ``a`` [n, d] and ``W`` [m, d]: a ragged :func:`sampled_dot`."""
     a, W = a.float(), W.float()
+    if not len(col):
+        return a.new_zeros(0)
     if a.device.type in ("cpu", "cuda"):
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
-            pattern = torch.sparse_csr_tensor(
-                torch.arange(0, n * k + 1, k, device=idx.device), idx.reshape(-1),
-                torch.zeros(n * k, device=a.device), (n, W.shape[0]), check_invariants=False,
-            )
-        return torch.sparse.sampled_addmm(pattern, a, W.T, beta=0.0).values().view(n, k)
-    return torch.einsum("nkd,nd->nk", F.embedding(idx, W), a)  # pragma: no cover - other backends
+            pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(len(col), device=a.device),
+                                              (len(crow) - 1, W.shape[0]), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, a, W.T, beta=0.0).values()
+    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=a.device), crow.diff())  # pragma: no cover
+    return (a[rows] * W[col]).sum(dim=1)  # pragma: no cover - other backends
 
 
 def encoder_rows(W_enc: Tensor, b_enc: Tensor) -> Tensor:
@@ -115,37 +123,132 @@ def with_ones(x: Tensor) -> Tensor:
     return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
 
 
+#: AuxK's selected (token, dead latent) pairs go through the ragged kernels (:class:`RaggedCode`) while at most
+#: this share of the [n, n_dead] dead pre-activations is selected, through dense products (:class:`DenseCode`)
+#: beyond: on the CPU a selected pair costs about ten entries of a dense product (docs/train.md, "AuxK").
+RAGGED_DENSITY = 1 / 12
+
+
+class DenseCode:
+    """AuxK's selection as a dense 0/1 mask [n, m] over the dead latents: its products are plain matmuls."""
+
+    def __init__(self, mask: Tensor):
+        self.mask = mask.float()
+
+    def values(self, pre: Tensor) -> Tensor:
+        """The pre-activations [n, m] on this code's pattern: all of them."""
+        return pre
+
+    def activate(self, values: Tensor) -> Tensor:
+        """The activations [n, m]: the selected values, others 0 (differentiable)."""
+        return values * self.mask
+
+    def decode(self, acts: Tensor, W: Tensor) -> Tensor:
+        """``acts @ W``, [n, d], from the latents' rows ``W`` [m, d]."""
+        return acts @ W
+
+    def grad_acts(self, g: Tensor, W: Tensor) -> Tensor:
+        """The gradient of :meth:`decode`'s ``acts`` for the output gradient ``g`` [n, d]."""
+        return g @ W.T
+
+    def sum_by_latent(self, w: Tensor, src: Tensor) -> Tensor:
+        """``w^T @ src``, [m, d], from ``w`` (activations or their gradient) and ``src`` [n, d]."""
+        return w.T @ src
+
+    @property
+    def pairs(self) -> int:
+        return int(self.mask.sum())
+
+
+class RaggedCode:
+    """AuxK's selection as its (token, latent) pairs ordered by token, each token's run its own length: products
+    through ``embedding_bag`` and SDDMM in O(pairs x d), as the main TopK code's."""
+
+    def __init__(self, mask: Tensor):
+        n, m = mask.shape
+        with serial():
+            self.flat = mask.reshape(-1).nonzero().squeeze(1)
+            tokens, self.latents = self.flat // m, self.flat % m
+            counts = torch.bincount(tokens, minlength=n)
+            self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            order = self.latents.argsort()
+            per_latent = torch.bincount(self.latents, minlength=m)
+            self.bags = Bags(tokens[order], per_latent.cumsum(0) - per_latent, order)
+
+    def values(self, pre: Tensor) -> Tensor:
+        """The selected pre-activations [pairs] of ``pre`` [n, m]."""
+        return pre.reshape(-1)[self.flat]
+
+    def activate(self, values: Tensor) -> Tensor:
+        """The activations [pairs]: the values themselves (every selected value is positive)."""
+        return values
+
+    def decode(self, acts: Tensor, W: Tensor) -> Tensor:
+        """``sum_p acts[p] W[latent[p]]`` per token, [n, d]."""
+        return F.embedding_bag(self.latents, W, self.crow[:-1], mode="sum", per_sample_weights=acts)
+
+    def grad_acts(self, g: Tensor, W: Tensor) -> Tensor:
+        """The gradient of :meth:`decode`'s ``acts`` for the output gradient ``g`` [n, d]: [pairs]."""
+        return sampled_dot_csr(self.crow, self.latents, g, W)
+
+    def sum_by_latent(self, w: Tensor, src: Tensor) -> Tensor:
+        """``out[j] = sum_{p: latent[p] = j} w[p] src[token[p]]``, [m, d]."""
+        return sum_by_latent(self.bags, w, src)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.flat)
+
+
+AuxCode = DenseCode | RaggedCode
+
+
+def aux_code(dead_pre: Tensor, aux_k: int) -> AuxCode:
+    """AuxK's selection from the dead latents' pre-activations [n, n_dead]: each token's top ``aux_k`` that are
+    positive (an activation is ReLU'd, so the others contribute nothing and take no gradient), as a
+    :class:`RaggedCode` while few are selected, else a :class:`DenseCode`."""
+    with torch.no_grad():
+        if aux_k < dead_pre.shape[1]:
+            top, j = dead_pre.topk(aux_k, dim=-1, sorted=False)
+            mask = torch.zeros_like(dead_pre, dtype=torch.bool).scatter_(1, j, top > 0)
+        else:
+            mask = dead_pre > 0
+        if int(mask.sum()) <= RAGGED_DENSITY * mask.numel():
+            return RaggedCode(mask)
+        return DenseCode(mask)
+
+
 class EncoderValues(torch.autograd.Function):
     """``vals[t, s] = [x[t] - b_dec | 1] . enc[idx[t, s]]`` (``enc`` = :func:`encoder_rows`: the selected latents'
-    encoder columns and biases) with a k-sparse backward, and optionally ``dead_pre[t, j]``, the same for the
-    latents ``dead[j]`` (AuxK's pre-activations).
+    encoder columns and biases) with a k-sparse backward, and optionally AuxK's pre-activations of the latents
+    ``dead`` on the pattern of ``aux`` (an :data:`AuxCode`), taken from ``dead_pre`` [n, n_dead].
 
     The forward takes the values already computed by the dense encoder matmul (so it costs nothing); the
     backward gives ``enc``'s gradient on the selected rows only, O(n k d) instead of O(n d_sae d), the bias's
     with it (the ones column of the inputs). The dead rows' gradients are added in place to that same gradient,
-    so AuxK costs its own small matmuls and no full-size gradient of its own. ``b_dec`` takes no gradient through
-    ``dead_pre`` (AuxK leaves the decoder bias alone, as sparsify does: see :func:`sae_vit.core.train.auxk_loss`).
+    so AuxK costs its own small products and no full-size gradient of its own. ``b_dec`` takes no gradient
+    through AuxK (it leaves the decoder bias alone, as sparsify does: see :func:`sae_vit.core.train.auxk_loss`).
     """
 
     @staticmethod
-    def forward(ctx, x, b_dec, enc, idx, vals, bags, x_a=None, dead=None, dead_pre=None):
+    def forward(ctx, x, b_dec, enc, idx, vals, bags, x_a=None, dead=None, aux=None, dead_pre=None):
         x_a = with_ones((x - b_dec).float()) if x_a is None else x_a
         ctx.save_for_backward(x_a, enc, idx, dead)
-        ctx.bags = bags
+        ctx.bags, ctx.aux = bags, aux
         vals = vals.to(torch.float32, copy=True)
         if dead is None:
             return vals, None
-        return vals, dead_pre.to(torch.float32, copy=True)
+        return vals, aux.values(dead_pre).to(torch.float32, copy=True)
 
     @staticmethod
-    def backward(ctx, grad, grad_dead=None):
+    def backward(ctx, grad, grad_aux=None):
         x_a, enc, idx, dead = ctx.saved_tensors
         grad = grad.float()
         d_sae, d_in = enc.shape[0], enc.shape[1] - 1
-        aux = dead is not None and grad_dead is not None
+        aux = dead is not None and grad_aux is not None
         g_x = g_b_dec = g_enc = None
         if aux:
-            grad_dead = grad_dead.float()
+            grad_aux = grad_aux.float()
         if ctx.needs_input_grad[1]:
             with serial():
                 g_latent = torch.zeros(d_sae, device=grad.device).index_add_(0, idx.reshape(-1), grad.reshape(-1))
@@ -153,48 +256,51 @@ class EncoderValues(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             g_enc = sum_by_latent(ctx.bags, grad, x_a)  # [d_sae, d_in + 1]: the last column is the bias's
             if aux:
-                contribution = grad_dead.T @ x_a
+                contribution = ctx.aux.sum_by_latent(grad_aux, x_a)
                 with serial():
                     g_enc.index_add_(0, dead, contribution)
         if ctx.needs_input_grad[0]:
             W_rows = enc[:, :d_in].float().contiguous()
             g_x = F.embedding_bag(idx, W_rows, per_sample_weights=grad, mode="sum")
             if aux:
-                g_x += grad_dead @ W_rows.index_select(0, dead)
-        return g_x, g_b_dec, g_enc, None, None, None, None, None, None
+                g_x += ctx.aux.decode(grad_aux, W_rows.index_select(0, dead))
+        return g_x, g_b_dec, g_enc, None, None, None, None, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
     """``x_hat[t] = sum_s vals[t, s] W_dec[idx[t, s]]`` (no bias), forward and backward O(n k d), and optionally
-    ``e_hat = dead_acts @ W_dec[dead]`` (AuxK's reconstruction from the latents ``dead``), whose decoder gradient
-    lands in place in the rows of the same gradient."""
+    AuxK's reconstruction ``e_hat`` from the activations ``aux_acts`` of the latents ``dead`` on the pattern of
+    ``aux`` (an :data:`AuxCode`), whose decoder gradient lands in place in the rows of the same gradient."""
 
     @staticmethod
-    def forward(ctx, idx, vals, W_dec, bags, dead=None, dead_acts=None):
+    def forward(ctx, idx, vals, W_dec, bags, dead=None, aux=None, aux_acts=None):
         vals = vals.float()
-        ctx.save_for_backward(idx, vals, W_dec, dead, None if dead_acts is None else dead_acts.float())
-        ctx.bags = bags
+        aux_acts = None if aux_acts is None else aux_acts.float()
+        ctx.save_for_backward(idx, vals, W_dec, dead, aux_acts)
+        ctx.bags, ctx.aux = bags, aux
         x_hat = F.embedding_bag(idx, W_dec.float(), per_sample_weights=vals, mode="sum")
         if dead is None:
             return x_hat, None
-        return x_hat, dead_acts.float() @ W_dec.float().index_select(0, dead)
+        return x_hat, aux.decode(aux_acts, W_dec.float().index_select(0, dead))
 
     @staticmethod
-    def backward(ctx, grad, grad_dead=None):
-        idx, vals, W_dec, dead, dead_acts = ctx.saved_tensors
+    def backward(ctx, grad, grad_aux=None):
+        idx, vals, W_dec, dead, aux_acts = ctx.saved_tensors
         grad = grad.float().contiguous()
-        aux = dead is not None and grad_dead is not None
+        aux = dead is not None and grad_aux is not None
+        if aux:
+            grad_aux = grad_aux.float().contiguous()
         g_vals = sampled_dot(idx, grad, W_dec) if ctx.needs_input_grad[1] else None
-        g_W = g_dead_acts = None
+        g_W = g_aux_acts = None
         if ctx.needs_input_grad[2]:
             g_W = sum_by_latent(ctx.bags, vals, grad)
             if aux:
-                contribution = dead_acts.T @ grad_dead.float()
+                contribution = ctx.aux.sum_by_latent(aux_acts, grad_aux)
                 with serial():
                     g_W.index_add_(0, dead, contribution)
-        if aux and ctx.needs_input_grad[5]:
-            g_dead_acts = grad_dead.float() @ W_dec.float().index_select(0, dead).T
-        return None, g_vals, g_W, None, None, g_dead_acts
+        if aux and ctx.needs_input_grad[6]:
+            g_aux_acts = ctx.aux.grad_acts(grad_aux, W_dec.float().index_select(0, dead))
+        return None, g_vals, g_W, None, None, None, g_aux_acts
 
 
 class Encoded(NamedTuple):
@@ -206,9 +312,11 @@ class Encoded(NamedTuple):
     """[n, k] int64 indices of the selected latents."""
     bags: Bags
     """``idx`` grouped by latent, shared by the encoder's and the decoder's backward."""
-    dead_pre: Tensor | None = None
-    """[n, n_dead] fp32 pre-activations of the latents ``dead`` given to :func:`topk_encode` (differentiable
-    to ``W_enc``, ``b_enc`` and ``x``, not to ``b_dec``), or ``None``."""
+    aux: AuxCode | None = None
+    """AuxK's selection among the latents ``dead`` given to :func:`topk_encode` (:func:`aux_code`), or ``None``."""
+    aux_pre: Tensor | None = None
+    """fp32 pre-activations of the dead latents on ``aux``'s pattern (differentiable to ``W_enc``, ``b_enc`` and
+    ``x``, not to ``b_dec``); ``aux.activate(aux_pre)`` are AuxK's activations."""
 
 
 class Workspace:
@@ -249,32 +357,37 @@ def _encoder_pre(x_a: Tensor, enc: Tensor, dtype: torch.dtype, workspace: Worksp
 
 
 def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
-                dtype: torch.dtype = torch.float32, dead: Tensor | None = None) -> Encoded:
+                dtype: torch.dtype = torch.float32, dead: Tensor | None = None, aux_k: int | None = None) -> Encoded:
     """:func:`topk_encode_rows` for an encoder given as ``W_enc`` [d_in, d_sae] and ``b_enc`` [d_sae] (gradients
     reach both through :func:`encoder_rows`; the trainer keeps its encoder in the rows layout and skips the copy)."""
-    return topk_encode_rows(x, encoder_rows(W_enc, b_enc), b_dec, k, dtype, dead)
+    return topk_encode_rows(x, encoder_rows(W_enc, b_enc), b_dec, k, dtype, dead, aux_k=aux_k)
 
 
 def topk_encode_rows(x: Tensor, enc: Tensor, b_dec: Tensor, k: int, dtype: torch.dtype = torch.float32,
-                     dead: Tensor | None = None, workspace: Workspace | None = None) -> Encoded:
+                     dead: Tensor | None = None, workspace: Workspace | None = None,
+                     aux_k: int | None = None) -> Encoded:
     """TopK encoder of ``x`` [n, d_in] with ``enc`` = :func:`encoder_rows` [d_sae, d_in + 1]: dense forward in
     ``dtype``, k-sparse backward to ``enc`` and ``b_dec`` (and ``x`` when it needs a gradient). The [n, d_sae]
     pre-activations are freed on return.
 
-    ``dead`` [n_dead] int64 latent indices: also return their pre-activations (``Encoded.dead_pre``, columns of
-    the same product), for AuxK; pass them on to :func:`decode_with_dead`. ``workspace``: where the
-    pre-activations are made (:class:`Workspace`; the trainer keeps one).
+    ``dead`` [n_dead] int64 latent indices: also select AuxK's activations among them, each token's top
+    ``aux_k`` positive pre-activations (all positive ones when ``aux_k`` is ``None``), from the columns of the
+    same product (``Encoded.aux``, ``Encoded.aux_pre``); pass them on to :func:`decode_with_dead`.
+    ``workspace``: where the pre-activations are made (:class:`Workspace`; the trainer keeps one).
     """
+    aux = dead_pre = None
     with torch.no_grad():
         x_a = with_ones((x - b_dec).float())
         pre = _encoder_pre(x_a, enc, dtype, workspace)
-        # The dead columns of the product already made: a gather costs a fraction of their own matmul.
-        dead_pre = None if dead is None else pre.index_select(1, dead)
+        if dead is not None:
+            # The dead columns of the product already made: a gather costs a fraction of their own matmul.
+            dead_pre = pre.index_select(1, dead)
+            aux = aux_code(dead_pre, aux_k or len(dead))
         raw, idx = topk(pre, k)
         del pre
     bags = bags_by_latent(idx, enc.shape[0])
-    vals, dead_pre = EncoderValues.apply(x, b_dec, enc, idx, raw, bags, x_a, dead, dead_pre)
-    return Encoded(vals, idx, bags, dead_pre)
+    vals, aux_pre = EncoderValues.apply(x, b_dec, enc, idx, raw, bags, x_a, dead, aux, dead_pre)
+    return Encoded(vals, idx, bags, aux, aux_pre)
 
 
 def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags | None = None) -> Tensor:
@@ -284,8 +397,9 @@ def decode(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags | None = None) -
     return SparseDecode.apply(idx, vals, W_dec, bags)[0]
 
 
-def decode_with_dead(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags, dead: Tensor,
-                     dead_acts: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`decode`, and AuxK's ``dead_acts @ W_dec[dead]`` ([n, n_dead] activations of the latents ``dead``):
-    ``(x_hat, e_hat)``, each [n, d_in] fp32, differentiable to ``vals``, ``dead_acts`` and ``W_dec``."""
-    return SparseDecode.apply(idx, vals, W_dec, bags, dead, dead_acts)
+def decode_with_dead(idx: Tensor, vals: Tensor, W_dec: Tensor, bags: Bags, dead: Tensor, aux: AuxCode,
+                     aux_acts: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`decode`, and AuxK's reconstruction from the activations ``aux_acts`` of the latents ``dead`` on
+    ``aux``'s pattern (``Encoded.aux.activate(Encoded.aux_pre)``): ``(x_hat, e_hat)``, each [n, d_in] fp32,
+    differentiable to ``vals``, ``aux_acts`` and ``W_dec``."""
+    return SparseDecode.apply(idx, vals, W_dec, bags, dead, aux, aux_acts)

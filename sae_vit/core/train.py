@@ -283,14 +283,15 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-#: AuxK differentiates the dead latents' pre-activations densely while at most this fraction of the latents is
-#: dead (its four products then cost at most half of the encoder matmul), and through the k-sparse kernels beyond.
-AUXK_DENSE_FRACTION = 1 / 8
+#: AuxK rides inside the main encoder and decoder kernels while at most this fraction of the latents is dead (its
+#: selection gathered from the main product's dead columns: :func:`sae_vit.core.kernels.aux_code`), and runs
+#: stand-alone through the k-sparse kernels beyond (:func:`auxk_loss`).
+AUXK_FUSED_FRACTION = 1 / 8
 
 
-def auxk_dense(sae: SAE, dead: Tensor) -> bool:
-    """Whether AuxK takes its dense path for the ``dead`` [d_sae] bool mask (see :func:`auxk_loss`)."""
-    return int(dead.sum()) <= AUXK_DENSE_FRACTION * sae.cfg.d_sae
+def auxk_fused(sae: SAE, dead: Tensor) -> bool:
+    """Whether AuxK rides inside the main kernels for the ``dead`` [d_sae] bool mask (see :func:`auxk_loss`)."""
+    return int(dead.sum()) <= AUXK_FUSED_FRACTION * sae.cfg.d_sae
 
 
 def auxk_acts(dead_pre: Tensor, aux_k: int) -> Tensor:
@@ -327,7 +328,7 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
     move). ``enc`` stands in for ``sae``'s encoder (see :func:`sae_loss`).
 
     This stand-alone form serves the many-dead case (the selected pairs go through the k-sparse kernels) and
-    the tests; while few latents are dead (:func:`auxk_dense`), :func:`sae_loss` computes the same loss inside
+    the tests; while few latents are dead (:func:`auxk_fused`), :func:`sae_loss` computes the same loss inside
     the main encoder and decoder kernels, which add AuxK's gradients in place to the main ones.
     """
     enc = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
@@ -335,7 +336,7 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
     n_dead = len(dead_idx)
     b_dec = sae.b_dec.detach()
     x_a = kernels.with_ones(xn - b_dec)
-    if auxk_dense(sae, dead):
+    if auxk_fused(sae, dead):
         pre = x_a @ enc.index_select(0, dead_idx).T
         e_hat = auxk_acts(pre, aux_k) @ sae.W_dec.index_select(0, dead_idx)
     else:
@@ -364,17 +365,17 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     """
     xn, ctx = sae.normalize(x)
     aux = cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any())
-    fused_aux = aux and auxk_dense(sae, dead)
+    fused_aux = aux and auxk_fused(sae, dead)
     if cfg.architecture == "topk":
         dead_idx = dead.nonzero().squeeze(1) if fused_aux else None
         enc_rows = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
         coded = kernels.topk_encode_rows(xn, enc_rows, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx,
-                                         workspace)
+                                         workspace, cfg.aux_k)
         vals = coded.vals.relu()
         if fused_aux:
             # AuxK inside the main kernels: its gradients land in place in the main ones (no full-size copies).
-            x_hat_n, e_hat = kernels.decode_with_dead(coded.idx, vals, sae.W_dec, coded.bags, dead_idx,
-                                                      auxk_acts(coded.dead_pre, cfg.aux_k))
+            x_hat_n, e_hat = kernels.decode_with_dead(coded.idx, vals, sae.W_dec, coded.bags, dead_idx, coded.aux,
+                                                      coded.aux.activate(coded.aux_pre))
         else:
             x_hat_n = kernels.decode(coded.idx, vals, sae.W_dec, coded.bags)
         x_hat_n = x_hat_n + sae.b_dec
