@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 
 import torch
@@ -28,6 +29,10 @@ def _shutdown() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # DistributedDataParallel's reducer keeps the group alive from inside reference cycles, so without a
+        # collection here the group is destroyed during interpreter finalisation, where a gloo worker thread
+        # still holding tensors can abort the process.
+        gc.collect()
         dist.barrier()  # leave together: a rank that tore down while another still worked aborted now and then
         dist.destroy_process_group()
 
