@@ -135,6 +135,16 @@ def test_workspace_reuses_its_buffer_and_changes_no_result():
     assert ptrs[0] == ptrs[1] == ptrs[2] != ptrs[3]
 
 
+def test_workspace_shared_by_sizes_and_dtypes_holds_one_buffer_each():
+    """Trainers of several SAEs share one workspace (train_many): one buffer per dtype, the largest asked for."""
+    ws = kernels.Workspace()
+    big = ws.get("pre", (8, 64), torch.float32, torch.device("cpu"))
+    half = ws.get("pre", (8, 16), torch.bfloat16, torch.device("cpu"))
+    small = ws.get("pre", (8, 32), torch.float32, torch.device("cpu"))
+    assert small.data_ptr() == big.data_ptr() and half.dtype == torch.bfloat16
+    assert ws.get("pre", (8, 16), torch.bfloat16, "cpu").data_ptr() == half.data_ptr()
+
+
 @given(problems(), st.booleans(), st.integers(0, 2**31 - 1), st.integers(1, 8), st.sampled_from([0.0, 1.0]),
        st.sampled_from([-1.0, 0.0, 2.0]))
 @SETTINGS

@@ -326,15 +326,16 @@ class Workspace:
     (docs/benchmarks.md, "Training throughput")."""
 
     def __init__(self):
-        self._buffers: dict[str, Tensor] = {}
+        self._buffers: dict[tuple, Tensor] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """An uninitialised contiguous tensor of ``shape``, the buffer ``name`` (grown when too small)."""
-        numel = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
-            self._buffers.pop(name, None)  # free the old buffer before allocating its successor
-            buf = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        """An uninitialised contiguous tensor of ``shape``: the buffer ``name`` of that dtype and device, grown
+        when too small (so SAEs of different sizes sharing a workspace hold one buffer, the largest)."""
+        numel, key = math.prod(shape), (name, dtype, torch.device(device))
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < numel:
+            self._buffers.pop(key, None)  # free the old buffer before allocating its successor
+            buf = self._buffers[key] = torch.empty(numel, dtype=dtype, device=device)
         return buf[:numel].view(shape)
 
 

@@ -456,13 +456,14 @@ class _Loss(torch.nn.Module):
     encoder matmul then needs no bias broadcast, the k-sparse encoder gradient (bias included) is computed as
     latent rows and lands in ``enc.grad`` without a transposing copy, and fused AdamW gets one contiguous tensor
     (on a column-major parameter it copies, ~5x slower at 768 x 12288). ReLU SAEs train their own parameters.
-    The [n, d_sae] pre-activations are made in one buffer kept for the whole run (:class:`kernels.Workspace`).
+    The [n, d_sae] pre-activations are made in one buffer kept for the whole run (:class:`kernels.Workspace`;
+    trainers that step one after another in one process share one, so it is held once).
     """
 
-    def __init__(self, sae: SAE, cfg: TrainConfig):
+    def __init__(self, sae: SAE, cfg: TrainConfig, workspace: kernels.Workspace | None = None):
         super().__init__()
         self.sae, self.cfg = sae, cfg
-        self.workspace = kernels.Workspace()
+        self.workspace = workspace or kernels.Workspace()
         self.enc = None
         if cfg.architecture == "topk":
             d_in = sae.cfg.d_in
@@ -493,13 +494,13 @@ class Trainer:
     every rank holds the same SAE; ``tokens`` count the tokens of all ranks.
     """
 
-    def __init__(self, sae: SAE, cfg: TrainConfig, world: int = 1):
+    def __init__(self, sae: SAE, cfg: TrainConfig, world: int = 1, workspace: kernels.Workspace | None = None):
         self.cfg = cfg  # resolved
         self.device = torch.device(cfg.device)
         self.sae = sae.to(self.device).train()
         self.world = world
         self.n_steps = math.ceil(cfg.n_tokens / cfg.batch_size)
-        loss_fn = _Loss(sae, cfg)
+        loss_fn = _Loss(sae, cfg, workspace)
         # Fused AdamW: one pass over parameters and moments instead of a dozen (it matters at d_sae x d_in).
         fused = self.device.type in ("cpu", "cuda")
         params = [p for p in loss_fn.parameters() if p.requires_grad]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from sae_vit.core.dist import distributed
 from sae_vit.core.errors import SaeVitError
+from sae_vit.core.kernels import Workspace
 from sae_vit.core.train import TrainConfig, Trainer, TrainState, init_sae, recipe, resolve, training_length
 from sae_vit.io.cache import CacheReader, Key, count_tokens, joint_batches
 from sae_vit.pipeline.resume import cache_identity, deferred_interrupt, load_state, save_state, state_path
@@ -98,7 +99,8 @@ def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | No
             for job in jobs]
     done = {i: sae for i, sae in enumerate(_finished(jobs, cfgs, identity, overwrite)) if sae is not None}
     todo = [i for i in range(len(jobs)) if i not in done]
-    trainers = {i: _trainer(reader, jobs[i], cfgs[i], world, identity, overwrite) for i in todo}
+    workspace = Workspace()  # the trainers step one at a time: one pre-activation buffer serves them all
+    trainers = {i: _trainer(reader, jobs[i], cfgs[i], world, identity, overwrite, workspace) for i in todo}
     _run(reader, jobs, trainers, rank, world, identity, progress, state_seconds)
     results, held_out = [], {}
     for i, job in enumerate(jobs):
@@ -168,12 +170,13 @@ def _finished(jobs: list[Job], cfgs: list[TrainConfig], identity: str, overwrite
     return found
 
 
-def _trainer(reader: CacheReader, job: Job, cfg: TrainConfig, world: int, identity: str, overwrite: bool) -> Trainer:
+def _trainer(reader: CacheReader, job: Job, cfg: TrainConfig, world: int, identity: str, overwrite: bool,
+             workspace: Workspace) -> Trainer:
     """A fresh trainer for ``job``, or the one saved beside its checkpoint by an interrupted run."""
     init_acts = reader.sample(job.layer, job.tokens, 50_000, "train", seed=cfg.seed)
     extra = {"model": reader.manifest["model"], "layer": job.layer, "site": reader.manifest["site"],
              "tokens": job.tokens}
-    trainer = Trainer(init_sae(reader.d_model, cfg, init_acts, extra), cfg, world)
+    trainer = Trainer(init_sae(reader.d_model, cfg, init_acts, extra), cfg, world, workspace)
     saved = state_path(job.out)
     if saved.exists():
         if overwrite:
