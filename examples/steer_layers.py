@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import sae_vit.pipeline as api
 from sae_vit.analysis.common import concept_vocabulary, load_model, load_probe_images
@@ -112,5 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     main()

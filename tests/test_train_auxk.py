@@ -1,11 +1,11 @@
-"""AuxK against a plain autograd reference: alone (dense and k-sparse paths) and fused into the main kernels."""
+"""AuxK against a plain autograd reference: alone (k-sparse kernels) and fused into the main kernels."""
 
 import pytest
 import torch
 
 from sae_vit.core import kernels
 from sae_vit.core.sae import SAE, SAEConfig
-from sae_vit.core.train import AUXK_FUSED_FRACTION, TrainConfig, auxk_loss, resolve, sae_loss
+from sae_vit.core.train import TrainConfig, auxk_loss, resolve, sae_loss
 
 D_IN, D_SAE = 16, 128
 
@@ -46,9 +46,9 @@ def dead_mask(n_dead: int, seed: int) -> torch.Tensor:
 
 
 CASES = [
-    (5, 8),  # fewer dead than aux_k: dense, every dead latent
-    (12, 8),  # dense, top aux_k of the dead
-    (int(AUXK_FUSED_FRACTION * D_SAE) + 20, 8),  # many dead: the k-sparse kernels
+    (5, 8),  # fewer dead than aux_k: every dead latent
+    (12, 8),  # top aux_k of the dead
+    (D_SAE // 8 + 20, 8),  # many dead (more than an eighth of the latents)
 ]
 
 
@@ -91,8 +91,8 @@ def dense_topk_loss(sae: SAE, x: torch.Tensor, dead: torch.Tensor, cfg: TrainCon
 @pytest.mark.parametrize("n_dead, aux_k", CASES + [(0, 8)])
 @pytest.mark.parametrize("ragged_density", [0.0, 1.0], ids=["dense-code", "ragged-code"])
 def test_trainer_loss_with_auxk_matches_dense_reference(normalization, n_dead, aux_k, ragged_density, monkeypatch):
-    """sae_loss (AuxK fused into the main encoder and decoder kernels while few latents are dead, as a dense or a
-    ragged code, separate beyond) gives the loss and every gradient of the dense computation."""
+    """sae_loss (AuxK fused into the main encoder and decoder kernels, as a dense or a ragged code) gives the loss
+    and every gradient of the dense computation."""
     monkeypatch.setattr(kernels, "RAGGED_DENSITY", ragged_density)
     g = torch.Generator().manual_seed(7)
     x = torch.randn(96, D_IN, generator=g) * 2 + 0.5

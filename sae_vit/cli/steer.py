@@ -78,8 +78,7 @@ def steer_score_cmd(
         note_default("SAEs", "every checkpoint in <workdir>/saes")
     paths = find_saes(sae)  # resolved (hf://, SAELens, sparsify) before the library checks --out
     cfg = SteerConfig(alphas=alpha_list, threshold=threshold, temperature=temperature, tokens=tokens,
-                      strength_unit=strength_unit, precision=precision, null_seeds=null_seeds,
-                      **({} if decide == "default" else {"decide_at": decide}))
+                      strength_unit=strength_unit, precision=precision, null_seeds=null_seeds, decide_at=decide)
     with LazyProgress("steering", "what") as bar:
         reports = score_saes(
             paths, model, weights, vocab, text_embeddings, images, world, n_images, cfg, feature_list,
@@ -96,10 +95,13 @@ def steer_score_cmd(
         say(f"rule: {st['rule']}")
 
 
-def _decision(text: str) -> float | None | str:
-    """--decide-at: ``default``, ``paper`` (None: the largest alpha) or a positive number of token norms."""
+def _decision(text: str) -> float | None:
+    """--decide-at: ``default`` (:data:`DECIDE_AT`), ``paper`` (None: the largest alpha) or a positive number of
+    token norms."""
     if text in ("default", "paper"):
-        return None if text == "paper" else text
+        from sae_vit.analysis.steer import DECIDE_AT
+
+        return None if text == "paper" else DECIDE_AT
     try:
         value = float(text)
     except ValueError:

@@ -72,11 +72,16 @@ def serial():
 
 def bags_by_latent(idx: Tensor, d_sae: int) -> Bags:
     """Group the pairs of ``idx`` [n, k] (latent indices) by latent; O(n k log(n k))."""
-    flat = idx.reshape(-1)
+    return group_by_latent(idx.reshape(-1), d_sae, lambda order: order // idx.shape[1])
+
+
+def group_by_latent(latents: Tensor, m: int, token_of) -> Bags:
+    """Group pairs by latent: ``latents`` [pairs] of ``m``, ``token_of(order)`` the tokens of the pairs at
+    positions ``order``."""
     with serial():
-        order = flat.argsort()
-        counts = torch.bincount(flat, minlength=d_sae)
-        return Bags(order // idx.shape[1], counts.cumsum(0) - counts, order)
+        order = latents.argsort()
+        counts = torch.bincount(latents, minlength=m)
+        return Bags(token_of(order), counts.cumsum(0) - counts, order)
 
 
 def sum_by_latent(bags: Bags, weights: Tensor, src: Tensor) -> Tensor:
@@ -171,9 +176,7 @@ class RaggedCode:
             tokens, self.latents = self.flat // m, self.flat % m
             counts = torch.bincount(tokens, minlength=n)
             self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-            order = self.latents.argsort()
-            per_latent = torch.bincount(self.latents, minlength=m)
-            self.bags = Bags(tokens[order], per_latent.cumsum(0) - per_latent, order)
+        self.bags = group_by_latent(self.latents, m, lambda order: tokens[order])
 
     def values(self, pre: Tensor) -> Tensor:
         """The selected pre-activations [pairs] of ``pre`` [n, m]."""

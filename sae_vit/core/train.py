@@ -283,26 +283,6 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-#: AuxK rides inside the main encoder and decoder kernels while at most this fraction of the latents is dead (its
-#: selection gathered from the main product's dead columns: :func:`sae_vit.core.kernels.aux_code`), and runs
-#: stand-alone through the k-sparse kernels beyond (:func:`auxk_loss`).
-AUXK_FUSED_FRACTION = 1 / 8
-
-
-def auxk_fused(sae: SAE, dead: Tensor) -> bool:
-    """Whether AuxK rides inside the main kernels for the ``dead`` [d_sae] bool mask (see :func:`auxk_loss`)."""
-    return int(dead.sum()) <= AUXK_FUSED_FRACTION * sae.cfg.d_sae
-
-
-def auxk_acts(dead_pre: Tensor, aux_k: int) -> Tensor:
-    """AuxK's activations of the dead latents from their pre-activations [n, n_dead]: the top ``aux_k`` of each
-    token (all of them when ``aux_k`` or fewer are dead), ReLU'd, others 0."""
-    if aux_k >= dead_pre.shape[1]:
-        return dead_pre.relu()
-    top, j = dead_pre.topk(aux_k, dim=-1, sorted=False)
-    return torch.zeros_like(dead_pre).scatter(1, j, top.relu())
-
-
 def auxk_error(sae: SAE, e_hat: Tensor, residual: Tensor, ctx, n_dead: int, aux_k: int) -> Tensor:
     """AuxK's loss from its reconstruction ``e_hat`` [n, d_in] (normalised space) of the main ``residual``
     [n, d_in] (activation space, detached): squared error over the residual's own centred sum of squares,
@@ -322,31 +302,26 @@ def auxk_loss(sae: SAE, xn: Tensor, residual: Tensor, ctx, dead: Tensor, aux_k: 
 
     ``xn`` [n, d_in] normalised inputs, ``residual`` [n, d_in] (detached), ``dead`` [d_sae] bool. Only the dead
     latents' pre-activations are computed, [n, n_dead], by their own matmul; the top ``aux_k`` of each token
-    (all of them when fewer are dead) are decoded. The loss moves the dead latents' encoder columns, encoder
+    (all of them when fewer are dead) are decoded through the k-sparse kernels. The loss moves the dead latents' encoder columns, encoder
     biases and decoder rows, not ``b_dec``: the decoder bias serves every token's reconstruction, which the
     auxiliary loss should not trade away (sparsify's AuxK leaves it alone too; OpenAI's reference lets it
     move). ``enc`` stands in for ``sae``'s encoder (see :func:`sae_loss`).
 
-    This stand-alone form serves the many-dead case (the selected pairs go through the k-sparse kernels) and
-    the tests; while few latents are dead (:func:`auxk_fused`), :func:`sae_loss` computes the same loss inside
-    the main encoder and decoder kernels, which add AuxK's gradients in place to the main ones.
+    This stand-alone form is for callers outside the trainer (and the tests' reference): the trainer computes
+    the same loss inside the main encoder and decoder kernels (:func:`sae_loss`), its selection gathered from the
+    encoder product already made and its gradients added in place to the main ones.
     """
     enc = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
     dead_idx = dead.nonzero().squeeze(1)
     n_dead = len(dead_idx)
     b_dec = sae.b_dec.detach()
-    x_a = kernels.with_ones(xn - b_dec)
-    if auxk_fused(sae, dead):
-        pre = x_a @ enc.index_select(0, dead_idx).T
-        e_hat = auxk_acts(pre, aux_k) @ sae.W_dec.index_select(0, dead_idx)
-    else:
-        with torch.no_grad():
-            pre = x_a @ enc[dead_idx].T
-            raw, j = pre.topk(min(aux_k, n_dead), dim=-1, sorted=False)
-        idx = dead_idx[j]
-        bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
-        vals = kernels.EncoderValues.apply(xn, b_dec, enc, idx, raw, bags)[0].relu()
-        e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
+    x_a = kernels.with_ones((xn - b_dec).float())
+    with torch.no_grad():
+        raw, j = (x_a @ enc[dead_idx].T).topk(min(aux_k, n_dead), dim=-1, sorted=False)
+    idx = dead_idx[j]
+    bags = kernels.bags_by_latent(idx, sae.cfg.d_sae)
+    vals = kernels.EncoderValues.apply(xn, b_dec, enc, idx, raw, bags, x_a)[0].relu()
+    e_hat = kernels.decode(idx, vals, sae.W_dec, bags)
     return auxk_error(sae, e_hat, residual, ctx, n_dead, aux_k)
 
 
@@ -365,14 +340,13 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     """
     xn, ctx = sae.normalize(x)
     aux = cfg.architecture == "topk" and cfg.aux_coef > 0 and bool(dead.any())
-    fused_aux = aux and auxk_fused(sae, dead)
     if cfg.architecture == "topk":
-        dead_idx = dead.nonzero().squeeze(1) if fused_aux else None
+        dead_idx = dead.nonzero().squeeze(1) if aux else None
         enc_rows = kernels.encoder_rows(sae.W_enc, sae.b_enc) if enc is None else enc
         coded = kernels.topk_encode_rows(xn, enc_rows, sae.b_dec, sae.cfg.k, compute_dtype(x.device), dead_idx,
                                          workspace, cfg.aux_k)
         vals = coded.vals.relu()
-        if fused_aux:
+        if aux:
             # AuxK inside the main kernels: its gradients land in place in the main ones (no full-size copies).
             x_hat_n, e_hat = kernels.decode_with_dead(coded.idx, vals, sae.W_dec, coded.bags, dead_idx, coded.aux,
                                                       coded.aux.activate(coded.aux_pre))
@@ -397,11 +371,9 @@ def sae_loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor, l1_weight: flo
     if cfg.architecture == "topk":
         fvu = F.mse_loss(x_hat, x, reduction="sum") / total_var  # one fused pass forward and backward
         loss = fvu
-        if fused_aux:
+        if aux:
             residual = (x - x_hat).detach()
             loss = loss + cfg.aux_coef * auxk_error(sae, e_hat, residual, ctx, len(dead_idx), cfg.aux_k)
-        elif aux:
-            loss = loss + cfg.aux_coef * auxk_loss(sae, xn, (x - x_hat).detach(), ctx, dead, cfg.aux_k, enc_rows)
     else:
         sq_err = (x_hat - x).pow(2)
         fvu = sq_err.sum() / total_var

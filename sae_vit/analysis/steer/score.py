@@ -186,6 +186,7 @@ def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[st
     sweep = [s / feats.unit_norm for s in strengths_for(cfg, backbone, feats)]
     nulls = score_nulls(ctx, [*sweep, t_star], cfg.null_seeds, seed, cfg.max_batch, cfg.precision)
     bar = null_bar(nulls, t_star)
+    world_labels = labels is not None
     labels = zero_shot_labels(ctx.p0, groups) if labels is None else labels.float()
     frames, kinds, agree = [], {}, {}
     for fam, ids, fctx in families:
@@ -196,7 +197,7 @@ def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[st
     curve = [(f"S_alpha_{a:g}", t) for a, t in zip(cfg.alphas, sweep, strict=True)]
     frames.append(pd.DataFrame(null_rows(nulls, t_star, words, attributes, cfg.threshold, curve)))
     units = pd.concat(frames, ignore_index=True).sort_values(["kind", "S"], ascending=[True, False])
-    summary = _summary(sae, backbone, cfg, tokens, images, words, attributes, labels is not None, families, kinds,
+    summary = _summary(sae, backbone, cfg, tokens, images, words, attributes, world_labels, families, kinds,
                        nulls, t_star, agreement_tests(agree, cfg.permutations, seed), path)
     return SteerReport(units.reset_index(drop=True), summary, strengths_for(cfg, backbone, feats))
 
