@@ -9,7 +9,7 @@ from sae_vit.core.train import TrainConfig
 from sae_vit.io.cache import CacheReader, count_tokens, joint_batches, write_cache
 from sae_vit.io.images import folder_source
 from sae_vit.pipeline import train_grid
-from sae_vit.pipeline.training import Job, train_many
+from sae_vit.pipeline.training import REPLACE_STALE, Job, train_many
 from tests.conftest import write_images
 
 
@@ -56,6 +56,20 @@ def test_train_many_trains_every_job(cache_dir, tmp_path):
         assert t["tokens_seen"] == 3000 and t["eval_tokens"] > 0
         if job.tokens == "patches":  # the CLS streams hold 2 held-out tokens: no meaningful FVU
             assert 0 < t["fvu"] < 0.9, (job, t["fvu"])
+
+
+def test_replace_stale_keeps_the_same_recipe_and_retrains_another(cache_dir, tmp_path):
+    """``overwrite=REPLACE_STALE`` (make-assets' work folder): the same recipe on the same cache is kept (``kept``
+    is told), another recipe is retrained in place instead of refused."""
+    cfg = TrainConfig(expansion=2, k=8, batch_size=128, lr=4e-3, warmup_steps=5, device="cpu", dtype="fp32")
+    out = tmp_path / "sae.safetensors"
+    train_many(cache_dir, [Job(3, "patches", cfg, out)], n_tokens=1000)
+    before, kept = out.read_bytes(), []
+    train_many(cache_dir, [Job(3, "patches", cfg, out)], n_tokens=1000, overwrite=REPLACE_STALE, kept=kept.append)
+    assert kept == [out] and out.read_bytes() == before
+    other = TrainConfig(**{**cfg.__dict__, "k": 4})
+    train_many(cache_dir, [Job(3, "patches", other, out)], n_tokens=1000, overwrite=REPLACE_STALE, kept=kept.append)
+    assert kept == [out] and SAE.load(out).cfg.k == 4
 
 
 def test_api_train_several_layers_and_token_types(cache_dir, tmp_path):

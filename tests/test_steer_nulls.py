@@ -165,3 +165,16 @@ def test_bad_decide_at_is_one_line(tmp_path):
 
     r = CliRunner().invoke(app, ["steer-score", "--decide-at", "strong", "--sae", str(tmp_path / "none")])
     assert r.exit_code == 2 and "--decide-at" in r.output and "Traceback" not in r.output
+
+
+def test_mlp_neurons_share_the_probe_passes_and_labels_are_named(tiny_backbone):
+    """The MLP-neuron family steers at the MLP's hidden units from the same probe context; without world labels the
+    agreement is against the zero-shot top concept, and the summary says so."""
+    sae, images, text = _setup(tiny_backbone)
+    config = SteerConfig(alphas=(0, 5, 40), threshold=0.01, temperature=30.0, curve_top=2, null_seeds=2,
+                         permutations=100)
+    report = steer_score(sae, tiny_backbone, images, [f"w{i}" for i in range(7)], text, config, max_features=4,
+                         mlp_neurons=True)
+    mlp = report.units[report.units.kind == "mlp_neuron"]
+    assert len(mlp) == tiny_backbone.model.blocks[0].mlp.fc1.out_features and mlp["S"].notna().all()
+    assert report.summary["agreement_labels"] == "zero-shot top concept"

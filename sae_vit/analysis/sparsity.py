@@ -74,9 +74,9 @@ def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000, toke
     reader = _pick_reader(sae, reader)
     if reader is not None:
         acts = reader.load(c.layer, c.tokens, "eval", max_tokens=max_tokens)
-        metrics = evaluate(sae, acts)
+        metrics = evaluate(sae, acts, per_token=token_l0 is not None)
         if token_l0 is not None:
-            token_l0[str(path)] = active_counts(sae, acts)
+            token_l0[str(path)] = metrics["token_l0"].numpy()
         return {**row, **{k: metrics[k] for k in keys}, "n_eval_tokens": len(acts),
                 "reliable": len(acts) >= MIN_EVAL_TOKENS, "evaluated_on": "cache"}
     n_eval = c.training.get("eval_tokens", 0)
@@ -91,17 +91,6 @@ def _pick_reader(sae, readers):
     trained_on = sae.cfg.training.get("cache")
     same = [r for r in readers if trained_on is not None and Path(r.root).resolve() == Path(trained_on).resolve()]
     return (same or readers or [None])[0]
-
-
-def active_counts(sae, acts, batch_size: int = 8192) -> np.ndarray:
-    """[n] number of active latents of ``sae`` on each token of ``acts`` [n, d_in]."""
-    import torch
-
-    device = next(sae.parameters()).device
-    with torch.no_grad():
-        counts = [(sae.encode(x.to(device=device, dtype=torch.float32)) > 0).sum(-1).cpu()
-                  for x in acts.split(batch_size)]
-    return torch.cat(counts).numpy() if counts else np.zeros(0, dtype=np.int64)
 
 
 def density_contrast(dense: np.ndarray, sparse: np.ndarray, n_boot: int = 1000, seed: int = 0,

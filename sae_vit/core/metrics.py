@@ -58,11 +58,12 @@ def _batches(acts: Tensor | Iterable[Tensor], batch_size: int) -> Iterator[Tenso
 
 
 @torch.no_grad()
-def evaluate(sae, acts: Tensor | Iterable[Tensor], batch_size: int = 4096) -> dict[str, float]:
+def evaluate(sae, acts: Tensor | Iterable[Tensor], batch_size: int = 4096, per_token: bool = False) -> dict:
     """Measure ``sae`` on ``acts`` ([n, d_in], or an iterable of such batches), streaming in ``batch_size`` chunks.
 
     Returns ``n_tokens``, ``l0``, ``fvu``, ``explained_variance`` (1 - FVU), ``mse`` (per element),
-    ``dead_fraction`` (never fired on these tokens) and ``dense_fraction`` (fires on > 10 % of them).
+    ``dead_fraction`` (never fired on these tokens) and ``dense_fraction`` (fires on > 10 % of them), floats;
+    with ``per_token``, also ``token_l0``, the [n] int64 tensor of each token's active latents.
     FVU is taken over the whole set, not averaged per batch, so it does not depend on ``batch_size``.
     """
     device = next(sae.parameters()).device
@@ -72,6 +73,7 @@ def evaluate(sae, acts: Tensor | Iterable[Tensor], batch_size: int = 4096) -> di
     sum_x = torch.zeros(sae.cfg.d_in, dtype=torch.float64, device=device)
     sum_l0 = torch.zeros((), dtype=torch.float64, device=device)
     counts = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
+    token_l0 = []
     for x in _batches(acts, batch_size):
         x = x.to(device=device, dtype=torch.float32)
         x_hat, f = sae(x)
@@ -84,13 +86,15 @@ def evaluate(sae, acts: Tensor | Iterable[Tensor], batch_size: int = 4096) -> di
         fired = f != 0
         sum_l0 += fired.sum()
         counts += fired.sum(dim=0)
+        if per_token:
+            token_l0.append(fired.sum(dim=-1).cpu())
         n += x.shape[0]
     if n == 0:
         raise SaeVitError("No activations to evaluate; pass a non-empty evaluation set (check the cache or --eval-tokens).")
     total_var = (sum_sq - sum_x.pow(2).sum() / n).clamp_min(1e-30)
     fvu_value = (sum_err / total_var).item()
     density = counts.double() / n
-    return {
+    result = {
         "n_tokens": n,
         "l0": (sum_l0 / n).item(),
         "fvu": fvu_value,
@@ -99,6 +103,9 @@ def evaluate(sae, acts: Tensor | Iterable[Tensor], batch_size: int = 4096) -> di
         "dead_fraction": dead_fraction(density),
         "dense_fraction": dense_fraction(density),
     }
+    if per_token:
+        result["token_l0"] = torch.cat(token_l0)
+    return result
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ def _finished_cache(out: Path, backbone, source, layers, site, tokens, dtype) ->
 
 def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
           cache_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None, config=None,
-          n_tokens: int | None = None, epochs: float | None = None, overwrite: bool = False,
+          n_tokens: int | None = None, epochs: float | None = None, overwrite: bool | str = False,
           progress: Callable | None = None, allow_incomplete: bool = False, *,
           kept: Callable[[Path], None] | None = None):
     """Train one SAE on ``layer`` / ``tokens`` of a cache and save it. Returns ``(sae, path)``.
@@ -84,7 +84,8 @@ def train(layer: int | list[int] | None, tokens: str | list[str] = "all",
 
     Re-runs lose nothing (:func:`~sae_vit.pipeline.training.train_many`): an interrupted run resumes from the state
     saved beside its checkpoint; a finished checkpoint with the same recipe from the same cache is kept
-    (``kept(path)`` is told); any other is replaced only with ``overwrite``.
+    (``kept(path)`` is told); any other is replaced only with ``overwrite`` (or retrained with
+    ``overwrite=REPLACE_STALE``, see :func:`~sae_vit.pipeline.training.train_many`).
     """
     from sae_vit.core.train import TrainConfig
     from sae_vit.io.cache import CacheReader
@@ -173,15 +174,14 @@ def make_typo_assets(bundle, out_dir: str | os.PathLike, work: str | os.PathLike
     feature file to ``out_dir`` as ``typo_sae.safetensors`` and ``typo_features.json``.
 
     ``work`` keeps the cache and the SAEs: a finished cache of the same images (its source fingerprint, which
-    names the recipe) and model weights is reused, and so is an SAE of the same shape trained after it; anything else is rebuilt.
-    ``overwrite`` lets the outputs in ``out_dir`` be replaced."""
-    import json
-
+    names the recipe), model, layers and tokens is reused, and so is an SAE trained on it with the same recipe
+    (the rule of ``saevit cache`` and ``saevit train`` on a re-run); anything else is rebuilt. ``overwrite`` lets
+    the outputs in ``out_dir`` be replaced."""
     from sae_vit.analysis import typo
     from sae_vit.core.atomic import atomic_copy
-    from sae_vit.core.sae import SAE
     from sae_vit.core.train import TrainConfig
     from sae_vit.io.cache import write_cache
+    from sae_vit.pipeline.training import REPLACE_STALE
 
     cfg = cfg or typo.AssetConfig()
     eval_cfg = eval_cfg or typo.EvalConfig()
@@ -191,26 +191,19 @@ def make_typo_assets(bundle, out_dir: str | os.PathLike, work: str | os.PathLike
     if any(t.exists() for t in targets) and not overwrite:
         raise SaeVitError(f"{targets[0]} already exists; pass --overwrite to replace it or choose another --out.")
     source = typo.sae_training_images(cfg.n_images, cfg.seed)
-    manifest = work / "cache" / "manifest.json"
-    old = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    reuse = (bool(old.get("complete")) and old.get("source", {}).get("fingerprint") == source.fingerprint()
-             and old.get("weights") == bundle.backbone.weights_id and set(cfg.layers) <= set(old.get("layers", [])))
-    if reuse:
-        say(f"reusing the finished cache of the same images in {work / 'cache'}")
+    cache = work / "cache"
+    if _finished_cache(cache, bundle.backbone, source, list(cfg.layers), "resid_post", cfg.tokens, "float16"):
+        say(f"reusing the finished cache of the same images in {cache}")
     else:
-        say(f"caching {cfg.n_images} images at layers {list(cfg.layers)} into {work / 'cache'}")
-        write_cache(bundle.backbone, source, work / "cache", list(cfg.layers), tokens=cfg.tokens, overwrite=True)
+        say(f"caching {cfg.n_images} images at layers {list(cfg.layers)} into {cache}")
+        write_cache(bundle.backbone, source, cache, list(cfg.layers), tokens=cfg.tokens, overwrite=True)
     saes = []
     for layer in cfg.layers:
         path = work / f"sae_layer{layer}.safetensors"
-        sae = SAE.load(path) if reuse and path.is_file() and path.stat().st_mtime > manifest.stat().st_mtime else None
-        if sae is not None and (sae.cfg.k, sae.cfg.d_sae) == (cfg.k, cfg.expansion * bundle.backbone.d_model):
-            say(f"reusing {path} (trained on this cache)")
-        else:
-            say(f"training the layer-{layer} SAE ({cfg.n_tokens:,} tokens)")
-            tc = TrainConfig(expansion=cfg.expansion, k=cfg.k, seed=cfg.seed, device="cpu")
-            train(layer, cfg.tokens, work / "cache", path, tc, n_tokens=cfg.n_tokens, overwrite=True)
-            sae = SAE.load(path)
+        say(f"layer {layer}: training its SAE ({cfg.n_tokens:,} tokens) unless {path} has one of this recipe")
+        tc = TrainConfig(expansion=cfg.expansion, k=cfg.k, seed=cfg.seed, device="cpu")
+        sae, _ = train(layer, cfg.tokens, cache, path, tc, n_tokens=cfg.n_tokens, overwrite=REPLACE_STALE,
+                       kept=lambda p: say(f"reusing {p} (same recipe, same cache)"))
         saes.append((path, sae))
     report = typo.run_world_eval(bundle, saes, eval_cfg, progress)
     chosen = next(s for p, s in saes if str(p) == report.sae_path)

@@ -58,7 +58,7 @@ def train_and_sparsity(out: Path, cfg, say: Callable[[str], None]):
     return table.run(paths, caches, out / "sparsity.csv", plot=True, overwrite=True)
 
 
-def sparsity_results(table, manifest: dict, cfg=None) -> dict:
+def sparsity_results(table, manifest: dict, cfg) -> dict:
     """The sparsity rows the report shows, and the density contrasts of the ReLU+L1 SAEs it judges the claim on:
     patches against CLS at each layer, and the CLS token at the deepest layer against the shallowest."""
     from sae_vit.analysis.sparsity import DENSITY_MARGIN, MIN_EVAL_TOKENS, density_contrast
@@ -72,7 +72,7 @@ def sparsity_results(table, manifest: dict, cfg=None) -> dict:
     l0s = {(int(r["layer"]), r["tokens"]): (table.token_l0 or {}).get(r["path"]) for r in records
            if r["architecture"] == "relu"}
     l0s = {k: v for k, v in l0s.items() if v is not None and len(v)}
-    seed = cfg.seed if cfg is not None else 0
+    seed = cfg.seed
     layers = sorted({layer for layer, t in l0s if t == "cls" and (layer, "patches") in l0s})
     patches = [{"layer": layer, **density_contrast(l0s[(layer, "patches")], l0s[(layer, "cls")], seed=seed)}
                for layer in layers]
@@ -82,8 +82,7 @@ def sparsity_results(table, manifest: dict, cfg=None) -> dict:
              if len(cls_layers) > 1 else None)
     return {"rows": rows, "plot": _rel(table.plot_path, out), "csv": _rel(table.csv_path, out),
             "n_images": manifest.get("n_images"), "d_model": manifest.get("d_model"),
-            "cls_images": cfg.cls_images if cfg is not None else None,
-            "relu_l1": cfg.relu_l1 if cfg is not None else None, "min_eval_tokens": MIN_EVAL_TOKENS,
+            "cls_images": cfg.cls_images, "relu_l1": cfg.relu_l1, "min_eval_tokens": MIN_EVAL_TOKENS,
             "margin": DENSITY_MARGIN, "patches_vs_cls": patches, "cls_depth": depth}
 
 

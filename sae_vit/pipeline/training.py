@@ -68,8 +68,13 @@ class _Feed:
             self.group = []
 
 
+#: ``overwrite=REPLACE_STALE``: keep a finished checkpoint with the same recipe from the same cache, retrain any
+#: other in its place (for intermediate files, such as ``defend-typo make-assets``'s work folder).
+REPLACE_STALE = "stale"
+
+
 def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | None = None,
-               epochs: float | None = None, overwrite: bool = False,
+               epochs: float | None = None, overwrite: bool | str = False,
                progress: Callable[[int, TrainState], None] | None = None, *,
                kept: Callable[[Path], None] | None = None, state_seconds: float = 60.0) -> list[tuple]:
     """Train every job's SAE from shared passes over the cache at ``cache_dir`` and save it (rank 0).
@@ -83,6 +88,7 @@ def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | No
     recipe from the same cache is kept (``kept(path)`` is told) and any other is refused unless ``overwrite``;
     each job's state is saved beside its checkpoint every ``state_seconds`` and on Ctrl-C
     (:mod:`sae_vit.pipeline.resume`), and a re-run with the same options resumes from it.
+    ``overwrite=REPLACE_STALE`` retrains the other checkpoints instead of refusing them (and starts afresh).
     """
     if not jobs:
         raise SaeVitError("Nothing to train; give at least one layer and token type.")
@@ -148,14 +154,14 @@ def _check_counts(reader: CacheReader, keys: list[Key], cache_dir) -> dict[Key, 
     return n_train
 
 
-def _finished(jobs: list[Job], cfgs: list[TrainConfig], identity: str, overwrite: bool) -> list:
+def _finished(jobs: list[Job], cfgs: list[TrainConfig], identity: str, overwrite: bool | str) -> list:
     """Per job, the existing checkpoint to keep (same recipe, same cache) or None to train; refuses any other
-    existing checkpoint unless ``overwrite``."""
+    existing checkpoint unless ``overwrite`` (``True``: keep none; :data:`REPLACE_STALE`: retrain the others)."""
     from sae_vit.core.sae import SAE
 
     found = []
     for job, cfg in zip(jobs, cfgs, strict=True):
-        if overwrite or not job.out.exists():
+        if overwrite is True or not job.out.exists():
             found.append(None)
             continue
         try:
@@ -164,6 +170,9 @@ def _finished(jobs: list[Job], cfgs: list[TrainConfig], identity: str, overwrite
             sae = None
         t = sae.cfg.training if sae is not None else {}
         if t.get("recipe") != recipe(cfg) or t.get("cache_id") != identity:
+            if overwrite == REPLACE_STALE:
+                found.append(None)
+                continue
             raise SaeVitError(f"{job.out} already exists (trained with other settings or on another cache); pass "
                               "--overwrite to replace it or choose another --out.")
         found.append(sae)

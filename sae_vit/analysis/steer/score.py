@@ -3,6 +3,7 @@ steer–detect agreement, and the files it writes."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -137,7 +138,7 @@ def _add_curves(frame, fctx: SteerContext, fam: UnitFamily, ids: Tensor, S: Tens
         frame.loc[top.numpy(), f"S_alpha_{alpha:g}"] = S_curve[:, a].numpy()
 
 
-def _families(sae: SAE, backbone: Backbone, ctx: SteerContext, images: Tensor, text: Tensor, tokens: str,
+def _families(sae: SAE, backbone: Backbone, ctx: SteerContext, images: Tensor, tokens: str,
               cfg: SteerConfig, features, max_features, neurons: bool, mlp_neurons: bool, random_control: int,
               seed: int):
     """(family, its units to score, its context) for each family asked for; and the features' density."""
@@ -147,7 +148,10 @@ def _families(sae: SAE, backbone: Backbone, ctx: SteerContext, images: Tensor, t
     if neurons:
         families.append((neuron_family(ctx), None, ctx))
     if mlp_neurons:
-        mctx = build_context(backbone, ctx.layer, "mlp_hidden", images, text, tokens, cfg.temperature, ctx.groups)
+        # the same probe passes and unsteered output; only the hook moves to the MLP's hidden units
+        with torch.no_grad():
+            hidden = backbone.capture(images, [ctx.layer], "mlp_hidden", tokens)[ctx.layer]
+        mctx = dataclasses.replace(ctx, site="mlp_hidden", site_acts=hidden)
         families.append((neuron_family(mctx, "mlp_neuron"), None, mctx))
     if random_control:
         families.append((random_family(feats, random_control, seed), None, ctx))
@@ -179,7 +183,7 @@ def steer_score(sae: SAE, backbone: Backbone, images: Tensor, words: Sequence[st
     tokens = sae.cfg.tokens if cfg.tokens == "sae" else cfg.tokens
     groups = None if attributes is None else _attribute_index(attributes)
     ctx = build_context(backbone, sae.cfg.layer, sae.cfg.site, images, text, tokens, cfg.temperature, groups)
-    families, density = _families(sae, backbone, ctx, images, text, tokens, cfg, features, max_features, neurons,
+    families, density = _families(sae, backbone, ctx, images, tokens, cfg, features, max_features, neurons,
                                   mlp_neurons, random_control, seed)
     feats = families[0][0]
     t_star = decision_strength(cfg, backbone, feats)["token_norms"]

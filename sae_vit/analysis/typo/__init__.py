@@ -50,6 +50,7 @@ from sae_vit.analysis.typo.defences import (
     input_side,
     predict,
     resize_warning,
+    undefended,
 )
 from sae_vit.analysis.typo.files import (
     ASSET_FEATURES,
@@ -154,9 +155,10 @@ def tune_baselines(bundle: ModelBundle, disc: TypoSet, val: TypoSet, class_emb: 
     """Each baseline fitted on ``disc``, its setting chosen on ``val`` by :func:`best_setting` against ``base``
     (no defence on ``val``): the highest reading-specific gain among the settings that keep clean accuracy."""
     bb = bundle.backbone
+    plain = undefended(bb, val)
 
     def choose(candidates: Sequence[Defence]) -> Defence:
-        metrics = [evaluate(bb, val, class_emb, d, base=base) for d in candidates]
+        metrics = [evaluate(bb, val, class_emb, d, base=base, plain=plain) for d in candidates]
         return candidates[best_setting(metrics, base.clean, max_clean_drop)]
 
     heads = rank_heads(bb, disc, class_emb)
@@ -292,8 +294,10 @@ def run_world_eval(bundle: ModelBundle, saes: Sequence[tuple[str | os.PathLike, 
     results = {}
     for name, data in tests.items():
         say(f"evaluating on {name}")
-        base = evaluate(bb, data, class_emb)
-        results[name] = {d: evaluate(bb, data, class_emb, defence, base=base) for d, defence in defences.items()}
+        plain = undefended(bb, data)
+        base = evaluate(bb, data, class_emb, plain=plain)
+        results[name] = {d: evaluate(bb, data, class_emb, defence, base=base, plain=plain)
+                         for d, defence in defences.items()}
     return TypoReport(sweep, best_sae.cfg.layer, best_n, str(best_path), features, results,
                       {d: defence.describe() for d, defence in defences.items()}, bundle.description)
 

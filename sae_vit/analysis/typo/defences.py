@@ -39,6 +39,12 @@ class Defence:
     def describe(self) -> str:
         return "no defence"
 
+    @property
+    def changes_forward(self) -> bool:
+        """Whether :meth:`context` changes the image tower's forward pass (else the undefended image embeddings
+        serve: :func:`undefended`)."""
+        return type(self).context is not Defence.context
+
 
 class SaeDefence(Defence):
     """Zero the top-``n`` text features of an SAE during the forward pass (one ``splice`` edit)."""
@@ -77,6 +83,10 @@ class HeadDefence(Defence):
 
     def describe(self) -> str:
         return f"{len(self.heads)} heads: " + ", ".join(f"L{layer}H{h}" for layer, h in self.heads)
+
+    @property
+    def changes_forward(self) -> bool:
+        return bool(self.heads)
 
 
 class ProbeDefence(Defence):
@@ -128,10 +138,11 @@ def embed_images(backbone: Backbone, images: Tensor, defence: Defence = Defence(
 
 @torch.no_grad()
 def predict(backbone: Backbone, images: Tensor, class_emb: Tensor, defence: Defence = Defence(),
-            written: Tensor | None = None) -> Tensor:
-    """Zero-shot probabilities [n, n_classes] (softmax of 100 · cos) under ``defence``."""
-    emb = defence.image(embed_images(backbone, images, defence), written)
-    return zero_shot_logits(emb, defence.text(class_emb)).softmax(-1)
+            written: Tensor | None = None, plain: Tensor | None = None) -> Tensor:
+    """Zero-shot probabilities [n, n_classes] (softmax of 100 · cos) under ``defence``; ``plain``, the
+    undefended embeddings of ``images``, replaces the forward pass when the defence does not change it."""
+    emb = plain if plain is not None and not defence.changes_forward else embed_images(backbone, images, defence)
+    return zero_shot_logits(defence.image(emb, written), defence.text(class_emb)).softmax(-1)
 
 
 @dataclass
@@ -170,12 +181,22 @@ def gains(attacked: float, control: float, base_attacked: float, base_control: f
     return {"attack_gain": attack, "control_gain": ctrl, "reading_gain": attack - ctrl}
 
 
+def undefended(backbone: Backbone, data: TypoSet) -> dict[str, Tensor]:
+    """The undefended image embeddings of ``data``'s clean, attacked and control images, for :func:`evaluate`'s
+    ``plain``: one forward pass per image for every defence that leaves the forward pass alone."""
+    return {k: embed_images(backbone, getattr(data, k)) for k in ("clean", "attacked", "control")}
+
+
 def evaluate(backbone: Backbone, data: TypoSet, class_emb: Tensor, defence: Defence = Defence(),
-             control: bool = True, base: TypoMetrics | None = None) -> TypoMetrics:
+             control: bool = True, base: TypoMetrics | None = None,
+             plain: dict[str, Tensor] | None = None) -> TypoMetrics:
     """Accuracy on clean, attacked and control images and the ASR, under ``defence`` (``control=False`` skips
-    the control images and reports NaN for them); with ``base`` (no defence, same images), the gains too."""
+    the control images and reports NaN for them); with ``base`` (no defence, same images), the gains too.
+    ``plain`` (:func:`undefended` of ``data``) stands in for the forward pass of a defence that does not change
+    it (no defence, prompt defences, zero heads)."""
     kinds = ("clean", "attacked", "control") if control else ("clean", "attacked")
-    pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written).argmax(-1)
+    pred = {k: predict(backbone, getattr(data, k), class_emb, defence, data.written,
+                       None if plain is None else plain[k]).argmax(-1)
             for k in kinds}
     acc = {k: float((p == data.labels).float().mean()) for k, p in pred.items()}
     m = TypoMetrics(acc["clean"], acc["attacked"], acc.get("control", float("nan")),
