@@ -111,6 +111,10 @@ def test_other_settings_are_refused_before_anything_is_removed(tmp_path):
     before = _mtimes(out)
     with pytest.raises(SaeVitError, match="trained with other settings.*n_tokens 20000 instead of 30000.*--overwrite"):
         run_demo(out, DemoConfig(**{**MINIMAL.__dict__, "n_tokens": 30_000}))
+    with pytest.raises(SaeVitError, match="saes_relu.*trained with other settings.*lr 0.004 instead of 0.002"):
+        run_demo(out, DemoConfig(**{**MINIMAL.__dict__, "relu_lr": 2e-3}))
+    with pytest.raises(SaeVitError, match="already exists \\(trained with other settings.*--overwrite"):  # train's re-run rule
+        run_demo(out, DemoConfig(**{**MINIMAL.__dict__, "relu_batch_size": 100}))
     with pytest.raises(SaeVitError, match="cache made with other settings.*--overwrite"):
         run_demo(out, DemoConfig(**{**MINIMAL.__dict__, "n_images": 100}))
     with pytest.raises(SaeVitError, match="out of range"):  # a bad option, even with overwrite

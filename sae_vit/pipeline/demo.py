@@ -248,6 +248,8 @@ def _sae_mismatch(path: Path, job, cache_dir: Path, cfg: DemoConfig, d_model: in
     want = {"model": "toy", "architecture": job.config.architecture, "k": None if relu else cfg.k,
             "l1": cfg.relu_l1 if relu else None, "d_sae": cfg.expansion * d_model,
             "n_tokens": cfg.relu_n_tokens if relu else cfg.n_tokens, "seed": cfg.seed, "cache": cache_dir.name}
+    if relu:  # TopK SAEs take the default lr rule, ReLU ones the demo's (a batch is clamped to the cache: train
+        have["lr"], want["lr"] = recipe.get("lr"), cfg.relu_lr  # refuses another one by its re-run rules)
     return ", ".join(f"{k} {have[k]} instead of {v}" for k, v in want.items() if have[k] != v)
 
 
