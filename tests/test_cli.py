@@ -186,3 +186,29 @@ def test_user_paths_are_printed_as_written(tmp_path):
     assert code == 0, text
     assert f"table -> {folder / 's.csv'}" in text
     assert_user_error(["sparsity", folder / "[red]missing.safetensors"], "[red]missing.safetensors")
+
+
+WIDE = ("from sae_vit.cli._ui import print_table; cols = [f'column number {i}' for i in range(10)]; "
+        "print_table('wide', cols, [[f'value {i}.0123456' for i in range(10)]])")
+
+
+def test_a_wide_table_keeps_every_cell_in_a_log_and_in_a_narrow_terminal(monkeypatch):
+    piped = subprocess.run([sys.executable, "-c", WIDE], capture_output=True, text=True, check=True,
+                           env={"PATH": "", "COLUMNS": "80"}).stdout  # into a pipe, as in `saevit demo > log`
+    assert all(f"value {i}.0123456" in piped and f"column number {i}" in piped for i in range(10)), piped
+    assert max(map(len, piped.splitlines())) > 80
+
+    import io
+
+    from rich.console import Console
+
+    from sae_vit.cli import _ui
+
+    screen = io.StringIO()
+    monkeypatch.setattr(_ui, "out_console", Console(file=screen, force_terminal=True, width=80, color_system=None))
+    exec(WIDE)
+    shown = screen.getvalue()
+    assert "…" not in shown and max(map(len, shown.splitlines())) <= 80  # folded onto more lines, not cut short
+    text = "wide" + "".join(f"column number {i}value {i}.0123456" for i in range(10))
+    kept = sorted(c for c in shown if c.isascii() and not c.isspace())  # the box is drawn in non-ASCII lines
+    assert kept == sorted(c for c in text if not c.isspace()), shown

@@ -110,7 +110,10 @@ def say(message: str) -> None:
 def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
     """Print a table on stdout, its title and cells as plain text (a user's path or word such as ``a[b]`` is
     shown as written): ``columns`` are headers, right-aligned unless named in ``left``; ``rows`` are sequences
-    of cells; ``styles`` is a rich style (or None) per row; ``column_kw`` go to every column."""
+    of cells; ``styles`` is a rich style (or None) per row; ``column_kw`` go to every column.
+
+    No cell is cut short: in a terminal too narrow for the table a cell folds onto more lines, and into a file
+    or a pipe (a log) the table is printed at its full width."""
     flush_notes()
     if _json is not None:
         _json["tables"].append({"title": str(title), "rows": [dict(zip(columns, row, strict=False)) for row in rows]})
@@ -119,9 +122,15 @@ def print_table(title, columns, rows, left=(), styles=(), **column_kw) -> None:
 
     table = Table(title=Text(str(title), style="table.title"))
     for col in columns:
-        table.add_column(col, justify="left" if col in left else "right", **column_kw)
+        table.add_column(col, justify="left" if col in left else "right", **{"overflow": "fold", **column_kw})
     for row, style in itertools.zip_longest(rows, styles):
         table.add_row(*(Text(str(c)) for c in row), style=style)
+    if not out_console.is_terminal:
+        from rich.measure import Measurement
+
+        full = Measurement.get(out_console, out_console.options.update_width(10_000), table).maximum
+        if full > out_console.width:  # a console prints no wider than its width: one as wide as the table
+            return Console(width=full, highlight=False).print(table)
     out_console.print(table)
 
 
