@@ -14,6 +14,7 @@ def test_train_d_sae_and_auto_defaults(cli_cache, tmp_path):  # noqa: F811
     code, text = run("train", "--cache", cli_cache, "--layer", "1", "--tokens", "cls", "--out", out, "--d-sae", "96",
                      "--k", "4", "--n-tokens", "2000")
     assert code == 0, text
+    assert "held-out tokens: 1, fewer than 390: " in text  # the held-out image's CLS token
     sae = SAE.load(out)
     recipe = sae.cfg.training["recipe"]
     assert sae.cfg.d_sae == 96 and recipe["d_sae"] == 96

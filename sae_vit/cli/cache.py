@@ -142,6 +142,7 @@ def train_cmd(
     """Train an SAE on one layer and token selection of a cache (e.g. --layer 8 --tokens cls), or one per layer
     and token selection (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""
     import sae_vit.pipeline as api
+    from sae_vit.analysis.sparsity import MIN_EVAL_TOKENS
     from sae_vit.core.train import TrainConfig
 
     check_number(grad_clip, "--grad-clip")
@@ -177,3 +178,7 @@ def train_cmd(
         say(f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {sae.cfg.layer} ({sae.cfg.tokens}): "
             f"held-out L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
             f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}")
+        if t.get("eval_tokens", MIN_EVAL_TOKENS) < MIN_EVAL_TOKENS:
+            note(f"  held-out tokens: {t['eval_tokens']}, fewer than {MIN_EVAL_TOKENS}: a latent that fires on 1 % of "
+                 "tokens can miss them all, so dead % counts live latents as dead; cache more images for a reliable "
+                 "figure.", "yellow")
