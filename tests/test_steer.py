@@ -117,6 +117,7 @@ def test_real_clip_path_end_to_end(tmp_path, image_dir):
         str(emb), "--images", str(image_dir), "--n-images", "2", "--features", "0,1,2", "--alphas", "0,150",
         "--no-neurons", "--random-control", "2", "--null-seeds", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "layer 10 (all) feature_vs_random: agreement difference" in result.output  # names its SAE's tokens
     units = pd.read_csv(out / "steer_layer10_resid_post_all.csv")
     scored = units[~units.kind.str.startswith("null")]
     assert len(scored) == 5 and set(units["target"]) <= set(words)
