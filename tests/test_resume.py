@@ -66,6 +66,28 @@ def test_state_from_other_settings_is_refused(cache, tmp_path):
     assert path.exists() and not state_path(out).exists()
 
 
+def test_replace_stale_resumes_its_own_state_and_drops_another(cache, tmp_path):
+    """make-assets' ``overwrite=REPLACE_STALE``: an interrupted run of the same recipe resumes (to the same SAE as an
+    uninterrupted one), the state of another recipe is dropped and training starts afresh."""
+    from sae_vit.pipeline.training import REPLACE_STALE
+
+    reference, _ = _train(cache, tmp_path / "a" / "sae.safetensors")
+    out = tmp_path / "b" / "sae.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        _train(cache, out, progress=_stop_at(5), state_seconds=0)
+    steps = []
+    resumed, _ = _train(cache, out, overwrite=REPLACE_STALE, progress=lambda _i, s: steps.append(s.step))
+    assert steps[0] >= 5 and not state_path(out).exists()  # went on from the saved step
+    for name, t in _weights(reference).items():
+        torch.testing.assert_close(resumed.state_dict()[name], t, rtol=0, atol=0, msg=name)
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        _train(cache, out, progress=_stop_at(5), state_seconds=0)
+    other, steps = TrainConfig(**{**CFG.__dict__, "k": 6}), []
+    sae, _ = _train(cache, out, cfg=other, overwrite=REPLACE_STALE, progress=lambda _i, s: steps.append(s.step))
+    assert steps[0] < 5 and sae.cfg.k == 6 and not state_path(out).exists()
+
+
 def test_state_of_another_layout_is_refused(cache, tmp_path):
     """A state file written before the encoder's layout changed (no format, or another one) is refused in one line
     instead of loading AdamW moments of other shapes."""

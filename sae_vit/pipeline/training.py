@@ -88,10 +88,12 @@ def train_many(cache_dir: str | os.PathLike, jobs: list[Job], n_tokens: int | No
     recipe from the same cache is kept (``kept(path)`` is told) and any other is refused unless ``overwrite``;
     each job's state is saved beside its checkpoint every ``state_seconds`` and on Ctrl-C
     (:mod:`sae_vit.pipeline.resume`), and a re-run with the same options resumes from it.
-    ``overwrite=REPLACE_STALE`` retrains the other checkpoints instead of refusing them (and starts afresh).
+    ``overwrite=REPLACE_STALE`` retrains the other checkpoints instead of refusing them, resuming a saved state
+    of the same recipe and cache (a state of any other run is dropped).
     """
     if not jobs:
         raise SaeVitError("Nothing to train; give at least one layer and token type.")
+    overwrite = overwrite if overwrite == REPLACE_STALE else bool(overwrite)  # 1 or numpy's True mean True
     reader = CacheReader(cache_dir)
     for job in jobs:
         reader.check(job.layer, job.tokens)
@@ -179,17 +181,23 @@ def _finished(jobs: list[Job], cfgs: list[TrainConfig], identity: str, overwrite
     return found
 
 
-def _trainer(reader: CacheReader, job: Job, cfg: TrainConfig, world: int, identity: str, overwrite: bool,
+def _trainer(reader: CacheReader, job: Job, cfg: TrainConfig, world: int, identity: str, overwrite: bool | str,
              workspace: Workspace) -> Trainer:
-    """A fresh trainer for ``job``, or the one saved beside its checkpoint by an interrupted run."""
+    """A fresh trainer for ``job``, or the one saved beside its checkpoint by an interrupted run (with
+    ``overwrite=True`` never; with :data:`REPLACE_STALE` when that run had the same recipe and cache)."""
     init_acts = reader.sample(job.layer, job.tokens, 50_000, "train", seed=cfg.seed)
     extra = {"model": reader.manifest["model"], "layer": job.layer, "site": reader.manifest["site"],
              "tokens": job.tokens}
     trainer = Trainer(init_sae(reader.d_model, cfg, init_acts, extra), cfg, world, workspace)
     saved = state_path(job.out)
     if saved.exists():
-        if overwrite:
+        if overwrite is True:
             saved.unlink()
+        elif overwrite == REPLACE_STALE:
+            try:
+                load_state(trainer, saved, identity)
+            except SaeVitError:  # another recipe, cache or version: refused before anything was loaded
+                saved.unlink()
         else:
             load_state(trainer, saved, identity)
     return trainer
