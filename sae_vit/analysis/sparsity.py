@@ -41,6 +41,12 @@ def min_eval_tokens(rate: float = RARE_RATE, miss: float = MISS_PROBABILITY) -> 
 
 #: Held-out tokens a row needs to be marked reliable (390 with the defaults).
 MIN_EVAL_TOKENS = min_eval_tokens()
+
+
+def reliable(n_eval_tokens: int) -> bool:
+    """Whether metrics on ``n_eval_tokens`` held-out tokens can be trusted (at least :data:`MIN_EVAL_TOKENS`)."""
+    return n_eval_tokens >= MIN_EVAL_TOKENS
+
 #: The density verdict's margin: a ratio of mean L0 counts only when its whole bootstrap interval exceeds this.
 DENSITY_MARGIN = 1.05
 
@@ -78,10 +84,10 @@ def evaluate_checkpoint(path: Path, reader=None, max_tokens: int = 100_000, toke
         if token_l0 is not None:
             token_l0[str(path)] = metrics["token_l0"].numpy()
         return {**row, **{k: metrics[k] for k in keys}, "n_eval_tokens": len(acts),
-                "reliable": len(acts) >= MIN_EVAL_TOKENS, "evaluated_on": "cache"}
+                "reliable": reliable(len(acts)), "evaluated_on": "cache"}
     n_eval = c.training.get("eval_tokens", 0)
     return {**row, **{k: c.training.get(k, float("nan")) for k in keys}, "n_eval_tokens": n_eval,
-            "reliable": n_eval >= MIN_EVAL_TOKENS, "evaluated_on": "checkpoint"}
+            "reliable": reliable(n_eval), "evaluated_on": "checkpoint"}
 
 
 def _pick_reader(sae, readers):

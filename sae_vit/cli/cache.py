@@ -142,7 +142,6 @@ def train_cmd(
     """Train an SAE on one layer and token selection of a cache (e.g. --layer 8 --tokens cls), or one per layer
     and token selection (--layer 2,5,8 --tokens cls,patches) from one pass. Under torchrun: DistributedDataParallel."""
     import sae_vit.pipeline as api
-    from sae_vit.analysis.sparsity import MIN_EVAL_TOKENS
     from sae_vit.core.train import TrainConfig
 
     check_number(grad_clip, "--grad-clip")
@@ -167,9 +166,16 @@ def train_cmd(
         kept = []
         result = api.train(None if layer_list == "all" else layer_list, parse_names(tokens), cache, out, cfg,
                            n_tokens, epochs, overwrite, progress, allow_incomplete, kept=kept.append)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
-        return
-    for sae, path in result if isinstance(result, list) else [result]:
+    if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+        _report_trained(result if isinstance(result, list) else [result], kept)
+
+
+def _report_trained(results: list, kept: list) -> None:
+    """One line per trained SAE (held-out L0, FVU, dead %), with a note when its held-out split is too small to
+    trust; a note per checkpoint kept from an earlier run."""
+    from sae_vit.analysis.sparsity import MIN_EVAL_TOKENS, reliable
+
+    for sae, path in results:
         if path in kept:
             note(f"{path} was already trained with these settings on this cache; kept it (pass --overwrite to "
                  "train it again).", "yellow")
@@ -178,7 +184,7 @@ def train_cmd(
         say(f"trained {sae.cfg.architecture} SAE d_sae={sae.cfg.d_sae} on layer {sae.cfg.layer} ({sae.cfg.tokens}): "
             f"held-out L0 {t.get('l0', float('nan')):.1f}, FVU {t.get('fvu', float('nan')):.4f}, "
             f"dead {100 * t.get('dead_fraction', float('nan')):.1f}% -> {path}")
-        if t.get("eval_tokens", MIN_EVAL_TOKENS) < MIN_EVAL_TOKENS:
+        if "eval_tokens" in t and not reliable(t["eval_tokens"]):
             note(f"  held-out tokens: {t['eval_tokens']}, fewer than {MIN_EVAL_TOKENS}: a latent that fires on 1 % of "
                  "tokens can miss them all, so dead % counts live latents as dead; cache more images for a reliable "
                  "figure.", "yellow")

@@ -141,8 +141,8 @@ def print_steer(reports) -> None:
         rows += [(s["layer"], s["steer_tokens"], kind, "", "", "" if kind == "null_erase_full" else f"{t:.2f}", "",
                   int(n["steerable"]), "", "", "", "", f"{n['S']:.3f}")
                  for kind, n in ((k, s["nulls"][k]) for k in ("null_noise", "null_erase", "null_erase_full"))]
-        tests += [f"layer {s['layer']} ({s['steer_tokens']}) {name}: agreement difference {_fmt(x['difference'])} points, p = "
-                  f"{_fmt(x['p'], 4, pct=False)} ({x['n_perm']} permutations, n = {x['n']})"
+        tests += [f"layer {s['layer']} ({s['steer_tokens']}) {name}: agreement difference "
+                  f"{_fmt(x['difference'])} points, p = {_fmt(x['p'], 4, pct=False)} ({x['n_perm']} permutations, n = {x['n']})"
                   for name, x in s["agreement_tests"].items()]
     result(steer=[r.summary for r in reports])
     print_table("Steerability at the decision strength (steerable: S > threshold and S > the nulls; a null's "

@@ -190,16 +190,15 @@ def _trainer(reader: CacheReader, job: Job, cfg: TrainConfig, world: int, identi
              "tokens": job.tokens}
     trainer = Trainer(init_sae(reader.d_model, cfg, init_acts, extra), cfg, world, workspace)
     saved = state_path(job.out)
-    if saved.exists():
-        if overwrite is True:
-            saved.unlink()
-        elif overwrite == REPLACE_STALE:
-            try:
-                load_state(trainer, saved, identity)
-            except SaeVitError:  # another recipe, cache or version: refused before anything was loaded
-                saved.unlink()
-        else:
+    if saved.exists() and overwrite is True:
+        saved.unlink()
+    elif saved.exists():
+        try:
             load_state(trainer, saved, identity)
+        except SaeVitError:  # another recipe, cache or version: refused before anything was loaded
+            if overwrite != REPLACE_STALE:
+                raise
+            saved.unlink()
     return trainer
 
 
